@@ -1,0 +1,39 @@
+# cmcr-lite: one entry point. Every target sets up (or reuses) .venv first.
+#   make demo   - run every notebook with papermill into outputs/notebooks/ (CPU defaults)
+#   make test   - pytest (package) + nbval (notebooks)
+PY := .venv/bin/python
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
+
+.PHONY: env data demo test test-package test-notebooks benchmark notebooks clean-data
+
+env:
+	bash tools/setup_env.sh
+
+data: env
+	$(PY) -c "from cmcr_lite.paths import ensure_embedded_dataset as e; print('dataset:', e())"
+
+demo: data
+	mkdir -p outputs/notebooks
+	cd notebooks && for nb in $(notdir $(NOTEBOOKS)); do \
+	  echo "== $$nb"; ../$(PY) -m papermill --cwd . -k python3 $$nb ../outputs/notebooks/$$nb || exit 1; \
+	done
+
+test: data
+	$(PY) -m pytest tests -q
+	$(PY) -m pytest -q --nbval-lax $(NOTEBOOKS)
+
+test-package: data
+	$(PY) -m pytest tests -q
+
+test-notebooks: data
+	$(PY) -m pytest -q --nbval-lax $(NOTEBOOKS)
+
+benchmark: data
+	$(PY) benchmarks/projection.py
+
+# rebuild the .ipynb files from their readable percent-format sources in notebooks/src/
+notebooks:
+	python3 tools/py2nb.py notebooks/src/*.py
+
+clean-data:
+	rm -rf data/nuscenes-synthetic

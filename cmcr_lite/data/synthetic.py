@@ -1,0 +1,272 @@
+"""Generate a small synthetic dataset in the exact nuScenes on-disk format.
+
+    python -m cmcr_lite.data.synthetic --out data/nuscenes-synthetic --scenes 4 --seed 0
+
+The unmodified ``nuscenes-devkit`` loads the result (``NuScenes('v1.0-synthetic', root)``), with
+lidarseg labels in the 32 fine classes, so ``LidarsegClassMapper`` gives the usual 16 classes.
+What is in a scene and which classes are geometry-only / appearance-only twins: ``data/README.md``
+and ``cmcr_lite.data.synthetic_world``.
+
+The dataset is written into a temporary folder next to ``--out`` and renamed into place at the
+end, so an interrupted run never leaves a half dataset that a later run would load.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from pyquaternion import Quaternion
+from tqdm.auto import tqdm
+
+from cmcr_lite.data.synthetic_world import build_world, lidar_scan, render_camera
+
+DEFAULT_VERSION = "v1.0-synthetic"
+SPLITS_FILE = "cmcr_splits.json"
+# The 32 nuScenes-lidarseg classes, in index order (the devkit maps them to 16 by name).
+LIDARSEG_CATEGORIES = (
+    "noise", "animal", "human.pedestrian.adult", "human.pedestrian.child", "human.pedestrian.construction_worker",
+    "human.pedestrian.personal_mobility", "human.pedestrian.police_officer", "human.pedestrian.stroller",
+    "human.pedestrian.wheelchair", "movable_object.barrier", "movable_object.debris",
+    "movable_object.pushable_pullable", "movable_object.trafficcone", "static_object.bicycle_rack",
+    "vehicle.bicycle", "vehicle.bus.bendy", "vehicle.bus.rigid", "vehicle.car", "vehicle.construction",
+    "vehicle.emergency.ambulance", "vehicle.emergency.police", "vehicle.motorcycle", "vehicle.trailer",
+    "vehicle.truck", "flat.driveable_surface", "flat.other", "flat.sidewalk", "flat.terrain", "static.manmade",
+    "static.other", "static.vegetation", "vehicle.ego",
+)
+CAMERAS = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_RIGHT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_FRONT_LEFT")
+IMAGE_WIDTH, IMAGE_HEIGHT = 640, 360  # nuScenes' 1600x900 scaled by 0.4
+# Camera rigs after nuScenes' own calibration: (yaw of the optical axis in the ego frame in degrees,
+# position in the ego frame in metres, focal length in pixels at 1600x900). The back camera is wider.
+CAMERA_RIG = {
+    "CAM_FRONT": (0.0, (1.70, 0.02, 1.51), 1266.4),
+    "CAM_FRONT_RIGHT": (-55.0, (1.55, -0.49, 1.50), 1260.8),
+    "CAM_BACK_RIGHT": (-110.0, (1.03, -0.48, 1.58), 1259.5),
+    "CAM_BACK": (180.0, (0.03, 0.00, 1.57), 809.2),
+    "CAM_BACK_LEFT": (110.0, (1.05, 0.48, 1.56), 1256.7),
+    "CAM_FRONT_LEFT": (55.0, (1.52, 0.49, 1.51), 1272.6),
+}
+# Cameras fire at slightly different times than the LiDAR (seconds): the loader must use the ego
+# pose at each camera's own timestamp, as nuScenes requires.
+CAMERA_DELAY = {"CAM_FRONT": 0.012, "CAM_FRONT_RIGHT": 0.020, "CAM_BACK_RIGHT": 0.037, "CAM_BACK": 0.045,
+                "CAM_BACK_LEFT": -0.033, "CAM_FRONT_LEFT": -0.008}
+LIDAR_TRANSLATION = (0.94, 0.0, 1.84)
+EGO_SPEED = 8.0          # m/s along the road
+KEYFRAME_PERIOD = 0.5    # s, nuScenes keyframes are at 2 Hz
+SCENE_MARGIN = 45.0      # m of world before the first and after the last keyframe
+# Camera axes (x right, y down, z forward) expressed in the ego frame (x forward, y left, z up).
+CAM_AXES_IN_EGO = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+
+
+def rotz(yaw: float) -> np.ndarray:
+    c, s = np.cos(yaw), np.sin(yaw)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def quaternion_wxyz(R: np.ndarray) -> list:
+    """Rotation matrix (3,3) -> [w, x, y, z], the order nuScenes and pyquaternion use."""
+    return [float(v) for v in Quaternion(matrix=R, atol=1e-6).elements]
+
+
+class _Tokens:
+    def __init__(self, rng: np.random.Generator):
+        self.rng = rng
+
+    def __call__(self) -> str:
+        return self.rng.bytes(16).hex()
+
+
+def assign_splits(scene_names: list) -> dict:
+    """Deterministic scene splits for the synthetic set: 'teacher' (2D teacher only, never seen by the
+    3D network), 'train' (pretraining and labelled fine-tuning) and 'val' (evaluation)."""
+    n = len(scene_names)
+    if n < 3:
+        return {"teacher": [], "train": list(scene_names), "val": list(scene_names)}
+    n_teacher = max(1, round(0.2 * n))
+    n_val = max(1, round(0.2 * n))
+    return {"teacher": scene_names[:n_teacher], "val": scene_names[n_teacher:n_teacher + n_val],
+            "train": scene_names[n_teacher + n_val:]}
+
+
+def _write_json(folder: Path, name: str, records: list):
+    with open(folder / f"{name}.json", "w") as f:
+        json.dump(records, f, indent=0)
+
+
+def write_dataset(root: Path, n_scenes: int, seed: int, samples_per_scene: int, version: str, progress: bool = True):
+    """Write all tables and files of the dataset under ``root`` (which must be empty)."""
+    rng = np.random.default_rng(seed)
+    tok = _Tokens(np.random.default_rng(seed + 7919))
+    tables = {k: [] for k in ("category", "attribute", "visibility", "instance", "sensor", "calibrated_sensor",
+                              "ego_pose", "log", "scene", "sample", "sample_data", "sample_annotation", "map",
+                              "lidarseg")}
+    for i, name in enumerate(LIDARSEG_CATEGORIES):
+        tables["category"].append({"token": tok(), "name": name, "description": f"nuScenes-lidarseg class {i}",
+                                   "index": i})
+    sensor_token = {}
+    for channel in ("LIDAR_TOP",) + CAMERAS:
+        sensor_token[channel] = tok()
+        tables["sensor"].append({"token": sensor_token[channel], "channel": channel,
+                                 "modality": "lidar" if channel.startswith("LIDAR") else "camera"})
+    (root / version).mkdir(parents=True)
+    (root / "maps").mkdir()
+    (root / "lidarseg" / version).mkdir(parents=True)
+    for channel in ("LIDAR_TOP",) + CAMERAS:
+        (root / "samples" / channel).mkdir(parents=True)
+
+    map_token = tok()
+    Image.fromarray(np.full((64, 64), 255, np.uint8)).save(root / "maps" / f"{map_token}.png")
+    tables["map"].append({"token": map_token, "category": "semantic_prior", "filename": f"maps/{map_token}.png",
+                          "log_tokens": []})
+
+    bar = tqdm(total=n_scenes * samples_per_scene, desc="synthetic nuScenes", unit="sample", disable=not progress)
+    scene_names = []
+    for s in range(n_scenes):
+        scene_name = f"scene-s{s:04d}"
+        scene_names.append(scene_name)
+        log_token, scene_token = tok(), tok()
+        tables["map"][0]["log_tokens"].append(log_token)
+        tables["log"].append({"token": log_token, "logfile": f"synthetic-{seed}-{s:04d}", "vehicle": "synth",
+                              "date_captured": "2026-01-01", "location": "synthetic-street"})
+        # Per-scene calibration, slightly perturbed as real rigs are between logs.
+        calib = {}
+        R_ego_lidar = rotz(np.deg2rad(-90.0 + rng.normal(0, 0.3)))
+        calib["LIDAR_TOP"] = (R_ego_lidar, np.array(LIDAR_TRANSLATION) + rng.normal(0, 0.01, 3), None)
+        for cam, (yaw_deg, pos, focal) in CAMERA_RIG.items():
+            R = rotz(np.deg2rad(yaw_deg + rng.normal(0, 0.3))) @ CAM_AXES_IN_EGO
+            f = focal * 0.4 * (1 + rng.normal(0, 0.002))
+            K = np.array([[f, 0, 326.5 + rng.normal(0, 2)], [0, f, 196.6 + rng.normal(0, 2)], [0, 0, 1]])
+            calib[cam] = (R, np.array(pos) + rng.normal(0, 0.01, 3), K)
+        calib_token = {}
+        for channel, (R, t, K) in calib.items():
+            calib_token[channel] = tok()
+            tables["calibrated_sensor"].append({
+                "token": calib_token[channel], "sensor_token": sensor_token[channel],
+                "translation": [float(v) for v in t], "rotation": quaternion_wxyz(R),
+                "camera_intrinsic": [] if K is None else [[float(v) for v in row] for row in K]})
+
+        # The road frame sits somewhere in the global frame; the ego drives along the road.
+        R_global_road = rotz(rng.uniform(-np.pi, np.pi))
+        t_global_road = np.array([rng.uniform(300, 2000), rng.uniform(300, 2000), 0.0])
+        road_length = EGO_SPEED * KEYFRAME_PERIOD * (samples_per_scene - 1)
+        world = build_world(rng, -SCENE_MARGIN, road_length + SCENE_MARGIN)
+        ego_y = -world.road_half / 2
+
+        def ego_pose_at(time_s: float):
+            """Ego pose in the road frame at a time (s): rotation (3,3), translation (3,)."""
+            return rotz(0.015 * np.sin(1.3 * time_s)), np.array([EGO_SPEED * time_s, ego_y, 0.0])
+
+        t0_us = 1_533_151_600_000_000 + s * 3_600_000_000
+        sample_tokens = [tok() for _ in range(samples_per_scene)]
+        prev_sd = {ch: "" for ch in calib}
+        for k, sample_token in enumerate(sample_tokens):
+            t_lidar = k * KEYFRAME_PERIOD
+            ts_lidar = t0_us + int(round(t_lidar * 1e6))
+            tables["sample"].append({"token": sample_token, "timestamp": ts_lidar, "scene_token": scene_token,
+                                     "prev": sample_tokens[k - 1] if k else "",
+                                     "next": sample_tokens[k + 1] if k + 1 < samples_per_scene else ""})
+            for channel, (R_es, t_es, K) in calib.items():
+                t_s = t_lidar + (0.0 if K is None else CAMERA_DELAY[channel])
+                ts = t0_us + int(round(t_s * 1e6))
+                R_re, t_re = ego_pose_at(t_s)
+                ego_token, sd_token = tok(), tok()
+                tables["ego_pose"].append({"token": ego_token, "timestamp": ts,
+                                           "rotation": quaternion_wxyz(R_global_road @ R_re),
+                                           "translation": [float(v) for v in R_global_road @ t_re + t_global_road]})
+                origin, R_road_sensor = R_re @ t_es + t_re, R_re @ R_es
+                stem = f"{scene_name}__{channel}__{ts}"
+                if K is None:
+                    points, labels = lidar_scan(world, origin, R_road_sensor, rng)
+                    filename = f"samples/{channel}/{stem}.pcd.bin"
+                    points.tofile(root / filename)
+                    label_file = f"lidarseg/{version}/{sd_token}_lidarseg.bin"
+                    labels.tofile(root / label_file)
+                    tables["lidarseg"].append({"token": sd_token, "sample_data_token": sd_token,
+                                               "filename": label_file})
+                    width = height = 0
+                    fileformat = "pcd"
+                else:
+                    image = render_camera(world, origin, R_road_sensor, K, IMAGE_WIDTH, IMAGE_HEIGHT)
+                    filename = f"samples/{channel}/{stem}.jpg"
+                    Image.fromarray(image).save(root / filename, quality=90)
+                    width, height, fileformat = IMAGE_WIDTH, IMAGE_HEIGHT, "jpg"
+                tables["sample_data"].append({
+                    "token": sd_token, "sample_token": sample_token, "ego_pose_token": ego_token,
+                    "calibrated_sensor_token": calib_token[channel], "timestamp": ts, "fileformat": fileformat,
+                    "is_key_frame": True, "height": height, "width": width, "filename": filename,
+                    "prev": prev_sd[channel], "next": ""})
+                if prev_sd[channel]:
+                    # link the previous record of this channel forward (records are dicts in the table)
+                    next(r for r in reversed(tables["sample_data"]) if r["token"] == prev_sd[channel])["next"] = sd_token
+                prev_sd[channel] = sd_token
+            bar.update(1)
+        tables["scene"].append({"token": scene_token, "log_token": log_token, "nbr_samples": samples_per_scene,
+                                "first_sample_token": sample_tokens[0], "last_sample_token": sample_tokens[-1],
+                                "name": scene_name,
+                                "description": f"synthetic street, seed {seed}, road half-width {world.road_half:.1f} m"})
+    bar.close()
+    for name, records in tables.items():
+        _write_json(root / version, name, records)
+    with open(root / SPLITS_FILE, "w") as f:
+        json.dump(assign_splits(scene_names), f, indent=1)
+
+
+def generate(out: str | os.PathLike, n_scenes: int = 4, seed: int = 0, samples_per_scene: int = 4,
+             version: str = DEFAULT_VERSION, overwrite: bool = False, progress: bool = True) -> Path:
+    """Generate the dataset at ``out`` atomically (temporary folder, then one rename)."""
+    out = Path(out)
+    if n_scenes < 1 or samples_per_scene < 1:
+        raise ValueError(f"--scenes and --samples-per-scene must be >= 1, got {n_scenes} and {samples_per_scene}")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} already exists and is not empty; pass --overwrite to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        write_dataset(tmp, n_scenes, seed, samples_per_scene, version, progress)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def ensure_dataset(root: str | os.PathLike, n_scenes: int = 4, seed: int = 0, samples_per_scene: int = 4,
+                   version: str = DEFAULT_VERSION) -> Path:
+    """Return ``root``, generating the synthetic dataset there first if it is missing."""
+    root = Path(root)
+    if not (root / version).is_dir():
+        generate(root, n_scenes=n_scenes, seed=seed, samples_per_scene=samples_per_scene, version=version,
+                 overwrite=True)
+    return root
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="dataset root to create (the nuScenes 'dataroot')")
+    p.add_argument("--scenes", type=int, default=4, help="number of scenes (default 4)")
+    p.add_argument("--samples-per-scene", type=int, default=4, help="keyframes per scene (default 4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--version", default=DEFAULT_VERSION, help=f"version folder name (default {DEFAULT_VERSION})")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
+    a = p.parse_args(argv)
+    try:
+        out = generate(a.out, a.scenes, a.seed, a.samples_per_scene, a.version, a.overwrite)
+    except (FileExistsError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    print(f"wrote {out} ({a.scenes} scenes x {a.samples_per_scene} keyframes, version {a.version})")
+
+
+if __name__ == "__main__":
+    main()

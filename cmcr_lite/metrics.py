@@ -1,0 +1,165 @@
+"""Segmentation metrics: confusion matrix, per-class IoU and mIoU (paper.md §5, "Metric").
+
+Convention: ``conf[t, p]`` counts points of ground-truth class ``t`` predicted as ``p``; points
+whose *target* is the ignore index (0) are dropped before counting. A prediction of the ignore
+class on a labelled point stays in the matrix, as a miss of the true class.
+
+Empty classes. The official code (``utils/metrics.py:28``) gives IoU = 1 to a class whose union is
+empty (absent from both targets and predictions), which inflates the mean when classes are missing
+from a small validation subset. Here such a class gets IoU = NaN and is **excluded** from the mean;
+pass ``empty_value=1.0`` to reproduce the official rule.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+
+try:  # torch is optional for this module
+    import torch
+except ImportError:  # pragma: no cover
+    torch = None
+
+ArrayLike = Union[np.ndarray, "torch.Tensor"]
+
+__all__ = ["confusion_matrix", "iou_per_class", "mean_iou", "iou_report", "format_iou_report"]
+
+
+def _is_torch(x) -> bool:
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def _to_numpy(x) -> np.ndarray:
+    if _is_torch(x):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def confusion_matrix(pred: ArrayLike, target: ArrayLike, num_classes: int,
+                     ignore_index: Optional[int] = 0) -> ArrayLike:
+    """Confusion matrix by ``bincount``.
+
+    Args:
+        pred: (N,) integer — predicted classes in ``[0, num_classes)``.
+        target: (N,) integer — ground-truth classes in ``[0, num_classes)``.
+        num_classes: K (17 for nuScenes: 16 classes + ignore 0).
+        ignore_index: points whose target equals it are dropped (None = keep all).
+
+    Returns:
+        (K, K) int64, rows = target, columns = prediction. A torch tensor (on the input's device)
+        if both inputs are torch tensors, else a numpy array.
+    """
+    if _is_torch(pred) and _is_torch(target):
+        pred_t, target_t = pred.reshape(-1).long(), target.reshape(-1).long()
+        if pred_t.shape != target_t.shape:
+            raise ValueError(f"confusion_matrix: pred has {pred_t.numel()} elements, target has "
+                             f"{target_t.numel()}")
+        if ignore_index is not None:
+            keep = target_t != ignore_index
+            pred_t, target_t = pred_t[keep], target_t[keep]
+        for name, v in (("pred", pred_t), ("target", target_t)):
+            if v.numel() and (int(v.min()) < 0 or int(v.max()) >= num_classes):
+                raise ValueError(f"confusion_matrix: {name} values must lie in [0, {num_classes}); "
+                                 f"got range [{int(v.min())}, {int(v.max())}]")
+        flat = torch.bincount(target_t * num_classes + pred_t, minlength=num_classes ** 2)
+        return flat.reshape(num_classes, num_classes).to(torch.int64)
+
+    pred_n = _to_numpy(pred).reshape(-1).astype(np.int64)
+    target_n = _to_numpy(target).reshape(-1).astype(np.int64)
+    if pred_n.shape != target_n.shape:
+        raise ValueError(f"confusion_matrix: pred has {pred_n.size} elements, target has "
+                         f"{target_n.size}")
+    if ignore_index is not None:
+        keep = target_n != ignore_index
+        pred_n, target_n = pred_n[keep], target_n[keep]
+    for name, v in (("pred", pred_n), ("target", target_n)):
+        if v.size and (v.min() < 0 or v.max() >= num_classes):
+            raise ValueError(f"confusion_matrix: {name} values must lie in [0, {num_classes}); "
+                             f"got range [{v.min()}, {v.max()}]")
+    flat = np.bincount(target_n * num_classes + pred_n, minlength=num_classes ** 2)
+    return flat.reshape(num_classes, num_classes).astype(np.int64)
+
+
+def iou_per_class(conf: ArrayLike, empty_value: float = math.nan) -> np.ndarray:
+    """Per-class IoU = TP / (TP + FP + FN).
+
+    Args:
+        conf: (K, K) confusion matrix (rows = target, columns = prediction), numpy or torch.
+        empty_value: IoU given to classes with an empty union (NaN here; 1.0 in the official code).
+
+    Returns:
+        (K,) float64 numpy array.
+    """
+    c = _to_numpy(conf).astype(np.float64)
+    if c.ndim != 2 or c.shape[0] != c.shape[1]:
+        raise ValueError(f"iou_per_class: conf must be square (K, K), got shape {c.shape}")
+    tp = np.diag(c)
+    union = c.sum(axis=0) + c.sum(axis=1) - tp
+    iou = np.full(c.shape[0], empty_value, dtype=np.float64)
+    nonempty = union > 0
+    iou[nonempty] = tp[nonempty] / union[nonempty]
+    return iou
+
+
+def mean_iou(conf: ArrayLike, ignore_index: Optional[int] = 0,
+             empty_value: float = math.nan) -> float:
+    """Mean IoU over the classes other than ``ignore_index``.
+
+    Classes with an empty union are excluded from the mean (``empty_value=nan``, default) or count
+    as ``empty_value`` (1.0 reproduces the official code). Returns NaN if no class is left.
+    """
+    iou = iou_per_class(conf, empty_value=empty_value)
+    mask = np.ones(iou.shape[0], dtype=bool)
+    if ignore_index is not None:
+        mask[ignore_index] = False
+    vals = iou[mask]
+    vals = vals[~np.isnan(vals)]
+    return float(vals.mean()) if vals.size else math.nan
+
+
+def iou_report(conf: ArrayLike, class_names: Sequence[str], ignore_index: Optional[int] = 0,
+               empty_value: float = math.nan) -> List[Dict]:
+    """Per-class IoU rows, one dict per class except ``ignore_index``.
+
+    Args:
+        conf: (K, K) confusion matrix.
+        class_names: K names, e.g. ``cmcr_lite.classes.CLASS_NAMES_16``.
+
+    Returns:
+        List of ``{"index", "name", "iou", "tp", "fp", "fn", "support"}`` (``support`` = number of
+        ground-truth points; ``iou`` NaN for an empty union unless ``empty_value`` is given).
+    """
+    c = _to_numpy(conf).astype(np.int64)
+    if len(class_names) != c.shape[0]:
+        raise ValueError(f"iou_report: {len(class_names)} class names for a {c.shape[0]}-class "
+                         f"confusion matrix")
+    iou = iou_per_class(c, empty_value=empty_value)
+    tp = np.diag(c)
+    rows = []
+    for k, name in enumerate(class_names):
+        if ignore_index is not None and k == ignore_index:
+            continue
+        rows.append({
+            "index": k,
+            "name": name,
+            "iou": float(iou[k]),
+            "tp": int(tp[k]),
+            "fp": int(c[:, k].sum() - tp[k]),
+            "fn": int(c[k, :].sum() - tp[k]),
+            "support": int(c[k, :].sum()),
+        })
+    return rows
+
+
+def format_iou_report(rows: List[Dict], digits: int = 1) -> str:
+    """Small fixed-width table (IoU in %) of ``iou_report`` rows, with the mIoU on the last line."""
+    width = max([len(r["name"]) for r in rows] + [5])
+    lines = [f"{'class':<{width}}  {'IoU %':>6}  {'support':>9}"]
+    for r in rows:
+        iou = "n/a" if math.isnan(r["iou"]) else f"{100 * r['iou']:.{digits}f}"
+        lines.append(f"{r['name']:<{width}}  {iou:>6}  {r['support']:>9d}")
+    vals = [r["iou"] for r in rows if not math.isnan(r["iou"])]
+    miou = f"{100 * sum(vals) / len(vals):.{digits}f}" if vals else "n/a"
+    lines.append(f"{'mIoU':<{width}}  {miou:>6}  ({len(vals)} of {len(rows)} classes)")
+    return "\n".join(lines)

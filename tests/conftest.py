@@ -1,0 +1,23 @@
+"""Shared fixtures: the embedded synthetic nuScenes dataset (generated once if missing)."""
+from pathlib import Path
+
+import pytest
+
+from cmcr_lite.paths import EMBEDDED_VERSION, ensure_embedded_dataset
+
+VERSION = EMBEDDED_VERSION
+
+
+@pytest.fixture(scope="session")
+def synthetic_root() -> Path:
+    """Root of the embedded dataset (5 scenes x 3 keyframes; teacher / val / train = 1 / 1 / 3 scenes).
+
+    Tests that corrupt files must copy it first (``shutil.copytree``)."""
+    return ensure_embedded_dataset()
+
+
+@pytest.fixture(scope="session")
+def keyframes(synthetic_root):
+    from cmcr_lite.data.nuscenes_loader import NuScenesKeyframes
+
+    return NuScenesKeyframes(synthetic_root, VERSION, split="all")

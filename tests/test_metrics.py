@@ -1,0 +1,90 @@
+"""Confusion matrix, IoU and mIoU against hand-made matrices (paper.md §5, "Metric")."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cmcr_lite.classes import CLASS_NAMES_16
+from cmcr_lite.metrics import (
+    confusion_matrix,
+    format_iou_report,
+    iou_per_class,
+    iou_report,
+    mean_iou,
+)
+
+# classes: 0 = ignore, 1, 2, 3 ; class 4 absent everywhere (empty union)
+TARGET = [0, 0, 1, 1, 1, 1, 2, 2, 2, 3, 3, 1]
+PRED = [1, 2, 1, 1, 1, 2, 2, 2, 3, 3, 1, 0]
+# after dropping target==0: (t,p) = (1,1)x3 (1,2) (2,2)x2 (2,3) (3,3) (3,1) (1,0)
+HAND = np.array([
+    [0, 0, 0, 0, 0],
+    [1, 3, 1, 0, 0],
+    [0, 0, 2, 1, 0],
+    [0, 1, 0, 1, 0],
+    [0, 0, 0, 0, 0],
+])
+# IoU_1 = 3/(5+4-3)=1/2 ; IoU_2 = 2/(3+3-2)=1/2 ; IoU_3 = 1/(2+2-1)=1/3 ; IoU_4 empty
+HAND_IOU = [0.0, 0.5, 0.5, 1 / 3]
+
+
+def test_confusion_matrix_numpy_and_torch():
+    conf = confusion_matrix(np.array(PRED), np.array(TARGET), 5)
+    assert isinstance(conf, np.ndarray) and conf.dtype == np.int64
+    np.testing.assert_array_equal(conf, HAND)
+    conf_t = confusion_matrix(torch.tensor(PRED), torch.tensor(TARGET), 5)
+    assert isinstance(conf_t, torch.Tensor) and conf_t.dtype == torch.int64
+    np.testing.assert_array_equal(conf_t.numpy(), HAND)
+    # without ignore: the two target-0 points appear in row 0
+    full = confusion_matrix(PRED, TARGET, 5, ignore_index=None)
+    assert full[0].tolist() == [0, 1, 1, 0, 0] and full.sum() == len(TARGET)
+
+
+def test_confusion_matrix_errors():
+    with pytest.raises(ValueError, match="pred"):
+        confusion_matrix(np.array([5, 1]), np.array([1, 1]), 5)
+    with pytest.raises(ValueError, match="elements"):
+        confusion_matrix(np.array([1, 1, 1]), np.array([1, 1]), 5)
+    with pytest.raises(ValueError, match="target"):
+        confusion_matrix(torch.tensor([1]), torch.tensor([-2]), 5)
+
+
+def test_iou_and_miou_known_values():
+    iou = iou_per_class(HAND)
+    assert iou[1:4].tolist() == pytest.approx(HAND_IOU[1:])
+    assert math.isnan(iou[4])
+    assert iou[0] == 0.0  # class 0 has a union (a pred-0 point) but no TP
+    # mIoU excludes ignore (0) and the empty class 4
+    assert mean_iou(HAND) == pytest.approx((0.5 + 0.5 + 1 / 3) / 3)
+    # the official rule (empty union -> 1) counts class 4 as perfect and inflates the mean
+    assert mean_iou(HAND, empty_value=1.0) == pytest.approx((0.5 + 0.5 + 1 / 3 + 1.0) / 4)
+    # including the ignore class would change it
+    assert mean_iou(HAND, ignore_index=None) == pytest.approx((0.0 + 0.5 + 0.5 + 1 / 3) / 4)
+    assert math.isnan(mean_iou(np.zeros((3, 3), dtype=np.int64)))
+
+
+def test_miou_against_per_class_counting():
+    rng = np.random.default_rng(0)
+    target = rng.integers(0, 17, 5000)
+    pred = np.where(rng.random(5000) < 0.7, target, rng.integers(1, 17, 5000))
+    conf = confusion_matrix(pred, target, 17)
+    ious = []
+    for c in range(1, 17):
+        t, p = target[target != 0] == c, pred[target != 0] == c
+        ious.append((t & p).sum() / (t | p).sum())
+    assert mean_iou(conf) == pytest.approx(np.mean(ious))
+
+
+def test_iou_report_rows_and_table():
+    names = ("ignore", "a", "b", "c", "d")
+    rows = iou_report(HAND, names)
+    assert [r["name"] for r in rows] == ["a", "b", "c", "d"]
+    assert rows[0] == {"index": 1, "name": "a", "iou": 0.5, "tp": 3, "fp": 1, "fn": 2,
+                       "support": 5}
+    assert math.isnan(rows[3]["iou"])
+    table = format_iou_report(rows)
+    assert "a" in table and "50.0" in table and "n/a" in table
+    assert "mIoU" in table and f"{100 * (0.5 + 0.5 + 1 / 3) / 3:.1f}" in table
+    with pytest.raises(ValueError):
+        iou_report(HAND, CLASS_NAMES_16)
