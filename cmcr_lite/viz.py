@@ -1,0 +1,130 @@
+"""Figures used by the notebooks: matplotlib for static plots, plotly for interactive point clouds.
+
+Colours are the devkit's nuScenes-lidarseg challenge colours (``LidarsegClassMapper``), so a class
+looks the same here as in the devkit's own renderings.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from cmcr_lite.classes import APPEARANCE_ONLY_TWINS, CLASS_NAMES_16, GEOMETRY_ONLY_TWINS, class_index
+
+CAMERA_GRID = ("CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT")
+
+
+def class_colours() -> np.ndarray:
+    """(17, 3) float in [0, 1]: the devkit's colour of each 16-class index (0 = ignore, black)."""
+    from types import SimpleNamespace
+
+    from nuscenes.eval.lidarseg.utils import LidarsegClassMapper
+
+    # get_coarse2color only reads self.ignore_class, so no NuScenes object is needed to call it
+    table = LidarsegClassMapper.get_coarse2color(SimpleNamespace(ignore_class=LidarsegClassMapper.get_ignore_class()))
+    return np.array([table[name] for name in CLASS_NAMES_16], np.float32) / 255.0
+
+
+def points_3d_figure(points: np.ndarray, labels: np.ndarray, max_points: int = 20000, seed: int = 0,
+                     title: str = "LiDAR sweep coloured by class"):
+    """Interactive plotly 3D scatter of points (N, >=3) metres, one trace per class (click to hide)."""
+    import plotly.graph_objects as go
+
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(points))[:max_points]
+    pts, lab = points[idx], labels[idx]
+    colours = (class_colours() * 255).astype(int)
+    fig = go.Figure()
+    for k in np.unique(lab):
+        sel = lab == k
+        fig.add_trace(go.Scatter3d(x=pts[sel, 0], y=pts[sel, 1], z=pts[sel, 2], mode="markers",
+                                   name=CLASS_NAMES_16[k],
+                                   marker=dict(size=1.5, color=f"rgb{tuple(colours[k])}")))
+    fig.update_layout(title=title, height=600, margin=dict(l=0, r=0, t=40, b=0), legend=dict(itemsizing="constant"),
+                      scene=dict(aspectmode="data", xaxis_title="x (m)", yaxis_title="y (m)", zaxis_title="z (m)"))
+    return fig
+
+
+def projections_figure(images: np.ndarray, pair_pixels: np.ndarray, values: np.ndarray, camera_names,
+                       colours: np.ndarray | None = None, point_size: float = 1.0, title: str = ""):
+    """Six camera images with their paired points drawn on top (matplotlib).
+
+    ``values`` (M,) are class indices when ``colours`` (K, 3) is given, else depths in metres."""
+    import matplotlib.pyplot as plt
+
+    order = [list(camera_names).index(c) for c in CAMERA_GRID if c in camera_names]
+    fig, axes = plt.subplots(2, 3, figsize=(15, 6.2), layout="constrained")
+    for ax, c in zip(axes.ravel(), order):
+        ax.imshow(images[c])
+        sel = pair_pixels[:, 0] == c
+        if colours is not None:
+            ax.scatter(pair_pixels[sel, 2], pair_pixels[sel, 1], c=colours[values[sel]], s=point_size, linewidths=0)
+        else:
+            sc = ax.scatter(pair_pixels[sel, 2], pair_pixels[sel, 1], c=values[sel], s=point_size, cmap="viridis",
+                            linewidths=0, vmin=0, vmax=40)
+        ax.set_title(f"{camera_names[c]} ({sel.sum()} points)", fontsize=9)
+        ax.set_xlabel("column (px)", fontsize=8)
+        ax.set_ylabel("row (px)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    if colours is None:
+        fig.colorbar(sc, ax=axes, label="depth (m)", shrink=0.8)
+    fig.suptitle(title)
+    return fig
+
+
+def superpixels_figure(images: np.ndarray, segments: np.ndarray, titles):
+    """Images with superpixel boundaries (skimage ``mark_boundaries``), one panel each."""
+    import matplotlib.pyplot as plt
+    from skimage.segmentation import mark_boundaries
+
+    fig, axes = plt.subplots(1, len(images), figsize=(6 * len(images), 3.6))
+    for ax, im, seg, t in zip(np.atleast_1d(axes), images, segments, titles):
+        ax.imshow(mark_boundaries(im, seg, color=(1, 1, 0)))
+        ax.set_title(f"{t}: {len(np.unique(seg))} superpixels", fontsize=10)
+        ax.set_xlabel("column (px)")
+        ax.set_ylabel("row (px)")
+    fig.tight_layout()
+    return fig
+
+
+def twin_statistics(keyframes, n_keyframes: int = 4) -> dict:
+    """Per-class colour of paired pixels (RGB 0..255), LiDAR intensity and point height (metres above
+    the lowest 5 % of the scan, a stand-in for the ground) over the first ``n_keyframes`` keyframes."""
+    stats = {}
+    for i in range(min(n_keyframes, len(keyframes))):
+        kf = keyframes[i]
+        ground = np.percentile(kf.points[:, 2], 5)
+        rgb = kf.images[kf.pair_pixels[:, 0], kf.pair_pixels[:, 1], kf.pair_pixels[:, 2]].astype(np.float32)
+        lab_pairs = kf.labels[kf.pair_points]
+        for k in np.unique(kf.labels):
+            s = stats.setdefault(int(k), {"rgb": [], "height": [], "intensity": []})
+            s["rgb"].append(rgb[lab_pairs == k])
+            s["height"].append(kf.points[kf.labels == k, 2] - ground)
+            s["intensity"].append(kf.points[kf.labels == k, 3])
+    return {k: {f: np.concatenate(v) for f, v in s.items()} for k, s in stats.items()}
+
+
+def twins_figure(stats: dict):
+    """One row per twin pair: the mean paired-pixel colour of each class as a swatch, and the
+    distributions of point height for both (geometry) — appearance-only twins differ in colour only,
+    geometry-only twins in height only."""
+    import matplotlib.pyplot as plt
+
+    pairs = [("geometry-only", p) for p in GEOMETRY_ONLY_TWINS] + [("appearance-only", p) for p in APPEARANCE_ONLY_TWINS]
+    fig, axes = plt.subplots(len(pairs), 2, figsize=(11, 2.1 * len(pairs)), gridspec_kw={"width_ratios": [1, 2.2]})
+    for row, (group, (a, b)) in enumerate(pairs):
+        ka, kb = class_index(a), class_index(b)
+        sw = np.ones((20, 45, 3))
+        for j, k in enumerate((ka, kb)):
+            if k in stats and len(stats[k]["rgb"]):
+                sw[:, j * 25:j * 25 + 20] = stats[k]["rgb"].mean(0) / 255.0
+        axes[row, 0].imshow(sw)
+        axes[row, 0].set_title(f"{group}: {a} | {b}", fontsize=9)
+        axes[row, 0].axis("off")
+        bins = np.linspace(0, 8, 41)
+        for k, name in ((ka, a), (kb, b)):
+            if k in stats:
+                axes[row, 1].hist(stats[k]["height"], bins=bins, alpha=0.55, density=True, label=name)
+        axes[row, 1].set_xlabel("point height above ground (m)", fontsize=8)
+        axes[row, 1].set_ylabel("density", fontsize=8)
+        axes[row, 1].legend(fontsize=8)
+    fig.tight_layout()
+    return fig

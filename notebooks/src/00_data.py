@@ -1,0 +1,293 @@
+# %% [markdown]
+# # 00 · The data: nuScenes keyframes, point↔pixel pairs, superpixels and voxels
+#
+# Image-to-LiDAR distillation (PPKT, SLidR, and CMCR after them) learns a 3D network by making the
+# features of a LiDAR point agree with the features of the pixel it projects to. Everything
+# therefore starts with **pairs**: which point lands on which pixel of which camera. This notebook
+# walks one keyframe from the files on disk to a training batch:
+#
+# 1. the nuScenes format, table by table, through the official `nuscenes-devkit`;
+# 2. a LiDAR sweep in 3D, coloured by its 16-class labels;
+# 3. the projection into the six cameras (and a check against the devkit's own projection);
+# 4. SLIC superpixels (the units of SLidR's loss);
+# 5. sparse voxels and what they do to labels;
+# 6. augmentations and MIM masking that keep pairs consistent (and the official code's masking bug);
+# 7. the embedded dataset's *twins*: classes that differ only in geometry or only in appearance —
+#    the distinction the CMCR paper is about.
+#
+# Paper: Zhang & Hou, *Is Contrastive Distillation Enough for Learning Comprehensive 3D
+# Representations?* (IJCV 2026), §3 (data pipeline inherited from SLidR). On a 2-core CPU this
+# notebook runs in about a minute on the embedded synthetic dataset; point `dataroot` and `version`
+# at a real nuScenes copy (`v1.0-mini` or `v1.0-trainval`) to run it on real data.
+
+# %% tags=["parameters"]
+dataroot = None            # None: the embedded synthetic dataset (generated on first use)
+version = "v1.0-synthetic" # real data: "v1.0-mini" or "v1.0-trainval"
+split = "all"              # "all", "train", "val" (+ "teacher" on the synthetic set)
+keyframe_index = 0
+max_points_3d = 15000      # points drawn in the interactive 3D view
+output_dir = "../outputs/00_data"
+seed = 0
+
+# %%
+import warnings
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from cmcr_lite.classes import CLASS_NAMES_16, class_group
+from cmcr_lite.data.nuscenes_loader import NuScenesKeyframes
+from cmcr_lite.paths import ensure_embedded_dataset
+
+warnings.filterwarnings("ignore", message=".*CPU_ONLY.*")
+out = Path(output_dir)
+out.mkdir(parents=True, exist_ok=True)
+if dataroot is None:
+    dataroot = ensure_embedded_dataset()
+keyframes = NuScenesKeyframes(dataroot, version, split=split)
+nusc = keyframes.nusc  # the devkit's NuScenes object: everything below reads through it
+print(keyframes)
+
+# %% [markdown]
+# ## 1 · The nuScenes format, table by table
+#
+# A nuScenes version folder holds JSON tables of records linked by `token`s. A **scene** is a
+# 20-second drive; it points to its first **sample** (a *keyframe*, every 0.5 s); a sample's `data`
+# maps each sensor channel to a **sample_data** record (one file: a `.pcd.bin` sweep or a `.jpg`
+# image), which points to its **calibrated_sensor** (sensor → ego transform, camera intrinsics)
+# and its **ego_pose** (ego → global transform *at that sensor's timestamp*). Labels for LiDAR
+# segmentation live in `lidarseg/<version>/<lidar token>_lidarseg.bin`, one `uint8` per point.
+
+# %%
+nusc.list_scenes()
+scene = nusc.scene[0]
+sample = nusc.get("sample", scene["first_sample_token"])
+print("sample keys:", sorted(sample))
+print("channels of a keyframe:", sorted(sample["data"]))
+lidar_sd = nusc.get("sample_data", sample["data"]["LIDAR_TOP"])
+cam_sd = nusc.get("sample_data", sample["data"]["CAM_FRONT"])
+for name, rec in [("LIDAR_TOP sample_data", lidar_sd), ("CAM_FRONT sample_data", cam_sd),
+                  ("CAM_FRONT calibrated_sensor", nusc.get("calibrated_sensor", cam_sd["calibrated_sensor_token"])),
+                  ("CAM_FRONT ego_pose", nusc.get("ego_pose", cam_sd["ego_pose_token"]))]:
+    print(f"\n{name}:")
+    for k, v in rec.items():
+        print(f"  {k:24s} {v}")
+print("\nLiDAR and camera timestamps differ by", (cam_sd["timestamp"] - lidar_sd["timestamp"]) / 1e3, "ms")
+
+# %% [markdown]
+# ## 2 · One LiDAR sweep in 3D
+#
+# `NuScenesKeyframes[i]` reads a keyframe through the devkit: `LidarPointCloud.from_file` for the
+# points (x, y, z in metres in the LiDAR frame, intensity), the lidarseg labels mapped from the
+# 32 fine classes to the 16 challenge classes by the devkit's `LidarsegClassMapper`, and the six
+# JPEGs. Rotate the view; click a class in the legend to hide it.
+
+# %%
+kf = keyframes[keyframe_index]
+print(f"points {kf.points.shape}, labels {kf.labels.shape}, images {kf.images.shape}, "
+      f"pairs {kf.pair_points.shape}")
+counts = np.bincount(kf.labels, minlength=17)
+for k in np.nonzero(counts)[0]:
+    print(f"  {CLASS_NAMES_16[k]:22s} {counts[k]:6d} points   ({class_group(CLASS_NAMES_16[k])})")
+assert kf.points.dtype == np.float32 and kf.points.shape[1] == 4 and len(kf.labels) == len(kf.points)
+
+# %%
+from cmcr_lite.viz import class_colours, points_3d_figure
+
+fig3d = points_3d_figure(kf.points, kf.labels, max_points=max_points_3d, seed=seed)
+fig3d.write_html(out / "sweep_3d.html", include_plotlyjs="cdn")
+fig3d.show()
+
+# %% [markdown]
+# ## 3 · Projecting points into the six cameras
+#
+# A LiDAR point $p$ reaches pixel $(u, v)$ of camera $c$ through five transforms:
+#
+# $$\tilde p_c = T^{c \leftarrow e}_{\text{calib}}\; T^{e \leftarrow g}_{t_c}\; T^{g \leftarrow e}_{t_\ell}\;
+#   T^{e \leftarrow \ell}_{\text{calib}}\; \tilde p, \qquad
+#   \begin{pmatrix} u \\ v \\ 1 \end{pmatrix} = \frac{1}{z_c} K \,p_c$$
+#
+# where $t_\ell$ and $t_c$ are the LiDAR's and the camera's timestamps: the ego moves between
+# them, so the two ego poses differ. A pair is kept when the depth $z_c > 1$ m and the pixel falls
+# inside the image (with the devkit's 1-pixel margin). `project_points_to_cameras` composes the chain
+# into one 4×4 matrix per camera and projects all six cameras in one batched product.
+
+# %%
+from cmcr_lite.data.projection import project_points_to_cameras
+
+T, K, sizes = keyframes.projection_inputs(keyframes.lidar_record(kf.sample_token),
+                                          keyframes.camera_records(kf.sample_token))
+pair_points, pair_pixels, uv = project_points_to_cameras(kf.points[:, :3], T, K, sizes, min_depth=1.0)
+print(f"{len(pair_points)} pairs from {len(kf.points)} points; "
+      f"{len(np.unique(pair_points))} points are seen by at least one camera")
+
+# %%
+from cmcr_lite.viz import projections_figure
+
+fig = projections_figure(kf.images, pair_pixels, kf.labels[pair_points], kf.camera_names, colours=class_colours(),
+                         title="LiDAR points projected into the six cameras, coloured by class")
+fig.savefig(out / "projections.png", dpi=80)
+plt.show()
+
+# %% [markdown]
+# **Check against the devkit.** `nusc.explorer.map_pointcloud_to_image` is the devkit's own
+# reference projection (one camera at a time, with a Python loop over transforms). Ours must keep
+# the same points and land within half a pixel.
+
+# %%
+for c, cam_token in enumerate(kf.camera_tokens):
+    ref_uv, _, _ = nusc.explorer.map_pointcloud_to_image(kf.lidar_token, cam_token)
+    ours = uv[pair_pixels[:, 0] == c]
+    assert ref_uv.shape[1] == len(ours), (kf.camera_names[c], ref_uv.shape, ours.shape)
+    err = np.abs(ref_uv[:2].T - ours).max()
+    print(f"{kf.camera_names[c]:16s} {len(ours):5d} pairs, max |devkit - ours| = {err:.2e} px")
+    assert err < 0.5
+
+# %% [markdown]
+# ## 4 · Superpixels
+#
+# SLidR pools features over **superpixels** instead of single pixels: SLIC segments each image into
+# about 150 regions of similar colour (compactness 6, Gaussian smoothing σ = 3, the paper's values).
+# Points whose pixels fall in one superpixel form a *superpoint*. They are computed once and cached
+# next to the dataset (`<dataroot>/superpixels/slic_150_6_3/<camera token>.png`).
+
+# %%
+from cmcr_lite.data.superpixels import SlicParams, load_or_compute_superpixels
+
+params = SlicParams()
+segments = [load_or_compute_superpixels(keyframes.dataroot, kf.camera_tokens[c], kf.images[c], params)
+            for c in (0, 3)]
+from cmcr_lite.viz import superpixels_figure
+
+fig = superpixels_figure(kf.images[[0, 3]], segments, [kf.camera_names[0], kf.camera_names[3]])
+fig.savefig(out / "superpixels.png", dpi=80)
+plt.show()
+sp_of_pair = segments[0][pair_pixels[pair_pixels[:, 0] == 0, 1], pair_pixels[pair_pixels[:, 0] == 0, 2]]
+print(f"CAM_FRONT: {len(np.unique(segments[0]))} superpixels, {len(np.unique(sp_of_pair))} of them hold at least one point")
+
+# %% [markdown]
+# ## 5 · Sparse voxels
+#
+# The 3D network (a sparse MinkUNet) sees **voxels**, not points: coordinates are quantised to
+# $\lfloor p / s \rfloor$ with $s = 0.1$ m (CMCR uses Cartesian voxels; SLidR cylindrical ones), one
+# representative point per voxel gives its features, and the inverse map sends every point back to
+# its voxel, so pairs become voxel↔pixel pairs and predictions are scored per point.
+
+# %%
+from cmcr_lite.data.voxelize import voxelize
+
+sizes_m = [0.05, 0.1, 0.2, 0.4]
+rows = []
+for s in sizes_m:
+    vox = voxelize(kf.points[:, :3], s)
+    back = kf.labels[vox.point_of_voxel][vox.voxel_of_point]  # labels: points -> voxels -> points
+    rows.append((s, len(vox), len(kf.points) / len(vox), (back != kf.labels).mean()))
+    print(f"voxel {s:4.2f} m: {len(vox):6d} voxels, {len(kf.points) / len(vox):4.2f} points/voxel, "
+          f"{100 * (back != kf.labels).mean():5.2f} % of point labels changed by the round trip")
+assert rows[1][3] < 0.02  # at 0.1 m almost every voxel holds a single class
+
+fig, ax = plt.subplots(1, 2, figsize=(11, 3.4))
+ax[0].plot([r[0] for r in rows], [r[1] for r in rows], "o-")
+ax[0].set_xlabel("voxel size (m)"); ax[0].set_ylabel("number of voxels")
+ax[1].plot([r[0] for r in rows], [100 * r[3] for r in rows], "o-", color="C3")
+ax[1].set_xlabel("voxel size (m)"); ax[1].set_ylabel("labels changed by round trip (%)")
+fig.tight_layout(); fig.savefig(out / "voxels.png", dpi=80); plt.show()
+
+# %% [markdown]
+# ## 6 · A training sample: augmentations and MIM masks
+#
+# `PairedScanDataset` turns a keyframe into a training sample: a random rotation about z and axis
+# flips for the points (pairs index points, so they need no change), a random resized crop to
+# 224×416 (here the `lite` 112×208) and a horizontal flip per camera (these move pixels, so the
+# pairs are remapped and those leaving the crop dropped). For masked image modelling, each image is
+# masked with probability 0.5: 50 % of its 16×16 patches are zeroed, and the pairs on masked pixels
+# are dropped with a **boolean** mask.
+
+# %%
+from cmcr_lite.data.pipeline import PairedScanDataset, PipelineConfig
+
+dataset = PairedScanDataset(keyframes, PipelineConfig.lite(mask_prob=0.5), seed=seed)
+item = dataset[keyframe_index]
+print({k: getattr(v, "shape", v) for k, v in item.items() if k != "sample_token"})
+masked_cams = np.nonzero(item["masks"].any((1, 2)))[0]
+print("masked cameras:", [kf.camera_names[c] for c in masked_cams])
+fig, axes = plt.subplots(2, 6, figsize=(18, 4.2))
+for c in range(6):
+    sel = item["pair_pixels"][:, 0] == c
+    axes[0, c].imshow(item["images"][c].transpose(1, 2, 0))
+    axes[0, c].scatter(item["pair_pixels"][sel, 2], item["pair_pixels"][sel, 1], s=0.5,
+                       c=class_colours()[item["labels"][item["pair_points"][sel]]])
+    axes[0, c].set_title(f"input {c}: {sel.sum()} pairs", fontsize=8)
+    axes[1, c].imshow(item["target_images"][c].transpose(1, 2, 0))
+    axes[1, c].set_title("target (unmasked)", fontsize=8)
+for a in axes.ravel():
+    a.axis("off")
+fig.tight_layout(); fig.savefig(out / "training_sample.png", dpi=80); plt.show()
+
+# %% [markdown]
+# **The official code's masking bug.** The released CMCR code filters pairs with
+# `matching_points[1 - mask[r, c]]`. `1 - bool_array` is an *integer* array, so NumPy treats it as a
+# list of indices 0 and 1: every pair collapses onto pair #0 or #1. Here is the difference on the
+# pairs of one camera with a half-masked image:
+
+# %%
+from cmcr_lite.data.masking import drop_masked_pairs, random_patch_mask
+
+rng = np.random.default_rng(seed)
+H, W = kf.images.shape[1:3]
+masks = np.zeros((6, H, W), bool)
+masks[0] = random_patch_mask(H, W, rng, patch=16, ratio=0.5)
+cam0 = pair_pixels[:, 0] == 0
+keep = drop_masked_pairs(pair_pixels[cam0], masks)
+buggy = pair_points[cam0][(1 - masks[0][pair_pixels[cam0, 1], pair_pixels[cam0, 2]])]
+print(f"pairs of CAM_FRONT: {cam0.sum()}")
+print(f"  boolean ~mask keeps {keep.sum()} ({100 * keep.mean():.0f} %), all distinct")
+print(f"  integer 1 - mask keeps {len(buggy)} entries but only {len(np.unique(buggy))} distinct pairs")
+assert len(np.unique(buggy)) <= 2 and 0.3 < keep.mean() < 0.7
+
+# %% [markdown]
+# ## 7 · Twins: what only the geometry or only the appearance can tell apart
+#
+# The paper's claim is that contrastive distillation learns what **both** modalities see, and
+# misses what only one of them carries. The embedded dataset makes that measurable with *twins*:
+#
+# * **geometry-only twins** look identical in the cameras (same paint, texture and LiDAR intensity)
+#   and differ only in shape: car | truck, terrain | vegetation, barrier | manmade;
+# * **appearance-only twins** have the same shape and intensity and differ only in colour/texture:
+#   driveable surface | sidewalk, bus | construction vehicle.
+#
+# Left: the mean colour of the pixels paired with each class. Right: how high their points are.
+
+# %%
+from cmcr_lite.viz import twin_statistics, twins_figure
+
+stats = twin_statistics(keyframes, n_keyframes=min(4, len(keyframes)))
+fig = twins_figure(stats)
+fig.savefig(out / "twins.png", dpi=80)
+plt.show()
+
+# %%
+for group, (a, b) in [("geometry-only", ("car", "truck")), ("appearance-only", ("driveable_surface", "sidewalk"))]:
+    ka, kb = CLASS_NAMES_16.index(a), CLASS_NAMES_16.index(b)
+    if ka in stats and kb in stats:
+        d_rgb = np.abs(stats[ka]["rgb"].mean(0) - stats[kb]["rgb"].mean(0)).mean()
+        d_h = abs(np.median(stats[ka]["height"]) - np.median(stats[kb]["height"]))
+        print(f"{group:16s} {a} vs {b}: mean colour differs by {d_rgb:5.1f} / 255, median height by {d_h:4.2f} m")
+
+# %% [markdown]
+# ## Summary
+#
+# * A keyframe is a LiDAR sweep plus six images; the devkit's tables give every transform, and the
+#   camera's own ego pose must be used (the ego moves between sensors).
+# * Pairs are computed for all cameras in one vectorised product and agree with the devkit's
+#   reference projection to a tiny fraction of a pixel (`benchmarks/projection.py` times both).
+# * Augmentations keep pairs consistent; masking drops pairs with a boolean mask.
+# * The embedded dataset's twins separate what only LiDAR geometry or only camera appearance can
+#   tell apart: the following notebooks measure which of them each method learns.
+#
+# **Exercises**
+# 1. Set `split = "val"` or `keyframe_index = 2` and rerun: how does the number of pairs per camera change?
+# 2. In §3, use the LiDAR's ego pose for the cameras too (replace `T` by a chain without the camera
+#    ego pose): how many pixels do points move? (`tests/test_projection.py` checks this.)
+# 3. In §5, which classes lose most labels at 0.4 m voxels, and why?
