@@ -13,15 +13,32 @@ We compose the chain into one 4x4 matrix per camera and project all cameras in o
 from __future__ import annotations
 
 import numpy as np
-from pyquaternion import Quaternion
+
+
+def quaternion_to_matrix(q_wxyz) -> np.ndarray:
+    """(3,3) rotation matrix of a unit quaternion [w, x, y, z] (nuScenes/pyquaternion order)."""
+    w, x, y, z = np.asarray(q_wxyz, dtype=np.float64) / np.linalg.norm(q_wxyz)
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+    ])
 
 
 def pose_matrix(rotation_wxyz, translation) -> np.ndarray:
     """4x4 float64 transform from a nuScenes rotation quaternion [w,x,y,z] and translation (metres)."""
     T = np.eye(4)
-    T[:3, :3] = Quaternion(rotation_wxyz).rotation_matrix
+    T[:3, :3] = quaternion_to_matrix(rotation_wxyz)
     T[:3, 3] = translation
     return T
+
+
+def invert_pose(T: np.ndarray) -> np.ndarray:
+    """Inverse of a rigid 4x4 transform: [R | t]^-1 = [R^T | -R^T t]."""
+    inv = np.eye(4)
+    inv[:3, :3] = T[:3, :3].T
+    inv[:3, 3] = -T[:3, :3].T @ T[:3, 3]
+    return inv
 
 
 def lidar_to_camera(nusc, lidar_sd: dict, camera_sd: dict) -> np.ndarray:
@@ -37,7 +54,7 @@ def lidar_to_camera(nusc, lidar_sd: dict, camera_sd: dict) -> np.ndarray:
     global_from_ego_l = record_pose("ego_pose", lidar_sd["ego_pose_token"])
     global_from_ego_c = record_pose("ego_pose", camera_sd["ego_pose_token"])
     ego_from_camera = record_pose("calibrated_sensor", camera_sd["calibrated_sensor_token"])
-    return np.linalg.inv(ego_from_camera) @ np.linalg.inv(global_from_ego_c) @ global_from_ego_l @ ego_from_lidar
+    return invert_pose(ego_from_camera) @ invert_pose(global_from_ego_c) @ global_from_ego_l @ ego_from_lidar
 
 
 def project_points_to_cameras(points_xyz: np.ndarray, camera_from_lidar: np.ndarray, intrinsics: np.ndarray,
@@ -60,11 +77,13 @@ def project_points_to_cameras(points_xyz: np.ndarray, camera_from_lidar: np.ndar
     A point seen by two cameras appears in two pairs.
     """
     pts = np.asarray(points_xyz, dtype=np.float64)
-    cam = np.einsum("cij,nj->cni", camera_from_lidar[:, :3, :3], pts) + camera_from_lidar[:, None, :3, 3]
-    depth = cam[..., 2]  # (C, N)
+    # One (3C,3) x (3,N) product for all cameras: rows 0-1 of K [R|t] give u*z and v*z, and
+    # row 2 of [R|t] gives the depth z itself (K's last row is (0, 0, 1)).
+    P = np.concatenate([intrinsics[:, :2] @ camera_from_lidar[:, :3, :], camera_from_lidar[:, 2:3, :]], 1)  # (C,3,4)
+    proj = (P[:, :, :3].reshape(-1, 3) @ pts.T + P[:, :, 3].reshape(-1, 1)).reshape(len(P), 3, -1)  # (C, 3, N)
+    depth = proj[:, 2]
     with np.errstate(divide="ignore", invalid="ignore"):
-        img = np.einsum("cij,cnj->cni", intrinsics, cam)
-        u, v = img[..., 0] / img[..., 2], img[..., 1] / img[..., 2]
+        u, v = proj[:, 0] / depth, proj[:, 1] / depth
     w = image_sizes[:, 0:1].astype(np.float64)
     h = image_sizes[:, 1:2].astype(np.float64)
     keep = (depth > min_depth) & (u > margin) & (u < w - margin) & (v > margin) & (v < h - margin)

@@ -137,7 +137,8 @@ def build_world(rng: np.random.Generator, x_min: float, x_max: float) -> World:
             P.append(Primitive("cylinder", np.array([x, y, h / 2]), np.array([0.28, 0.28, h]), 0.0,
                                FINE["human.pedestrian.adult"], PURPLE))
 
-    # vehicles: parked on both kerbs and driving in the oncoming lane (y > 0); ego lane stays clear
+    # vehicles: parked on the far kerb and driving in the oncoming lane (both y > 0); the ego lane
+    # (y < 0) stays clear so the ego never drives through an object
     kinds = [  # (fine label, material, length, width, height, probability)
         (FINE["vehicle.car"], BLUE_PAINT, 4.5, 1.9, 1.55, 0.45),
         (FINE["vehicle.truck"], BLUE_PAINT, 7.5, 2.5, 3.2, 0.20),
@@ -146,13 +147,11 @@ def build_world(rng: np.random.Generator, x_min: float, x_max: float) -> World:
     ]
     probs = np.array([k[-1] for k in kinds])
     occupied = []
-    lanes = {"oncoming": road_half / 2, "kerb_left": road_half - 1.3, "kerb_right": -(road_half - 1.3)}
+    lanes = ("oncoming", "kerb_left")
     for _ in range(int(rng.integers(10, 16))):
-        lane = str(rng.choice(list(lanes)))
+        lane = str(rng.choice(lanes))
         label, mat, length, width, height, _p = kinds[int(rng.choice(len(kinds), p=probs / probs.sum()))]
-        y = lanes[lane] if lane != "kerb_right" else -(road_half - width / 2 - 0.2)
-        if lane == "kerb_left":
-            y = road_half - width / 2 - 0.2
+        y = road_half / 2 if lane == "oncoming" else road_half - width / 2 - 0.2
         for _try in range(10):
             x = rng.uniform(x_min, x_max - length)
             if _free(occupied, x - 1, x + length + 1, lane):
