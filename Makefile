@@ -2,6 +2,8 @@
 #   make demo   - run every notebook with papermill into outputs/notebooks/ (CPU defaults)
 #   make test   - pytest (package) + nbval (notebooks)
 PY := .venv/bin/python
+# see cmcr_lite/__init__.py: spinning OpenMP threads starve each other on a small shared CPU
+export OMP_WAIT_POLICY := passive
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 
 .PHONY: env data demo test test-package test-notebooks benchmark notebooks clean-data

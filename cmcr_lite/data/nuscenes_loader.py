@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cmcr_lite.data.projection import lidar_to_camera, project_points_to_cameras
+from cmcr_lite.data.projection import cameras_from_lidar, project_points_to_cameras
 
 CAMERAS = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_RIGHT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_FRONT_LEFT")
 SPLITS_FILE = "cmcr_splits.json"  # written by the synthetic generator; real nuScenes uses the devkit's splits
@@ -225,9 +225,17 @@ class NuScenesKeyframes:
         """(C,4,4) camera-from-lidar transforms, (C,3,3) intrinsics and (C,2) image sizes."""
         check_calibration(self.nusc, lidar_sd, "LIDAR_TOP")
         Ks = np.stack([check_calibration(self.nusc, sd, ch) for sd, ch in zip(camera_sds, self.cameras)])
-        T = np.stack([lidar_to_camera(self.nusc, lidar_sd, sd) for sd in camera_sds])
+        T = cameras_from_lidar(self.nusc, lidar_sd, camera_sds)
         sizes = np.array([(sd["width"], sd["height"]) for sd in camera_sds], dtype=np.int64)
         return T, Ks, sizes
+
+    def load_scan(self, index: int):
+        """Only the LiDAR part of keyframe ``index``: points (N, 4) float32 and labels (N,) int64 or None.
+        Downstream segmentation needs no images, so it skips reading them."""
+        lidar_sd = self.lidar_record(self.sample_tokens[index])
+        points = load_points(self.dataroot / lidar_sd["filename"])
+        labels = self.load_labels(lidar_sd["token"], len(points)) if self.has_labels else None
+        return points, labels
 
     def __getitem__(self, index: int) -> Keyframe:
         sample_token = self.sample_tokens[index]

@@ -41,20 +41,29 @@ def invert_pose(T: np.ndarray) -> np.ndarray:
     return inv
 
 
-def lidar_to_camera(nusc, lidar_sd: dict, camera_sd: dict) -> np.ndarray:
-    """(4,4) float64 transform taking LiDAR-frame points to a camera frame (metres, z = depth).
+def cameras_from_lidar(nusc, lidar_sd: dict, camera_sds: list) -> np.ndarray:
+    """(C, 4, 4) float64 transforms taking LiDAR-frame points to each camera's frame (metres, z = depth).
 
-    ``lidar_sd`` and ``camera_sd`` are sample_data records of the same keyframe.
+    ``lidar_sd`` and ``camera_sds`` are sample_data records of the same keyframe. The LiDAR half of
+    the chain (lidar -> ego at lidar time -> global) is shared by all cameras and computed once.
     """
     def record_pose(table, token):
         rec = nusc.get(table, token)
         return pose_matrix(rec["rotation"], rec["translation"])
 
-    ego_from_lidar = record_pose("calibrated_sensor", lidar_sd["calibrated_sensor_token"])
-    global_from_ego_l = record_pose("ego_pose", lidar_sd["ego_pose_token"])
-    global_from_ego_c = record_pose("ego_pose", camera_sd["ego_pose_token"])
-    ego_from_camera = record_pose("calibrated_sensor", camera_sd["calibrated_sensor_token"])
-    return invert_pose(ego_from_camera) @ invert_pose(global_from_ego_c) @ global_from_ego_l @ ego_from_lidar
+    global_from_lidar = record_pose("ego_pose", lidar_sd["ego_pose_token"]) @ record_pose(
+        "calibrated_sensor", lidar_sd["calibrated_sensor_token"])
+    out = np.empty((len(camera_sds), 4, 4))
+    for c, sd in enumerate(camera_sds):
+        camera_from_global = invert_pose(record_pose("calibrated_sensor", sd["calibrated_sensor_token"])) @ \
+            invert_pose(record_pose("ego_pose", sd["ego_pose_token"]))
+        out[c] = camera_from_global @ global_from_lidar
+    return out
+
+
+def lidar_to_camera(nusc, lidar_sd: dict, camera_sd: dict) -> np.ndarray:
+    """(4, 4) float64 transform taking LiDAR-frame points to one camera's frame."""
+    return cameras_from_lidar(nusc, lidar_sd, [camera_sd])[0]
 
 
 def project_points_to_cameras(points_xyz: np.ndarray, camera_from_lidar: np.ndarray, intrinsics: np.ndarray,

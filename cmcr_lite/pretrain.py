@@ -1,0 +1,363 @@
+"""Image-to-LiDAR contrastive pretraining (PPKT and SLidR), from a notebook or the command line.
+
+    python -m cmcr_lite.pretrain --config lite --output-dir outputs/pretrain/ppkt
+    python -m cmcr_lite.pretrain --config full --set dataroot=/data/sets/nuscenes image_weights=moco_v2_800ep.pth.tar
+    torchrun --nproc_per_node 4 -m cmcr_lite.pretrain --config full --set dataroot=/data/sets/nuscenes
+    python -m cmcr_lite.pretrain --config lite --output-dir outputs/pretrain/ppkt --resume
+
+One ``PretrainConfig`` holds every setting, with the paper's values as defaults and a ``lite()``
+preset for the embedded dataset on a 2-core CPU. A checkpoint (model, optimizer, RNG states, history)
+is written atomically after every epoch; ``--resume`` continues from it and reaches the same
+weights as an uninterrupted run, because every random draw is seeded by (seed, epoch, step/index).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import random
+import sys
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from cmcr_lite.data.pipeline import PairedScanDataset, PipelineConfig, batch_to_sparse_tensor, collate_pairs
+from cmcr_lite.data.superpixels import SlicParams
+from cmcr_lite.losses.infonce import point_pixel_infonce, superpixel_infonce
+from cmcr_lite.models.image_encoder import DenseHead, ResNet50Encoder, freeze
+from cmcr_lite.models.minkunet import MinkUNet, MinkUNetConfig
+
+METHODS = ("ppkt", "slidr")
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+@dataclass
+class PretrainConfig:
+    """Every pretraining setting. Defaults: the paper's released configuration (paper.md section 4.6)."""
+    method: str = "ppkt"                 # "ppkt": point-pixel InfoNCE; "slidr": superpoint-superpixel InfoNCE
+    dataroot: str | None = None          # None: the embedded synthetic dataset
+    version: str = "v1.0-trainval"
+    split: str = "train"
+    epochs: int = 10
+    batch_size: int = 12                 # scans per step, summed over all processes (paper: 12 on 6 GPUs)
+    lr: float = 1e-3                     # AdamW, constant (the released code has no schedule)
+    weight_decay: float = 0.01           # AdamW's default, which the released code uses
+    tau: float = 0.07                    # InfoNCE temperature
+    num_matches: int = 2048              # point-pixel pairs sampled per step (PPKT)
+    feature_dim: int = 64                # shared feature size, both modalities
+    backbone: MinkUNetConfig = field(default_factory=MinkUNetConfig.full)
+    image_encoder: str = "resnet50"      # "resnet50" (frozen, weights from image_weights) or "small_teacher"
+    image_weights: str | None = None     # MoCo-v2 / torchvision ResNet-50 checkpoint path
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    seed: int = 0
+    device: str = "auto"                 # "auto": cuda if available, else cpu
+    num_workers: int = 2                 # data-loading processes per training process
+    output_dir: str = "outputs/pretrain"
+
+    def __post_init__(self):
+        if isinstance(self.backbone, dict):
+            self.backbone = MinkUNetConfig(**self.backbone)
+        if isinstance(self.pipeline, dict):
+            p = dict(self.pipeline)
+            p["slic"] = SlicParams(**p["slic"]) if isinstance(p.get("slic"), dict) else p.get("slic", SlicParams())
+            self.pipeline = PipelineConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in p.items()})
+        checks = {
+            "method": self.method in METHODS, "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1,
+            "lr": self.lr > 0, "weight_decay": self.weight_decay >= 0, "tau": self.tau > 0,
+            "num_matches": self.num_matches >= 2, "feature_dim": self.feature_dim >= 1,
+            "image_encoder": self.image_encoder in ("resnet50", "small_teacher"),
+            "device": self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+            "num_workers": self.num_workers >= 0,
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError("PretrainConfig: invalid " + ", ".join(f"{k}={getattr(self, k)!r}" for k in bad))
+
+    @classmethod
+    def lite(cls, **overrides) -> "PretrainConfig":
+        """The embedded dataset on a 2-core CPU: lite MinkUNet, small self-supervised image teacher,
+        112x208 crops, 2 scans per step. Same losses and temperature as the paper."""
+        base = cls(dataroot=None, version="v1.0-synthetic", split="train", epochs=8, batch_size=2, lr=2e-3,
+                   num_matches=1024, backbone=MinkUNetConfig.lite(), image_encoder="small_teacher",
+                   pipeline=PipelineConfig.lite(), num_workers=0, output_dir="outputs/pretrain/lite")
+        return replace(base, **overrides)
+
+    @classmethod
+    def full(cls, **overrides) -> "PretrainConfig":
+        return replace(cls(), **overrides)
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PretrainConfig":
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"PretrainConfig: unknown fields {sorted(unknown)}")
+        return cls(**d)
+
+
+# ------------------------------------------------------------------------------------------ models
+class DistillationModel(nn.Module):
+    """3D student (MinkUNet trunk + 1x1 shared head F^3D) and 2D branch (frozen teacher trunk +
+    trainable 1x1 shared head F^2D, upsampled to the image). Both outputs are L2-normalised."""
+
+    def __init__(self, config: PretrainConfig, image_trunk: nn.Module | None = None):
+        super().__init__()
+        import MinkowskiEngine as ME
+
+        self.backbone = MinkUNet(replace(config.backbone, out_channels=None))
+        self.head3d = ME.MinkowskiConvolution(self.backbone.trunk_dim, config.feature_dim, kernel_size=1, bias=True,
+                                              dimension=3)
+        if image_trunk is None:
+            image_trunk = build_image_encoder(config)
+        self.image_encoder = image_trunk
+        freeze(self.image_encoder.trunk)
+        # A fresh trainable 2D head, as PPKT's 1x1-conv "decoder" on the frozen ResNet-50.
+        self.image_encoder.shared = DenseHead(self.image_encoder.trunk_dim, config.feature_dim, normalize=True)
+        self.image_encoder.specific = None
+
+    def features_3d(self, x) -> torch.Tensor:
+        """(V, feature_dim) L2-normalised shared features, one row per input voxel."""
+        return F.normalize(self.head3d(self.backbone(x)).F, dim=1)
+
+    def features_2d(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, feature_dim, H, W) L2-normalised shared pixel features of images in [0, 1]."""
+        return self.image_encoder(images)
+
+    def forward(self, x, images: torch.Tensor):
+        """(f3d (V, C), f2d (B, C, H, W)); going through ``forward`` lets DistributedDataParallel
+        synchronise gradients."""
+        return self.features_3d(x), self.features_2d(images)
+
+
+def build_image_encoder(config: PretrainConfig) -> nn.Module:
+    """The 2D branch: ResNet-50 (weights from ``image_weights``) or the cached small teacher."""
+    if config.image_encoder == "resnet50":
+        return ResNet50Encoder(out_dim=config.feature_dim, weights=config.image_weights, freeze_trunk=True)
+    from cmcr_lite.paths import ensure_embedded_dataset
+    from cmcr_lite.teacher import load_or_train_teacher
+
+    root = ensure_embedded_dataset(config.dataroot) if config.dataroot is None else config.dataroot
+    return load_or_train_teacher(root, config.version)
+
+
+# ------------------------------------------------------------------------------------------ losses
+def gather_pixels(feats_2d: torch.Tensor, pair_pixels: torch.Tensor) -> torch.Tensor:
+    """Features (M, C) of the paired pixels; feats_2d (B*cams, C, H, W), pair_pixels (M, 3) (image, row, col)."""
+    return feats_2d[pair_pixels[:, 0], :, pair_pixels[:, 1], pair_pixels[:, 2]]
+
+
+def distillation_loss(method: str, f3d: torch.Tensor, f2d: torch.Tensor, batch: dict, tau: float,
+                      num_matches: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """PPKT or SLidR InfoNCE for a collated batch.
+
+    f3d: (V, C) voxel features; f2d: (B*cams, C, H, W) pixel features (both L2-normalised).
+    PPKT: positives are (voxel, pixel) pairs, negatives the other sampled pixels.
+    SLidR: features are averaged over each superpixel (2D) and over the points falling in it (3D,
+    the "superpoint"); positives are a superpixel and its superpoint.
+    """
+    device = f3d.device
+    pair_voxels, pair_pixels = batch["pair_voxels"].to(device), batch["pair_pixels"].to(device)
+    if method == "ppkt":
+        return point_pixel_infonce(f3d[pair_voxels], gather_pixels(f2d, pair_pixels), tau=tau,
+                                   num_matches=num_matches, generator=generator)
+    sp = batch["superpixels"].to(device)                     # (B*cams, H, W) ids per image
+    n_img = sp.shape[0]
+    stride = int(sp.max().item()) + 1
+    global_sp = sp + stride * torch.arange(n_img, device=device).view(-1, 1, 1)  # unique over the batch
+    point_sp = global_sp[pair_pixels[:, 0], pair_pixels[:, 1], pair_pixels[:, 2]]
+    pixel_feats = f2d.permute(0, 2, 3, 1).reshape(-1, f2d.shape[1])
+    return superpixel_infonce(f3d[pair_voxels], pixel_feats, point_sp, global_sp.reshape(-1), tau=tau)
+
+
+# ------------------------------------------------------------------------------------------ loop
+def seed_everything(seed: int):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _step_generator(seed: int, epoch: int, step: int, device) -> torch.Generator:
+    g = torch.Generator(device=device if device.type == "cuda" else "cpu")
+    g.manual_seed((seed * 1_000_003 + epoch) * 100_003 + step)
+    return g
+
+
+def save_checkpoint_atomic(state: dict, path: Path):
+    """torch.save to a temporary file in the same folder, then rename: a crash never leaves a
+    truncated checkpoint where a resume would read it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _distributed():
+    """(rank, world_size, local_rank) from torchrun's environment, initialising the process group."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def pretrain(config: PretrainConfig, resume: bool = False, progress: bool = True, stop_after_epoch: int | None = None,
+             keyframes=None, image_trunk: nn.Module | None = None) -> dict:
+    """Train; return ``{"model": DistillationModel, "history": [...], "checkpoint": path}``.
+
+    ``stop_after_epoch`` ends the run early as an interruption would (used to test ``resume``).
+    ``keyframes`` / ``image_trunk`` may be passed in to reuse loaded objects (notebooks, tests).
+    """
+    from cmcr_lite.data.nuscenes_loader import NuScenesKeyframes
+    from cmcr_lite.paths import EMBEDDED_VERSION, ensure_embedded_dataset
+
+    rank, world, local_rank = _distributed()
+    device = resolve_device(config.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    out_dir = Path(config.output_dir)
+    ckpt_path = out_dir / CHECKPOINT_NAME
+    seed_everything(config.seed + rank)
+
+    if keyframes is None:
+        root = ensure_embedded_dataset() if config.dataroot is None else config.dataroot
+        version = EMBEDDED_VERSION if config.dataroot is None else config.version
+        keyframes = NuScenesKeyframes(root, version, split=config.split)
+    dataset = PairedScanDataset(keyframes, config.pipeline, seed=config.seed)
+    model = DistillationModel(config, image_trunk).to(device)
+    if world > 1:
+        import MinkowskiEngine as ME
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = ME.MinkowskiSyncBatchNorm.convert_sync_batchnorm(model)  # the paper syncs BN across GPUs
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    core = model.module if world > 1 else model
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+    start_epoch, history = 0, []
+    if resume and ckpt_path.is_file():
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        saved = PretrainConfig.from_dict(state["config"])
+        differs = [f.name for f in dataclasses.fields(PretrainConfig)
+                   if f.name not in ("epochs", "output_dir", "num_workers", "device")
+                   and getattr(saved, f.name) != getattr(config, f.name)]
+        if differs:
+            raise ValueError(f"cannot resume {ckpt_path}: config fields differ from the checkpoint: {differs}")
+        core.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, history = state["epoch"] + 1, state["history"]
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+
+    per_process = max(1, config.batch_size // world)
+    for epoch in range(start_epoch, config.epochs):
+        dataset.set_epoch(epoch)
+        if world > 1:
+            sampler = torch.utils.data.distributed.DistributedSampler(dataset, seed=config.seed, drop_last=True)
+            sampler.set_epoch(epoch)
+        else:
+            sampler = torch.utils.data.RandomSampler(
+                dataset, generator=torch.Generator().manual_seed(config.seed * 10_007 + epoch))
+        loader = torch.utils.data.DataLoader(dataset, batch_size=per_process, sampler=sampler,
+                                             collate_fn=collate_pairs, num_workers=config.num_workers,
+                                             drop_last=len(dataset) >= per_process)
+        model.train()
+        bar = tqdm(loader, desc=f"{config.method} epoch {epoch + 1}/{config.epochs}", leave=False,
+                   disable=not progress or rank != 0)
+        losses = []
+        for step, batch in enumerate(bar):
+            x = batch_to_sparse_tensor(batch, device)
+            images = batch["images"].to(device)
+            f3d, f2d = model(x, images)
+            loss = distillation_loss(config.method, f3d, f2d, batch, config.tau, config.num_matches,
+                                     _step_generator(config.seed + rank, epoch, step, device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        history.append({"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"),
+                        "steps": len(losses)})
+        if rank == 0:
+            save_checkpoint_atomic({
+                "epoch": epoch, "config": config.to_dict(), "model": core.state_dict(),
+                "model3d": core.backbone.state_dict(), "optimizer": optimizer.state_dict(), "history": history,
+                "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            }, ckpt_path)
+            if progress:
+                print(f"[{config.method}] epoch {epoch + 1}/{config.epochs}: loss {history[-1]['loss']:.4f}")
+        if stop_after_epoch is not None and epoch >= stop_after_epoch:
+            break
+    return {"model": core, "history": history, "checkpoint": ckpt_path}
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def config_from_args(args) -> PretrainConfig:
+    if args.config in ("lite", "full"):
+        cfg = PretrainConfig.lite() if args.config == "lite" else PretrainConfig.full()
+        base = cfg.to_dict()
+    else:
+        path = Path(args.config)
+        if not path.is_file():
+            raise SystemExit(f"error: --config {args.config!r} is neither 'lite', 'full' nor a JSON file")
+        base = json.loads(path.read_text())
+    for item in args.set or []:
+        key, _, value = item.partition("=")
+        target = base
+        *parents, leaf = key.split(".")
+        for p in parents:
+            target = target[p]
+        if leaf not in target:
+            raise SystemExit(f"error: --set {key}: no such config field")
+        target[leaf] = _parse_value(value)
+    if args.output_dir:
+        base["output_dir"] = args.output_dir
+    try:
+        return PretrainConfig.from_dict(base)
+    except (ValueError, TypeError) as e:
+        raise SystemExit(f"error: {e}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Image-to-LiDAR contrastive pretraining (PPKT / SLidR).")
+    p.add_argument("--config", default="lite", help="'lite', 'full' or a JSON file of PretrainConfig fields")
+    p.add_argument("--set", nargs="*", metavar="FIELD=VALUE",
+                   help="override fields, e.g. method=slidr epochs=20 backbone.bn_momentum=0.02")
+    p.add_argument("--output-dir", help="where checkpoint.pt and config.json go")
+    p.add_argument("--resume", action="store_true", help="continue from <output-dir>/checkpoint.pt if it exists")
+    args = p.parse_args(argv)
+    cfg = config_from_args(args)
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    (Path(cfg.output_dir) / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    result = pretrain(cfg, resume=args.resume)
+    print(f"checkpoint: {result['checkpoint']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""Pretraining: config validation, losses on real batches, atomic checkpoints, exact resume."""
+import copy
+import json
+
+import pytest
+import torch
+
+from cmcr_lite.data.pipeline import PipelineConfig
+from cmcr_lite.data.superpixels import SlicParams
+from cmcr_lite.models.image_encoder import SmallImageTeacher
+from cmcr_lite.models.minkunet import MinkUNetConfig
+from cmcr_lite.pretrain import PretrainConfig, config_from_args, main, pretrain
+
+
+def tiny_config(tmp_path, superpixels=False, **kw):
+    base = dict(epochs=2, batch_size=1, num_matches=64, output_dir=str(tmp_path),
+                backbone=MinkUNetConfig.lite(planes=(8, 8, 8, 8, 8, 8, 8, 8), init_dim=8),
+                pipeline=PipelineConfig.lite(crop_size=(56, 104), superpixels=superpixels, crop_min_pairs=50,
+                                             slic=SlicParams(n_segments=30)))
+    return PretrainConfig.lite(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def two_keyframes(synthetic_root):
+    from cmcr_lite.data.nuscenes_loader import NuScenesKeyframes
+
+    kf = NuScenesKeyframes(synthetic_root, "v1.0-synthetic", split="train")
+    kf = copy.copy(kf)
+    kf.sample_tokens = kf.sample_tokens[:2]
+    return kf
+
+
+def _teacher():
+    torch.manual_seed(123)
+    return SmallImageTeacher(width=8, stride=4)
+
+
+def test_config_rejects_bad_values_naming_the_field():
+    with pytest.raises(ValueError, match="tau"):
+        PretrainConfig.lite(tau=0)
+    with pytest.raises(ValueError, match="method"):
+        PretrainConfig.lite(method="moco")
+    with pytest.raises(ValueError, match="batch_size"):
+        PretrainConfig(batch_size=0)
+
+
+def test_config_round_trips_through_json():
+    cfg = PretrainConfig.lite(method="slidr")
+    again = PretrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg
+    with pytest.raises(ValueError, match="unknown fields"):
+        PretrainConfig.from_dict({**cfg.to_dict(), "learning_rate": 1})
+
+
+def test_cli_overrides(tmp_path):
+    class A:
+        config, output_dir = "lite", str(tmp_path)
+        set = ["method=slidr", "epochs=3", "backbone.bn_momentum=0.02", "pipeline.mask_prob=0.5"]
+    cfg = config_from_args(A)
+    assert (cfg.method, cfg.epochs, cfg.backbone.bn_momentum, cfg.pipeline.mask_prob) == ("slidr", 3, 0.02, 0.5)
+    A.set = ["no_such_field=1"]
+    with pytest.raises(SystemExit, match="no_such_field"):
+        config_from_args(A)
+
+
+@pytest.mark.parametrize("method", ["ppkt", "slidr"])
+def test_loss_decreases_and_teacher_stays_frozen(tmp_path, two_keyframes, method):
+    teacher = _teacher()
+    frozen_before = {k: v.clone() for k, v in teacher.trunk.state_dict().items()}
+    cfg = tiny_config(tmp_path, superpixels=(method == "slidr"), method=method, epochs=6, lr=5e-3)
+    result = pretrain(cfg, progress=False, keyframes=two_keyframes, image_trunk=teacher)
+    losses = [h["loss"] for h in result["history"]]
+    assert losses[-1] < losses[0]
+    for k, v in result["model"].image_encoder.trunk.state_dict().items():
+        assert torch.equal(v, frozen_before[k]), f"frozen teacher tensor {k} changed"
+
+
+def test_resume_reaches_the_same_weights(tmp_path, two_keyframes):
+    straight = pretrain(tiny_config(tmp_path / "a"), progress=False, keyframes=two_keyframes, image_trunk=_teacher())
+    # interrupted after the first epoch, then resumed in a fresh call (new model, new optimizer)
+    pretrain(tiny_config(tmp_path / "b"), progress=False, keyframes=two_keyframes, image_trunk=_teacher(),
+             stop_after_epoch=0)
+    torch.manual_seed(999)  # a resumed run must not depend on the RNG state of the new process
+    resumed = pretrain(tiny_config(tmp_path / "b"), resume=True, progress=False, keyframes=two_keyframes,
+                       image_trunk=_teacher())
+    a, b = straight["model"].state_dict(), resumed["model"].state_dict()
+    assert a.keys() == b.keys()
+    # Bit-identical on one thread; with several, parallel float reductions (MinkowskiEngine's OpenMP
+    # kernels, PyTorch) may differ in the last bits, so compare at float32 precision after Adam steps.
+    worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    assert worst < 1e-4, worst
+    assert [h["loss"] for h in straight["history"]] == pytest.approx([h["loss"] for h in resumed["history"]], abs=1e-4)
+    state = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    assert state["epoch"] == 1 and "model3d" in state
+    assert not list((tmp_path / "b").glob(".*tmp*"))  # nothing half-written left
+
+
+def test_resume_refuses_a_different_config(tmp_path, two_keyframes):
+    pretrain(tiny_config(tmp_path, epochs=1), progress=False, keyframes=two_keyframes, image_trunk=_teacher())
+    with pytest.raises(ValueError, match="tau"):
+        pretrain(tiny_config(tmp_path, tau=0.2), resume=True, progress=False, keyframes=two_keyframes,
+                 image_trunk=_teacher())
