@@ -101,8 +101,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("experiment", choices=["baseline"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--epochs", type=int, default=20, help="pretraining epochs per run (lite preset: 4 steps each)")
     args = p.parse_args(argv)
-    report = baseline(seeds=args.seeds)
+    report = baseline(seeds=args.seeds, epochs=args.epochs)
     print(markdown_table(report["summary"], args.seeds))
 
 

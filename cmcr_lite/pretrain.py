@@ -196,6 +196,23 @@ def _step_generator(seed: int, epoch: int, step: int, device) -> torch.Generator
     return g
 
 
+def rng_state() -> dict:
+    """Torch, NumPy and Python RNG states as tensors and plain values, so the checkpoint loads with
+    ``torch.load(weights_only=True)`` (no pickled NumPy objects)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached": float(cached)},
+            "python": random.getstate()}
+
+
+def set_rng_state(state: dict):
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    random.setstate(state["python"])
+
+
 def save_checkpoint_atomic(state: dict, path: Path):
     """torch.save to a temporary file in the same folder, then rename: a crash never leaves a
     truncated checkpoint where a resume would read it."""
@@ -254,7 +271,7 @@ def pretrain(config: PretrainConfig, resume: bool = False, progress: bool = True
 
     start_epoch, history = 0, []
     if resume and ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         saved = PretrainConfig.from_dict(state["config"])
         differs = [f.name for f in dataclasses.fields(PretrainConfig)
                    if f.name not in ("epochs", "output_dir", "num_workers", "device")
@@ -264,9 +281,7 @@ def pretrain(config: PretrainConfig, resume: bool = False, progress: bool = True
         core.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, history = state["epoch"] + 1, state["history"]
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
+        set_rng_state(state["rng"])
 
     per_process = max(1, config.batch_size // world)
     for epoch in range(start_epoch, config.epochs):
@@ -301,7 +316,7 @@ def pretrain(config: PretrainConfig, resume: bool = False, progress: bool = True
             save_checkpoint_atomic({
                 "epoch": epoch, "config": config.to_dict(), "model": core.state_dict(),
                 "model3d": core.backbone.state_dict(), "optimizer": optimizer.state_dict(), "history": history,
-                "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+                "rng": rng_state(),
             }, ckpt_path)
             if progress:
                 print(f"[{config.method}] epoch {epoch + 1}/{config.epochs}: loss {history[-1]['loss']:.4f}")

@@ -128,3 +128,56 @@ def twins_figure(stats: dict):
         axes[row, 1].legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def pca_rgb(features: np.ndarray, basis: np.ndarray | None = None, seed: int = 0):
+    """Map features (N, C) to colours (N, 3) in [0, 1] through their first three principal components.
+
+    Returns (colours, basis) with basis = (mean (C,), components (3, C), low (3,), high (3,)), so
+    other features can be coloured in the *same* PCA space (pass ``basis``)."""
+    f = np.asarray(features, dtype=np.float64)
+    if basis is None:
+        rng = np.random.default_rng(seed)
+        sample = f[rng.permutation(len(f))[:20000]]
+        mean = sample.mean(0)
+        _, _, vt = np.linalg.svd(sample - mean, full_matrices=False)
+        comps = vt[:3]
+        proj = (sample - mean) @ comps.T
+        basis = (mean, comps, np.percentile(proj, 2, axis=0), np.percentile(proj, 98, axis=0))
+    mean, comps, low, high = basis
+    rgb = ((f - mean) @ comps.T - low) / np.maximum(high - low, 1e-9)
+    return np.clip(rgb, 0, 1), basis
+
+
+def points_rgb_figure(points: np.ndarray, rgb: np.ndarray, max_points: int = 20000, seed: int = 0, title: str = ""):
+    """Interactive plotly 3D scatter of points (N, >=3) metres with per-point colours (N, 3) in [0, 1]."""
+    import plotly.graph_objects as go
+
+    idx = np.random.default_rng(seed).permutation(len(points))[:max_points]
+    colours = [f"rgb({r},{g},{b})" for r, g, b in (rgb[idx] * 255).astype(int)]
+    fig = go.Figure(go.Scatter3d(x=points[idx, 0], y=points[idx, 1], z=points[idx, 2], mode="markers",
+                                 marker=dict(size=1.5, color=colours)))
+    fig.update_layout(title=title, height=550, margin=dict(l=0, r=0, t=40, b=0),
+                      scene=dict(aspectmode="data", xaxis_title="x (m)", yaxis_title="y (m)", zaxis_title="z (m)"))
+    return fig
+
+
+def group_iou_figure(rows: dict, title: str = ""):
+    """Bar chart of IoU per twin group; ``rows`` maps a method name to
+    {'geometry-only': (mean, std), 'appearance-only': ..., 'both': ..., 'miou': ...} (fractions)."""
+    import matplotlib.pyplot as plt
+
+    groups = ["miou", "geometry-only", "appearance-only", "both"]
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    width = 0.8 / len(rows)
+    for i, (method, r) in enumerate(rows.items()):
+        means = [100 * (r[g][0] if isinstance(r[g], (tuple, list)) else r[g]) for g in groups]
+        stds = [100 * r[g][1] if isinstance(r[g], (tuple, list)) else 0 for g in groups]
+        ax.bar(np.arange(len(groups)) + i * width, means, width, yerr=stds, capsize=3, label=method)
+    ax.set_xticks(np.arange(len(groups)) + width * (len(rows) - 1) / 2)
+    ax.set_xticklabels(["mIoU (all)", "geometry-only twins", "appearance-only twins", "both"])
+    ax.set_ylabel("IoU (%)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

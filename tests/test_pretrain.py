@@ -90,7 +90,7 @@ def test_resume_reaches_the_same_weights(tmp_path, two_keyframes):
     worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
     assert worst < 1e-4, worst
     assert [h["loss"] for h in straight["history"]] == pytest.approx([h["loss"] for h in resumed["history"]], abs=1e-4)
-    state = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    state = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
     assert state["epoch"] == 1 and "model3d" in state
     assert not list((tmp_path / "b").glob(".*tmp*"))  # nothing half-written left
 
