@@ -320,9 +320,11 @@ def pretrain(config: PretrainConfig, resume: bool = False, progress: bool = True
             }, ckpt_path)
             if progress:
                 print(f"[{config.method}] epoch {epoch + 1}/{config.epochs}: loss {history[-1]['loss']:.4f}")
+        if world > 1:
+            torch.distributed.barrier()  # no rank starts the next epoch (or returns) before the checkpoint exists
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             break
-    return {"model": core, "history": history, "checkpoint": ckpt_path}
+    return {"model": core, "history": history, "checkpoint": ckpt_path, "rank": rank}
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -369,9 +371,13 @@ def main(argv=None):
     args = p.parse_args(argv)
     cfg = config_from_args(args)
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-    (Path(cfg.output_dir) / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    if int(os.environ.get("RANK", "0")) == 0:
+        (Path(cfg.output_dir) / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
     result = pretrain(cfg, resume=args.resume)
-    print(f"checkpoint: {result['checkpoint']}")
+    if result["rank"] == 0:
+        print(f"checkpoint: {result['checkpoint']}")
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -100,3 +100,23 @@ def test_resume_refuses_a_different_config(tmp_path, two_keyframes):
     with pytest.raises(ValueError, match="tau"):
         pretrain(tiny_config(tmp_path, tau=0.2), resume=True, progress=False, keyframes=two_keyframes,
                  image_trunk=_teacher())
+
+
+def test_torchrun_two_processes_on_cpu(tmp_path, synthetic_root):
+    """The multi-GPU path (DistributedDataParallel + synchronised batch norm) with 2 CPU processes
+    and the gloo backend: both ranks train, rank 0 writes one checkpoint."""
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "cmcr_lite.pretrain",
+           "--config", "lite", "--output-dir", str(tmp_path), "--set", "epochs=1", "num_matches=64",
+           "backbone.planes=[8,8,8,8,8,8,8,8]", "backbone.init_dim=8", "pipeline.superpixels=false",
+           "pipeline.crop_size=[56,104]"]
+    env = {**os.environ, "CMCR_DATAROOT": str(synthetic_root), "OMP_WAIT_POLICY": "passive"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("checkpoint:") == 1  # printed by rank 0 only
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 0 and state["history"][0]["steps"] == 4  # 9 scans / 2 ranks, batch 1 each
+    assert not any(k.startswith("module.") for k in state["model"])  # saved without the DDP wrapper
