@@ -180,11 +180,12 @@ def test_closed_form_identity_pose():
     idx, pix, uv = project_points_to_cameras(pts, T, _camera()[None], np.array([[W, H]]))
     np.testing.assert_array_equal(idx, np.arange(400))
     x, y = pts[:, 0], pts[:, 1]
-    np.testing.assert_allclose(uv[:, 0], FX * x / z + CX, atol=1e-9)
-    np.testing.assert_allclose(uv[:, 1], FY * y / z + CY, atol=1e-9)
+    # projection runs in float32 (as the devkit's): 1e-4 px is far below a pixel
+    np.testing.assert_allclose(uv[:, 0], FX * x / z + CX, atol=1e-4)
+    np.testing.assert_allclose(uv[:, 1], FY * y / z + CY, atol=1e-4)
     np.testing.assert_array_equal(pix[:, 0], 0)
-    np.testing.assert_array_equal(pix[:, 1], np.rint(FY * y / z + CY).astype(np.int64))  # row = v
-    np.testing.assert_array_equal(pix[:, 2], np.rint(FX * x / z + CX).astype(np.int64))  # column = u
+    assert np.abs(pix[:, 1] - (FY * y / z + CY)).max() <= 0.5 + 1e-4  # row = rounded v
+    assert np.abs(pix[:, 2] - (FX * x / z + CX)).max() <= 0.5 + 1e-4  # column = rounded u
     assert idx.dtype == np.int64 and pix.dtype == np.int64 and pix.shape == (400, 3) and uv.shape == (400, 2)
 
 
