@@ -87,6 +87,8 @@ class PairedScanDataset(torch.utils.data.Dataset):
         masks (C, h, w) bool         True = masked pixel
         superpixels (C, h, w) int64  SLIC ids per image (or -1 when disabled)
         pair_points (M,) int64, pair_voxels (M,) int64, pair_pixels (M, 3) int64 (camera, row, col)
+        masked_pair_points / masked_pair_voxels / masked_pair_pixels: the pairs whose pixel is masked
+            (dropped from the pairs above; used by geometry-enhanced MIM)
     """
 
     def __init__(self, keyframes, config: PipelineConfig = PipelineConfig(), seed: int = 0):
@@ -131,6 +133,8 @@ class PairedScanDataset(torch.utils.data.Dataset):
         C, h, w = images.shape[:3]
         masks = random_image_masks(C, h, w, rng, cfg.mask_prob, cfg.mask_patch, cfg.mask_ratio)
         visible = drop_masked_pairs(pair_pixels, masks)
+        # pairs hidden by the mask leave the contrastive loss but feed geometry-enhanced MIM
+        masked_pair_points, masked_pair_pixels = pair_points[~visible], pair_pixels[~visible]
         pair_points, pair_pixels = pair_points[visible], pair_pixels[visible]
         target = images.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
         net_input = target * ~masks[:, None]
@@ -144,6 +148,8 @@ class PairedScanDataset(torch.utils.data.Dataset):
             "images": net_input.astype(np.float32), "target_images": target, "masks": masks,
             "superpixels": superpixels if superpixels is not None else np.full((C, h, w), -1, np.int64),
             "pair_points": pair_points, "pair_voxels": vox.voxel_of_point[pair_points], "pair_pixels": pair_pixels,
+            "masked_pair_points": masked_pair_points, "masked_pair_voxels": vox.voxel_of_point[masked_pair_points],
+            "masked_pair_pixels": masked_pair_pixels,
             "sample_token": kf.sample_token,
         }
 
@@ -158,15 +164,17 @@ def collate_pairs(items: list) -> dict:
     """
     coords, vox_off, pt_off, out = [], 0, 0, {k: [] for k in (
         "feats", "voxel_labels", "labels", "images", "target_images", "masks", "superpixels", "pair_points",
-        "pair_voxels", "pair_pixels", "voxel_of_point", "point_batch", "points")}
+        "pair_voxels", "pair_pixels", "masked_pair_points", "masked_pair_voxels", "masked_pair_pixels",
+        "voxel_of_point", "point_batch", "points")}
     for b, it in enumerate(items):
         C = len(it["images"])
         coords.append(np.concatenate([np.full((len(it["coords"]), 1), b, np.int32), it["coords"]], 1))
-        pp = it["pair_pixels"].copy()
-        pp[:, 0] += b * C
-        out["pair_pixels"].append(pp)
-        out["pair_voxels"].append(it["pair_voxels"] + vox_off)
-        out["pair_points"].append(it["pair_points"] + pt_off)
+        for prefix in ("", "masked_"):
+            pp = it[prefix + "pair_pixels"].copy()
+            pp[:, 0] += b * C
+            out[prefix + "pair_pixels"].append(pp)
+            out[prefix + "pair_voxels"].append(it[prefix + "pair_voxels"] + vox_off)
+            out[prefix + "pair_points"].append(it[prefix + "pair_points"] + pt_off)
         out["voxel_of_point"].append(it["voxel_of_point"] + vox_off)
         out["point_batch"].append(np.full(len(it["points"]), b, np.int64))
         for k in ("feats", "voxel_labels", "labels", "images", "target_images", "masks", "superpixels", "points"):
