@@ -120,3 +120,23 @@ def test_config_rejects_bad_values():
         PipelineConfig(mask_ratio=1.5)
     with pytest.raises(ValueError, match="voxel_size"):
         PipelineConfig.lite(voxel_size=0)
+
+
+def test_occupancy_queries_move_with_the_points(synthetic_root):
+    """Queries are drawn along the sensor rays and augmented with the points: an 'in' or 'out' query
+    stays within the band of its source point after rotation and flips."""
+    from cmcr_lite.data.nuscenes_loader import NuScenesKeyframes
+
+    kf = NuScenesKeyframes(synthetic_root, "v1.0-synthetic", split="train")
+    plain = PairedScanDataset(kf, PipelineConfig.lite(superpixels=False), seed=0)[0]
+    ds = PairedScanDataset(kf, PipelineConfig.lite(superpixels=False, occupancy_queries=300), seed=0)
+    it = ds[0]
+    # adding queries changes none of the other random draws
+    assert np.allclose(it["points"], plain["points"], atol=1e-5) and np.array_equal(it["pair_pixels"], plain["pair_pixels"])
+    q, kind = it["queries"], it["query_kind"]
+    assert q.shape == (300, 3) and set(np.unique(kind)) == {0, 1, 2}
+    d = np.linalg.norm(q[:, None, :] - it["points"][None, :, :3], axis=2).min(1)
+    assert d[kind < 2].max() <= 0.1 + 1e-3  # within the band of some (augmented) point
+    assert it["query_occupied"][kind == 0].min() == 1 and it["query_occupied"][kind > 0].max() == 0
+    batch = collate_pairs([it, ds[1]])
+    assert batch["queries"].shape == (600, 3) and batch["query_batch"].tolist() == [0] * 300 + [1] * 300

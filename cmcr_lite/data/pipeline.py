@@ -20,6 +20,7 @@ import torch
 from cmcr_lite.data.augment import (crop_and_resize, random_horizontal_flip, random_point_augmentation,
                                     random_resized_crop)
 from cmcr_lite.data.masking import drop_masked_pairs, random_image_masks
+from cmcr_lite.data.occupancy_queries import sample_query_points, transform_queries
 from cmcr_lite.data.superpixels import SlicParams, load_or_compute_superpixels
 from cmcr_lite.data.voxelize import voxelize
 
@@ -42,6 +43,8 @@ class PipelineConfig:
     mask_patch: int = 16                    # pixels
     mask_ratio: float = 0.5                 # fraction of patches masked in a masked image
     min_depth: float = 1.0                  # metres, for pairing
+    occupancy_queries: int = 0              # CMCR occupancy: query points per scan (paper: 2048; 0 = off)
+    occupancy_band: float = 0.1             # metres around each surface for in/out queries
 
     @classmethod
     def lite(cls, **overrides) -> "PipelineConfig":
@@ -55,6 +58,7 @@ class PipelineConfig:
             "crop_ratio": 0 < self.crop_ratio[0] <= self.crop_ratio[1],
             "flip_horizontal_p": 0 <= self.flip_horizontal_p <= 1, "mask_prob": 0 <= self.mask_prob <= 1,
             "mask_ratio": 0 <= self.mask_ratio <= 1, "mask_patch": self.mask_patch >= 1,
+            "occupancy_queries": self.occupancy_queries >= 0, "occupancy_band": self.occupancy_band > 0,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -89,6 +93,9 @@ class PairedScanDataset(torch.utils.data.Dataset):
         pair_points (M,) int64, pair_voxels (M,) int64, pair_pixels (M, 3) int64 (camera, row, col)
         masked_pair_points / masked_pair_voxels / masked_pair_pixels: the pairs whose pixel is masked
             (dropped from the pairs above; used by geometry-enhanced MIM)
+    With ``occupancy_queries > 0`` also (Q = occupancy_queries):
+        queries (Q, 3) float32 (metres, augmented like the points), query_occupied (Q,) float32 {0, 1},
+        query_intensity (Q,) float32 (-1 = no target), query_kind (Q,) int8 (0 in, 1 out, 2 out-far)
     """
 
     def __init__(self, keyframes, config: PipelineConfig = PipelineConfig(), seed: int = 0):
@@ -108,7 +115,16 @@ class PairedScanDataset(torch.utils.data.Dataset):
         cfg, kf = self.config, self.keyframes[index]
         rng = self.generator(index)
         xyz = kf.points[:, :3]
-        if cfg.augment:
+        queries = None
+        if cfg.occupancy_queries:
+            # drawn in the sensor frame before augmentation, from their own generator so the other
+            # draws stay the same with and without occupancy
+            queries = sample_query_points(xyz, kf.points[:, 3], np.random.default_rng([self.seed, self.epoch, index, 1]),
+                                          cfg.occupancy_queries, cfg.occupancy_band)
+        if cfg.augment and queries is not None:
+            xyz, queries["queries"] = transform_queries(xyz, queries["queries"],
+                                                        lambda a: random_point_augmentation(a, rng))
+        elif cfg.augment:
             xyz = random_point_augmentation(xyz, rng)
         points = np.concatenate([xyz, kf.points[:, 3:4]], 1).astype(np.float32)
 
@@ -151,6 +167,9 @@ class PairedScanDataset(torch.utils.data.Dataset):
             "masked_pair_points": masked_pair_points, "masked_pair_voxels": vox.voxel_of_point[masked_pair_points],
             "masked_pair_pixels": masked_pair_pixels,
             "sample_token": kf.sample_token,
+            **({} if queries is None else {
+                "queries": queries["queries"].astype(np.float32), "query_occupied": queries["occupied"],
+                "query_intensity": queries["intensity"], "query_kind": queries["kind"]}),
         }
 
 
@@ -181,6 +200,10 @@ def collate_pairs(items: list) -> dict:
             out[k].append(it[k])
         vox_off += len(it["coords"])
         pt_off += len(it["points"])
+    if "queries" in items[0]:
+        for k in ("queries", "query_occupied", "query_intensity", "query_kind"):
+            out[k] = [it[k] for it in items]
+        out["query_batch"] = [np.full(len(it["queries"]), b, np.int64) for b, it in enumerate(items)]
     batch = {k: torch.from_numpy(np.concatenate(v)) for k, v in out.items()}
     batch["coords"] = torch.from_numpy(np.concatenate(coords))
     batch["batch_size"] = len(items)
