@@ -27,20 +27,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from cmcr_lite.cmcr import CMCRModel, CMCROptions
 from cmcr_lite.data.pipeline import PairedScanDataset, PipelineConfig, batch_to_sparse_tensor, collate_pairs
 from cmcr_lite.data.superpixels import SlicParams
 from cmcr_lite.losses.infonce import point_pixel_infonce, superpixel_infonce
 from cmcr_lite.models.image_encoder import DenseHead, ResNet50Encoder, freeze
 from cmcr_lite.models.minkunet import MinkUNet, MinkUNetConfig
 
-METHODS = ("ppkt", "slidr")
+METHODS = ("ppkt", "slidr", "cmcr")
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
 @dataclass
 class PretrainConfig:
     """Every pretraining setting. Defaults: the paper's released configuration (paper.md section 4.6)."""
-    method: str = "ppkt"                 # "ppkt": point-pixel InfoNCE; "slidr": superpoint-superpixel InfoNCE
+    method: str = "ppkt"                 # "ppkt": point-pixel InfoNCE; "slidr": superpoint-superpixel; "cmcr"
     dataroot: str | None = None          # None: the embedded synthetic dataset
     version: str = "v1.0-trainval"
     split: str = "train"
@@ -59,8 +60,11 @@ class PretrainConfig:
     device: str = "auto"                 # "auto": cuda if available, else cpu
     num_workers: int = 2                 # data-loading processes per training process
     output_dir: str = "outputs/pretrain"
+    cmcr: CMCROptions = field(default_factory=CMCROptions)  # used when method == "cmcr"
 
     def __post_init__(self):
+        if isinstance(self.cmcr, dict):
+            self.cmcr = CMCROptions(**self.cmcr)
         if isinstance(self.backbone, dict):
             self.backbone = MinkUNetConfig(**self.backbone)
         if isinstance(self.pipeline, dict):
@@ -74,23 +78,34 @@ class PretrainConfig:
             "image_encoder": self.image_encoder in ("resnet50", "small_teacher"),
             "device": self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
             "num_workers": self.num_workers >= 0,
+            # CMCR's MIM needs masked images and its occupancy head needs query points
+            "pipeline.mask_prob": self.method != "cmcr" or not self.cmcr.mim or self.pipeline.mask_prob > 0,
+            "pipeline.occupancy_queries": (self.method != "cmcr" or not self.cmcr.occupancy
+                                           or self.pipeline.occupancy_queries > 0),
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
-            raise ValueError("PretrainConfig: invalid " + ", ".join(f"{k}={getattr(self, k)!r}" for k in bad))
+            value = lambda k: getattr(self.pipeline, k.split(".")[1]) if k.startswith("pipeline.") else getattr(self, k)  # noqa: E731
+            raise ValueError("PretrainConfig: invalid " + ", ".join(f"{k}={value(k)!r}" for k in bad))
 
     @classmethod
     def lite(cls, **overrides) -> "PretrainConfig":
         """The embedded dataset on a 2-core CPU: lite MinkUNet, small self-supervised image teacher,
         112x208 crops, 2 scans per step. Same losses and temperature as the paper."""
+        cmcr = overrides.get("method") == "cmcr"
         base = cls(dataroot=None, version="v1.0-synthetic", split="train", epochs=8, batch_size=2, lr=2e-3,
                    num_matches=1024, backbone=MinkUNetConfig.lite(), image_encoder="small_teacher",
-                   pipeline=PipelineConfig.lite(), num_workers=0, output_dir="outputs/pretrain/lite")
+                   pipeline=PipelineConfig.lite(mask_prob=0.5 if cmcr else 0.0, occupancy_queries=1024 if cmcr else 0),
+                   num_workers=0, output_dir="outputs/pretrain/lite",
+                   cmcr=CMCROptions(codebook_matches=1024, occupancy_max_neighbours=32))
         return replace(base, **overrides)
 
     @classmethod
     def full(cls, **overrides) -> "PretrainConfig":
-        return replace(cls(), **overrides)
+        """The paper's setting; for ``method="cmcr"`` with MIM masks (p 0.5) and 2,048 occupancy queries."""
+        cmcr = overrides.get("method") == "cmcr"
+        return replace(cls(pipeline=PipelineConfig(mask_prob=0.5 if cmcr else 0.0,
+                                                   occupancy_queries=2048 if cmcr else 0)), **overrides)
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))
@@ -190,8 +205,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _step_generator(seed: int, epoch: int, step: int, device) -> torch.Generator:
-    g = torch.Generator(device=device if device.type == "cuda" else "cpu")
+def _step_generator(seed: int, epoch: int, step: int, device=None) -> torch.Generator:
+    """A CPU generator per (seed, epoch, step): the same draws on CPU and GPU, and after a resume."""
+    g = torch.Generator()
     g.manual_seed((seed * 1_000_003 + epoch) * 100_003 + step)
     return g
 
@@ -258,7 +274,11 @@ def pretrain(config: PretrainConfig, resume: bool = False, progress: bool = True
         version = EMBEDDED_VERSION if config.dataroot is None else config.version
         keyframes = NuScenesKeyframes(root, version, split=config.split)
     dataset = PairedScanDataset(keyframes, config.pipeline, seed=config.seed)
-    model = DistillationModel(config, image_trunk).to(device)
+    if config.method == "cmcr":
+        model = CMCRModel(config.backbone, image_trunk if image_trunk is not None else build_image_encoder(config),
+                          config.feature_dim, config.tau, config.num_matches, config.cmcr).to(device)
+    else:
+        model = DistillationModel(config, image_trunk).to(device)
     if world > 1:
         import MinkowskiEngine as ME
         from torch.nn.parallel import DistributedDataParallel
@@ -298,20 +318,25 @@ def pretrain(config: PretrainConfig, resume: bool = False, progress: bool = True
         model.train()
         bar = tqdm(loader, desc=f"{config.method} epoch {epoch + 1}/{config.epochs}", leave=False,
                    disable=not progress or rank != 0)
-        losses = []
+        terms_seen = []
         for step, batch in enumerate(bar):
             x = batch_to_sparse_tensor(batch, device)
-            images = batch["images"].to(device)
-            f3d, f2d = model(x, images)
-            loss = distillation_loss(config.method, f3d, f2d, batch, config.tau, config.num_matches,
-                                     _step_generator(config.seed + rank, epoch, step, device))
+            generator = _step_generator(config.seed + rank, epoch, step, device)
+            if config.method == "cmcr":
+                terms = model(batch, x, generator)
+            else:
+                f3d, f2d = model(x, batch["images"].to(device))
+                terms = {"loss": distillation_loss(config.method, f3d, f2d, batch, config.tau, config.num_matches,
+                                                   generator)}
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            terms["loss"].backward()
             optimizer.step()
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        history.append({"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"),
-                        "steps": len(losses)})
+            terms_seen.append({k: float(v.detach()) for k, v in terms.items()})
+            bar.set_postfix(loss=f"{terms_seen[-1]['loss']:.3f}")
+        record = {"epoch": epoch, "steps": len(terms_seen)}
+        for k in (terms_seen[0] if terms_seen else {"loss": 0}):
+            record[k] = float(np.mean([t[k] for t in terms_seen])) if terms_seen else float("nan")
+        history.append(record)
         if rank == 0:
             save_checkpoint_atomic({
                 "epoch": epoch, "config": config.to_dict(), "model": core.state_dict(),

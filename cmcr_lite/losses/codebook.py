@@ -277,7 +277,9 @@ class UnifiedCodebook(nn.Module):
             dist.all_reduce(self.ema_count)
             self.ema_weight.div_(world)
             self.ema_count.div_(world)
-        self.embedding.copy_(F.normalize(self.ema_weight / self.ema_count.unsqueeze(1), dim=1))
+        # a new tensor, not an in-place copy: this step's soft assignments saved the old codes for
+        # their backward pass, and autograd refuses codes modified in place
+        self.embedding = F.normalize(self.ema_weight / self.ema_count.unsqueeze(1), dim=1)
         if self.reset_dead_codes:
             self.reset_dead(torch.cat([p, v], 0))
 

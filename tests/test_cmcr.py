@@ -1,0 +1,88 @@
+"""The CMCR objective wired into pretraining: every part switches on and off, configs are checked."""
+import copy
+
+import pytest
+import torch
+
+from cmcr_lite.cmcr import ABLATION_STEPS, CMCROptions
+from cmcr_lite.data.pipeline import PipelineConfig
+from cmcr_lite.models.image_encoder import SmallImageTeacher
+from cmcr_lite.models.minkunet import MinkUNetConfig
+from cmcr_lite.pretrain import PretrainConfig, pretrain
+
+
+@pytest.fixture(scope="module")
+def two_keyframes(synthetic_root):
+    from cmcr_lite.data.nuscenes_loader import NuScenesKeyframes
+
+    kf = copy.copy(NuScenesKeyframes(synthetic_root, "v1.0-synthetic", split="train"))
+    kf.sample_tokens = kf.sample_tokens[:2]
+    return kf
+
+
+def tiny(tmp_path, options, **kw):
+    return PretrainConfig.lite(
+        method="cmcr", epochs=1, batch_size=2, num_matches=64, output_dir=str(tmp_path), cmcr=options,
+        backbone=MinkUNetConfig.lite(planes=(8, 8, 8, 8, 8, 8, 8, 8), init_dim=8),
+        pipeline=PipelineConfig.lite(crop_size=(56, 104), superpixels=False, crop_min_pairs=50, mask_prob=1.0,
+                                     occupancy_queries=96), **kw)
+
+
+EXPECTED_TERMS = {
+    "contrastive only": {"nce"},
+    "+ decoupling": {"nce", "orth"},
+    "+ codebook": {"nce", "orth", "cmcm", "commit_points", "commit_pixels"},
+    "+ MIM": {"nce", "orth", "cmcm", "commit_points", "commit_pixels", "mim"},
+    "+ GeoMIM": {"nce", "orth", "cmcm", "commit_points", "commit_pixels", "mim", "geomim_pixels"},
+    "+ occupancy": {"nce", "orth", "cmcm", "commit_points", "commit_pixels", "occupancy", "intensity"},
+}
+
+
+@pytest.mark.parametrize("step", list(EXPECTED_TERMS))
+def test_each_ablation_step_trains_with_its_terms(tmp_path, two_keyframes, step):
+    options = replace_small(ABLATION_STEPS[step])
+    torch.manual_seed(0)
+    result = pretrain(tiny(tmp_path, options), progress=False, keyframes=two_keyframes,
+                      image_trunk=SmallImageTeacher(width=8, stride=4))
+    h = result["history"][0]
+    terms = set(h) - {"epoch", "steps", "loss", "perplexity_points", "perplexity_pixels"}
+    assert terms == EXPECTED_TERMS[step]
+    assert all(torch.isfinite(torch.tensor(v)) for v in h.values())
+    if "geomim_pixels" in terms:
+        assert h["geomim_pixels"] > 0  # masked pixels received 3D features
+
+
+def replace_small(options):
+    from dataclasses import replace
+
+    return replace(options, codebook_matches=64, num_codes=16, occupancy_max_neighbours=8)
+
+
+def test_full_cmcr_updates_codebook_by_ema_only(tmp_path, two_keyframes):
+    torch.manual_seed(0)
+    result = pretrain(tiny(tmp_path, replace_small(CMCROptions())), progress=False, keyframes=two_keyframes,
+                      image_trunk=SmallImageTeacher(width=8, stride=4))
+    model = result["model"]
+    assert {"mim", "occupancy", "geomim_pixels", "cmcm"} <= set(result["history"][0])
+    cb = model.codebook
+    assert not any(p is cb.embedding for p in model.parameters())
+    assert torch.allclose(cb.embedding.norm(dim=1), torch.ones(len(cb.embedding)), atol=1e-5)
+
+
+def test_released_code_switches():
+    released = CMCROptions.released_code()
+    assert not released.geomim and not released.orth_2d and released.mim and released.codebook
+    paper = CMCROptions()
+    assert paper.geomim and paper.orth_2d
+
+
+def test_config_checks_name_the_field():
+    with pytest.raises(ValueError, match="pipeline.mask_prob"):
+        PretrainConfig.lite(method="cmcr", pipeline=PipelineConfig.lite(mask_prob=0.0, occupancy_queries=10))
+    with pytest.raises(ValueError, match="pipeline.occupancy_queries"):
+        PretrainConfig.lite(method="cmcr", pipeline=PipelineConfig.lite(mask_prob=0.5))
+    with pytest.raises(ValueError, match="geomim"):
+        CMCROptions(mim=False, geomim=True)
+    cfg = PretrainConfig.lite(method="cmcr")
+    assert cfg.pipeline.mask_prob == 0.5 and cfg.pipeline.occupancy_queries > 0
+    assert PretrainConfig.from_dict(cfg.to_dict()) == cfg
