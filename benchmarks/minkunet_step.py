@@ -1,4 +1,4 @@
-"""Forward + backward time of the MinkUNet trunk (full Res16UNet34C vs the lite preset) on CPU.
+"""Forward + backward time of the MinkUNet trunk (tiny and lite presets vs the full Res16UNet34C) on CPU.
 
     .venv/bin/python benchmarks/minkunet_step.py [--voxels 20000] [--steps 5] [--threads 2]
 
@@ -13,9 +13,13 @@ import os
 import statistics
 import time
 
-import torch
+# Before torch loads libgomp / ME loads OpenBLAS (see the notes in cmcr_lite/models/minkunet.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from cmcr_lite.models.minkunet import MinkUNet, MinkUNetConfig, sparse_tensor_from_voxels
+import torch  # noqa: E402
+
+from cmcr_lite.models.minkunet import MinkUNet, MinkUNetConfig, sparse_tensor_from_voxels  # noqa: E402
 
 
 def lidar_like_voxels(n: int, voxel: float = 0.1, seed: int = 0) -> torch.Tensor:
@@ -55,7 +59,7 @@ def time_config(name: str, cfg: MinkUNetConfig, coords: torch.Tensor, steps: int
     net = MinkUNet(cfg)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
     feats = torch.rand(len(coords), cfg.in_channels)
-    times = []
+    times = []  # wall-clock seconds per step
     for i in range(steps + 1):
         t0 = time.perf_counter()
         out = net(sparse_tensor_from_voxels(coords, feats))
@@ -67,7 +71,8 @@ def time_config(name: str, cfg: MinkUNetConfig, coords: torch.Tensor, steps: int
             times.append(time.perf_counter() - t0)
     print(f"{name:5s} layers={cfg.layers} planes={cfg.planes} init={cfg.init_dim} "
           f"params={net.num_parameters() / 1e6:.2f}M  trunk={net.trunk_dim}  "
-          f"{1000 * statistics.median(times):.0f} ms/step (fwd+bwd+AdamW, median of {steps})")
+          f"{1000 * statistics.median(times):.0f} ms/step median, {1000 * min(times):.0f} min "
+          f"(fwd+bwd+AdamW, {steps} steps)")
 
 
 def main() -> None:
@@ -75,16 +80,21 @@ def main() -> None:
     ap.add_argument("--voxels", type=int, default=20000)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--configs", default="lite,full")
+    ap.add_argument("--configs", default="tiny,lite,full")
     ap.add_argument("--layout", choices=("lidar", "random"), default="lidar")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     coords = (lidar_like_voxels if args.layout == "lidar" else random_voxels)(args.voxels)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, OPENBLAS_NUM_THREADS="
-          f"{os.environ.get('OPENBLAS_NUM_THREADS')}, layout {args.layout}, "
+          f"{os.environ.get('OPENBLAS_NUM_THREADS')}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
+          f"layout {args.layout}, "
           f"voxels per level (s1..s16) {voxels_per_level(coords)}")
+    if os.path.exists("/proc/pressure/cpu"):  # other processes on the machine distort timings
+        print("CPU pressure before:", open("/proc/pressure/cpu").readline().strip())
     for name in args.configs.split(","):
         time_config(name, getattr(MinkUNetConfig, name)(), coords, args.steps)
+    if os.path.exists("/proc/pressure/cpu"):
+        print("CPU pressure after: ", open("/proc/pressure/cpu").readline().strip())
 
 
 if __name__ == "__main__":

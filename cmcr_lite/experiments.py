@@ -1,6 +1,7 @@
 """Multi-seed experiments whose results the notebooks display, one command each.
 
     python -m cmcr_lite.experiments baseline --seeds 0 1 2     # PPKT / SLidR vs random init, linear probe
+    python -m cmcr_lite.experiments ablation --seeds 0 1 2     # CMCR, one component at a time
 
 Each run pretrains (or resumes) into ``outputs/experiments/<name>/<method>_seed<k>/``, linear-probes
 the trunk on the embedded ``train`` split, evaluates per point on ``val``, and the summary (mean ± std
@@ -16,11 +17,25 @@ from pathlib import Path
 
 import numpy as np
 
-from cmcr_lite.classes import APPEARANCE_ONLY, BOTH_DIFFER, CLASS_NAMES_16, GEOMETRY_ONLY
+from cmcr_lite.classes import (APPEARANCE_ONLY, APPEARANCE_ONLY_TWINS, BOTH_DIFFER, CLASS_NAMES_16, GEOMETRY_ONLY,
+                               GEOMETRY_ONLY_TWINS, class_index)
 from cmcr_lite.metrics import iou_per_class
 
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 GROUPS = {"geometry-only": GEOMETRY_ONLY, "appearance-only": APPEARANCE_ONLY, "both": BOTH_DIFFER}
+TWIN_METRICS = {"geometry twins told apart": GEOMETRY_ONLY_TWINS, "appearance twins told apart": APPEARANCE_ONLY_TWINS}
+METRICS = ("miou",) + tuple(GROUPS) + tuple(TWIN_METRICS)
+
+
+def twin_separation(conf: np.ndarray, a: str, b: str) -> float:
+    """How well predictions tell twin ``a`` from twin ``b``: the balanced accuracy of the 2x2 block of
+    the confusion matrix (rows = truth) restricted to the two classes; 0.5 = chance. NaN if either
+    class has no point predicted as one of the two."""
+    i, j = class_index(a), class_index(b)
+    row_i, row_j = conf[i, i] + conf[i, j], conf[j, j] + conf[j, i]
+    if row_i == 0 or row_j == 0:
+        return float("nan")
+    return 0.5 * (conf[i, i] / row_i + conf[j, j] / row_j)
 
 
 def summarize_confusion(conf: np.ndarray) -> dict:
@@ -32,6 +47,9 @@ def summarize_confusion(conf: np.ndarray) -> dict:
     for group, names in GROUPS.items():
         vals = [per_class[n] for n in names if n in per_class]
         out[group] = float(np.mean(vals)) if vals else float("nan")
+    for metric, pairs in TWIN_METRICS.items():
+        out[metric] = float(np.nanmean([twin_separation(conf, a, b) for a, b in pairs]))
+    out["confusion"] = np.asarray(conf).tolist()
     return out
 
 
@@ -55,55 +73,84 @@ def aggregate(runs: dict) -> dict:
     out = {}
     for method, summaries in runs.items():
         out[method] = {}
-        for metric in ("miou",) + tuple(GROUPS):
+        for metric in METRICS:
             vals = np.array([s[metric] for s in summaries], dtype=float)
             out[method][metric] = (float(np.nanmean(vals)), float(np.nanstd(vals)))
     return out
 
 
 def markdown_table(agg: dict, seeds) -> str:
-    lines = [f"Linear-probe IoU (%) on the embedded val split, mean ± std over seeds {list(seeds)}.", "",
-             "| pretraining | mIoU | geometry-only | appearance-only | both |", "|---|---|---|---|---|"]
+    lines = [f"Linear probe on the embedded val split, mean ± std over seeds {list(seeds)}. IoU columns: mean "
+             "IoU (%) of the classes of each group. 'Told apart' columns: balanced accuracy (%) of telling each "
+             "twin from its twin (50 = chance), averaged over the group's twin pairs.", "",
+             "| pretraining | mIoU | geometry-only IoU | appearance-only IoU | both IoU | geometry twins told apart "
+             "| appearance twins told apart |", "|---|---|---|---|---|---|---|"]
     for method, m in agg.items():
-        cells = [f"{100 * m[k][0]:.1f} ± {100 * m[k][1]:.1f}" for k in ("miou", "geometry-only", "appearance-only", "both")]
+        cells = [f"{100 * m[k][0]:.1f} ± {100 * m[k][1]:.1f}" for k in METRICS if k in m]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def baseline(seeds=(0, 1, 2), methods=("ppkt", "slidr"), output_root="outputs/experiments/baseline",
-             results_name="baseline_lite", progress: bool = True, **pretrain_overrides) -> dict:
-    """Random init vs PPKT vs SLidR pretraining, each linear-probed, over ``seeds``."""
+def run_variants(variants: dict, seeds, output_root: str, results_name: str, progress: bool = True,
+                 include_random: bool = True, **pretrain_overrides) -> dict:
+    """Pretrain every variant ({name: PretrainConfig overrides}) for every seed, linear-probe it, and
+    write the summary to ``benchmarks/results/<results_name>.{json,md}``. Runs resume from their
+    checkpoints, so an interrupted experiment continues where it stopped."""
     from cmcr_lite.pretrain import PretrainConfig, pretrain
 
-    runs = {"random init": []}
-    runs.update({m: [] for m in methods})
+    runs = {"random init": []} if include_random else {}
+    runs.update({name: [] for name in variants})
     t0 = time.time()
     for seed in seeds:
-        runs["random init"].append(linear_probe_run(None, seed))
-        for method in methods:
-            cfg = PretrainConfig.lite(method=method, seed=seed, output_dir=f"{output_root}/{method}_seed{seed}",
-                                      **pretrain_overrides)
+        if include_random:
+            runs["random init"].append(linear_probe_run(None, seed))
+        for name, overrides in variants.items():
+            slug = "".join(c if c.isalnum() else "_" for c in name).strip("_")
+            cfg = PretrainConfig.lite(**{**pretrain_overrides, **overrides, "seed": seed,
+                                         "output_dir": f"{output_root}/{slug}_seed{seed}"})
             result = pretrain(cfg, resume=True, progress=progress)
-            runs[method].append(linear_probe_run(str(result["checkpoint"]), seed))
+            runs[name].append(linear_probe_run(str(result["checkpoint"]), seed))
             if progress:
-                print(f"seed {seed} {method}: mIoU {100 * runs[method][-1]['miou']:.1f} "
-                      f"(random init {100 * runs['random init'][-1]['miou']:.1f})")
+                print(f"seed {seed} {name}: mIoU {100 * runs[name][-1]['miou']:.1f}")
     agg = aggregate(runs)
     report = {"seeds": list(seeds), "runs": runs, "summary": agg, "minutes": (time.time() - t0) / 60,
-              "pretrain_overrides": pretrain_overrides}
+              "pretrain_overrides": pretrain_overrides, "variants": {k: str(v) for k, v in variants.items()}}
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     (RESULTS_DIR / f"{results_name}.json").write_text(json.dumps(report, indent=1))
     (RESULTS_DIR / f"{results_name}.md").write_text(markdown_table(agg, seeds))
     return report
 
 
+def baseline(seeds=(0, 1, 2), methods=("ppkt", "slidr"), output_root="outputs/experiments/baseline",
+             results_name="baseline_lite", progress: bool = True, **pretrain_overrides) -> dict:
+    """Random init vs PPKT vs SLidR pretraining, each linear-probed, over ``seeds``."""
+    return run_variants({m: {"method": m} for m in methods}, seeds, output_root, results_name, progress,
+                        **pretrain_overrides)
+
+
+def ablation(seeds=(0, 1, 2), output_root="outputs/experiments/ablation", results_name="ablation_lite",
+             progress: bool = True, **pretrain_overrides) -> dict:
+    """PPKT, then CMCR with one more component at a time (``cmcr.ABLATION_STEPS``), over ``seeds``."""
+    from dataclasses import replace
+
+    from cmcr_lite.cmcr import ABLATION_STEPS
+
+    variants = {"PPKT": {"method": "ppkt"}}
+    # the lite preset's sizes (fewer codebook pairs, capped occupancy neighbours) for every step
+    variants.update({f"CMCR {name}": {"method": "cmcr", "cmcr": replace(opts, codebook_matches=1024,
+                                                                         occupancy_max_neighbours=32)}
+                     for name, opts in ABLATION_STEPS.items()})
+    return run_variants(variants, seeds, output_root, results_name, progress, **pretrain_overrides)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("experiment", choices=["baseline"])
+    p.add_argument("experiment", choices=["baseline", "ablation"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=20, help="pretraining epochs per run (lite preset: 4 steps each)")
     args = p.parse_args(argv)
-    report = baseline(seeds=args.seeds, epochs=args.epochs)
+    run = baseline if args.experiment == "baseline" else ablation
+    report = run(seeds=args.seeds, epochs=args.epochs)
     print(markdown_table(report["summary"], args.seeds))
 
 

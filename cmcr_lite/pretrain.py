@@ -13,6 +13,7 @@ weights as an uninterrupted run, because every random draw is seeded by (seed, e
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import os
@@ -274,6 +275,10 @@ def pretrain(config: PretrainConfig, resume: bool = False, progress: bool = True
         version = EMBEDDED_VERSION if config.dataroot is None else config.version
         keyframes = NuScenesKeyframes(root, version, split=config.split)
     dataset = PairedScanDataset(keyframes, config.pipeline, seed=config.seed)
+    if image_trunk is not None:
+        # the model replaces the encoder's heads: work on a copy so a caller's encoder (shared by
+        # several runs in a notebook) is never modified behind its back
+        image_trunk = copy.deepcopy(image_trunk)
     if config.method == "cmcr":
         model = CMCRModel(config.backbone, image_trunk if image_trunk is not None else build_image_encoder(config),
                           config.feature_dim, config.tau, config.num_matches, config.cmcr).to(device)

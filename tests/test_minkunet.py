@@ -100,7 +100,7 @@ def _lite_input(n=3000, seed=4):
 def test_lite_unet_forward_rows_follow_input_order():
     torch.manual_seed(0)
     net = MinkUNet(MinkUNetConfig.lite())
-    assert net.trunk_dim == net.out_dim == 32
+    assert net.trunk_dim == net.out_dim == MinkUNetConfig.lite().planes[-1]
     coords, feats = _lite_input()
     out = net(sparse_tensor_from_voxels(coords, feats))
     assert out.F.shape == (len(coords), net.trunk_dim)
@@ -127,7 +127,7 @@ def test_lite_unet_forward_rows_follow_input_order():
 def test_gradient_reaches_every_parameter_and_head():
     torch.manual_seed(0)
     net = MinkUNet(MinkUNetConfig.lite(out_channels=5, bn_momentum=0.02))
-    assert net.out_dim == 5 and net.trunk_dim == 32
+    assert net.out_dim == 5 and net.trunk_dim == MinkUNetConfig.lite().planes[-1]
     assert all(m.bn.momentum == 0.02 for m in net.modules() if isinstance(m, ME.MinkowskiBatchNorm))
     coords, feats = _lite_input(seed=6)
     out = net(sparse_tensor_from_voxels(coords, feats))
@@ -141,6 +141,7 @@ def test_gradient_reaches_every_parameter_and_head():
 def test_full_config_is_the_papers_res16unet34c():
     cfg = MinkUNetConfig()
     assert cfg == MinkUNetConfig.full()
+    assert MinkUNetConfig.tiny().planes[-1] == MinkUNet(MinkUNetConfig.tiny()).trunk_dim == 16
     assert (cfg.in_channels, cfg.layers, cfg.planes, cfg.init_dim, cfg.bn_momentum) == (
         1, (2, 3, 4, 6, 2, 2, 2, 2), (32, 64, 128, 256, 256, 128, 96, 96), 32, 0.05)
     net = MinkUNet(cfg)

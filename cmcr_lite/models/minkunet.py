@@ -22,11 +22,14 @@ provided here for the downstream case (``MinkUNet(1, n_classes)``).
 
 Everything here is written for MinkowskiEngine 0.5.4 (``import MinkowskiEngine as ME``), D = 3.
 
-CPU note: ME's CPU kernels call OpenBLAS once per kernel offset. Debian's pthread OpenBLAS keeps
-its worker threads busy-waiting between those small calls, which starves PyTorch's own threads
-(measured: a lite forward+backward 4-6x slower on 2 cores). Unless ``OPENBLAS_NUM_THREADS`` is
-already set, importing this module therefore limits OpenBLAS to one thread (see
-:func:`limit_openblas_threads`); PyTorch's intra-op threads are unaffected.
+CPU notes (measured on 2 cores, see ``benchmarks/minkunet_step.py``):
+
+* ME's CPU kernels call OpenBLAS once per kernel offset. Debian's pthread OpenBLAS keeps its
+  worker threads busy-waiting between those small calls, which starves PyTorch's own threads (a
+  lite forward+backward 4-6x slower). Unless ``OPENBLAS_NUM_THREADS`` is already set, importing
+  this module limits OpenBLAS to one thread (:func:`limit_openblas_threads`).
+* ME's OpenMP loops spin-wait at their barriers: with another process on the 2 cores a step was
+  up to 8x slower. ``cmcr_lite/__init__.py`` sets ``OMP_WAIT_POLICY=passive`` before torch loads.
 """
 from __future__ import annotations
 
@@ -110,18 +113,28 @@ class MinkUNetConfig:
 
     @classmethod
     def full(cls, **overrides) -> "MinkUNetConfig":
-        """The paper's Res16UNet34C (trunk 96-d, about 37.9 M parameters)."""
+        """The paper's Res16UNet34C (trunk 96-d, 37.84 M parameters)."""
         return replace(cls(), **overrides)
 
     @classmethod
     def lite(cls, **overrides) -> "MinkUNetConfig":
-        """A narrow, one-block-per-stage variant for 2-core CPUs (trunk 32-d).
+        """A narrow, one-block-per-stage variant for 2-core CPUs (trunk 32-d, 1.09 M parameters).
 
         Same topology (4 down / 4 up, skip concatenations) as :meth:`full`; measured by
         ``benchmarks/minkunet_step.py``.
         """
         base = cls(layers=(1, 1, 1, 1, 1, 1, 1, 1), planes=(16, 32, 48, 64, 64, 48, 32, 32),
                    init_dim=16)
+        return replace(base, **overrides)
+
+    @classmethod
+    def tiny(cls, **overrides) -> "MinkUNetConfig":
+        """Narrower still (trunk 16-d, 0.27 M parameters): about half the step time of :meth:`lite`.
+
+        On ME's CPU kernels a fixed per-step cost (kernel maps, per-offset loops) remains, so even
+        narrower networks are barely faster (all planes 8: about 0.35-0.45 x :meth:`lite`).
+        """
+        base = cls(layers=(1, 1, 1, 1, 1, 1, 1, 1), planes=(8, 16, 24, 32, 32, 24, 16, 16), init_dim=8)
         return replace(base, **overrides)
 
 

@@ -1,0 +1,36 @@
+"""Summaries of linear-probe confusion matrices: group IoU and twin separation by hand."""
+import math
+
+import numpy as np
+
+from cmcr_lite.classes import class_index
+from cmcr_lite.experiments import aggregate, markdown_table, summarize_confusion, twin_separation
+
+
+def _conf():
+    c = np.zeros((17, 17), np.int64)
+    car, truck, road, walk = (class_index(n) for n in ("car", "truck", "driveable_surface", "sidewalk"))
+    c[car, car], c[car, truck], c[truck, truck], c[truck, car] = 90, 10, 30, 70
+    c[road, road], c[road, walk], c[walk, walk] = 80, 20, 100
+    return c
+
+
+def test_twin_separation_by_hand():
+    c = _conf()
+    assert twin_separation(c, "car", "truck") == 0.5 * (90 / 100 + 30 / 100)
+    assert twin_separation(c, "driveable_surface", "sidewalk") == 0.5 * (80 / 100 + 100 / 100)
+    assert math.isnan(twin_separation(c, "bus", "construction_vehicle"))  # absent twins
+
+
+def test_summary_groups_by_hand():
+    s = summarize_confusion(_conf())
+    car_iou, truck_iou = 90 / (90 + 10 + 70), 30 / (30 + 70 + 10)
+    road_iou, walk_iou = 80 / 100, 100 / 120
+    assert np.isclose(s["per_class"]["car"], car_iou) and np.isclose(s["per_class"]["sidewalk"], walk_iou)
+    assert np.isclose(s["geometry-only"], (car_iou + truck_iou) / 2)
+    assert np.isclose(s["appearance-only"], (road_iou + walk_iou) / 2)
+    assert np.isclose(s["miou"], (car_iou + truck_iou + road_iou + walk_iou) / 4)
+    assert np.isclose(s["geometry twins told apart"], 0.6) and np.isclose(s["appearance twins told apart"], 0.9)
+    agg = aggregate({"a": [s, s]})
+    assert agg["a"]["miou"] == (s["miou"], 0.0)
+    assert "| a | " in markdown_table(agg, [0, 1])
