@@ -298,9 +298,9 @@ def pretrain(config: PretrainConfig, resume: bool = False, progress: bool = True
     if resume and ckpt_path.is_file():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         saved = PretrainConfig.from_dict(state["config"])
+        ignored = {"epochs", "output_dir", "num_workers", "device"} | ({"cmcr"} if config.method != "cmcr" else set())
         differs = [f.name for f in dataclasses.fields(PretrainConfig)
-                   if f.name not in ("epochs", "output_dir", "num_workers", "device")
-                   and getattr(saved, f.name) != getattr(config, f.name)]
+                   if f.name not in ignored and getattr(saved, f.name) != getattr(config, f.name)]
         if differs:
             raise ValueError(f"cannot resume {ckpt_path}: config fields differ from the checkpoint: {differs}")
         core.load_state_dict(state["model"])
