@@ -108,6 +108,15 @@ class PretrainConfig:
         return replace(cls(pipeline=PipelineConfig(mask_prob=0.5 if cmcr else 0.0,
                                                    occupancy_queries=2048 if cmcr else 0)), **overrides)
 
+    @classmethod
+    def from_preset(cls, preset: str, **fields) -> "PretrainConfig":
+        """``lite()`` or ``full()`` with ``fields`` overridden; a field given as None keeps the preset's
+        value, so a notebook parameter left at None means "the preset's default"."""
+        if preset not in ("lite", "full"):
+            raise ValueError(f"PretrainConfig.from_preset: preset must be 'lite' or 'full', got {preset!r}")
+        fields = {k: v for k, v in fields.items() if v is not None}
+        return cls.lite(**fields) if preset == "lite" else cls.full(**fields)
+
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))
 

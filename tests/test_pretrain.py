@@ -120,3 +120,11 @@ def test_torchrun_two_processes_on_cpu(tmp_path, synthetic_root):
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert state["epoch"] == 0 and state["history"][0]["steps"] == 4  # 9 scans / 2 ranks, batch 1 each
     assert not any(k.startswith("module.") for k in state["model"])  # saved without the DDP wrapper
+
+
+def test_from_preset_keeps_preset_values_for_none():
+    cfg = PretrainConfig.from_preset("lite", method="cmcr", epochs=None, seed=3)
+    assert cfg.epochs == PretrainConfig.lite().epochs and cfg.seed == 3 and cfg.pipeline.mask_prob == 0.5
+    assert PretrainConfig.from_preset("full", epochs=2).backbone == MinkUNetConfig.full()
+    with pytest.raises(ValueError, match="preset"):
+        PretrainConfig.from_preset("medium")

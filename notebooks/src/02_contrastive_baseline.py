@@ -56,12 +56,9 @@ assert preset in ("lite", "full"), preset
 
 def pretrain_config(method):
     """The preset's PretrainConfig for one method, writing into this notebook's output folder."""
-    if preset == "lite":
-        cfg = PretrainConfig.lite(method=method, seed=seed, output_dir=str(out / method))
-    else:
-        cfg = PretrainConfig.full(method=method, seed=seed, dataroot=str(dataroot), version=version,
-                                  image_weights=image_weights, output_dir=str(out / method))
-    return cfg if pretrain_epochs is None else PretrainConfig.from_dict({**cfg.to_dict(), "epochs": pretrain_epochs})
+    return PretrainConfig.from_preset(preset, method=method, seed=seed, output_dir=str(out / method),
+                                      epochs=pretrain_epochs, image_weights=image_weights,
+                                      **({} if preset == "lite" else {"dataroot": str(dataroot), "version": version}))
 
 
 probe_config = DownstreamConfig.lite("linear_probe", seed=seed) if preset == "lite" else DownstreamConfig.linear_probe(seed=seed)

@@ -54,12 +54,9 @@ if dataroot is None:
 
 def config(method, **kw):
     """The preset's PretrainConfig for ``method``, writing into this notebook's output folder."""
-    if preset == "lite":
-        cfg = PretrainConfig.lite(method=method, seed=seed, output_dir=str(out / method), **kw)
-    else:
-        cfg = PretrainConfig.full(method=method, seed=seed, dataroot=str(dataroot), version=version,
-                                  image_weights=image_weights, output_dir=str(out / method), **kw)
-    return cfg if pretrain_epochs is None else PretrainConfig.from_dict({**cfg.to_dict(), "epochs": pretrain_epochs})
+    return PretrainConfig.from_preset(preset, method=method, seed=seed, output_dir=str(out / method),
+                                      epochs=pretrain_epochs, image_weights=image_weights, **kw,
+                                      **({} if preset == "lite" else {"dataroot": str(dataroot), "version": version}))
 
 
 train_kf = NuScenesKeyframes(dataroot, version, split="train")
