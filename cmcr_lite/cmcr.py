@@ -75,6 +75,12 @@ class CMCROptions:
         """What the official repository runs: no geometry-enhanced MIM, L_orth on 3D only."""
         return replace(cls(geomim=False, orth_2d=False), **overrides)
 
+    def lite(self) -> "CMCROptions":
+        """These options at the lite preset's sizes: 1,024 codebook pairs and at most 32 occupancy
+        neighbours per query (memory and time on a 2-core CPU). ``PretrainConfig.lite`` uses
+        ``CMCROptions().lite()``; pass ``ABLATION_STEPS[...].lite()`` to keep the sizes."""
+        return replace(self, codebook_matches=1024, occupancy_max_neighbours=32)
+
     @classmethod
     def contrastive_only(cls) -> "CMCROptions":
         return cls(decouple=False, codebook=False, mim=False, geomim=False, occupancy=False)

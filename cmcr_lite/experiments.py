@@ -131,15 +131,11 @@ def baseline(seeds=(0, 1, 2), methods=("ppkt", "slidr"), output_root="outputs/ex
 def ablation(seeds=(0, 1, 2), output_root="outputs/experiments/ablation", results_name="ablation_lite",
              progress: bool = True, **pretrain_overrides) -> dict:
     """PPKT, then CMCR with one more component at a time (``cmcr.ABLATION_STEPS``), over ``seeds``."""
-    from dataclasses import replace
-
     from cmcr_lite.cmcr import ABLATION_STEPS
 
     variants = {"PPKT": {"method": "ppkt"}}
     # the lite preset's sizes (fewer codebook pairs, capped occupancy neighbours) for every step
-    variants.update({f"CMCR {name}": {"method": "cmcr", "cmcr": replace(opts, codebook_matches=1024,
-                                                                         occupancy_max_neighbours=32)}
-                     for name, opts in ABLATION_STEPS.items()})
+    variants.update({f"CMCR {name}": {"method": "cmcr", "cmcr": opts.lite()} for name, opts in ABLATION_STEPS.items()})
     return run_variants(variants, seeds, output_root, results_name, progress, **pretrain_overrides)
 
 

@@ -98,7 +98,7 @@ class PretrainConfig:
                    num_matches=1024, backbone=MinkUNetConfig.lite(), image_encoder="small_teacher",
                    pipeline=PipelineConfig.lite(mask_prob=0.5 if cmcr else 0.0, occupancy_queries=1024 if cmcr else 0),
                    num_workers=0, output_dir="outputs/pretrain/lite",
-                   cmcr=CMCROptions(codebook_matches=1024, occupancy_max_neighbours=32))
+                   cmcr=CMCROptions().lite())
         return replace(base, **overrides)
 
     @classmethod

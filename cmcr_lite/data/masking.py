@@ -9,6 +9,10 @@ The official code drops them with ``matching_points[1 - mask[r, c]]``: ``1 - boo
 *integer* array of 0s and 1s, so NumPy reads it as fancy indices and every pair collapses onto
 pair #0 or pair #1 (../shared/paper.md section 6.3). The correct filter is the boolean ``~mask[r, c]``;
 ``drop_masked_pairs`` does that, and ``tests/test_masking.py`` shows the difference.
+
+Where the masks are drawn: the released code draws its 16-px patches on the raw 1600x900 image and
+then crops/resizes to 224x416, so a patch covers about 4-8 input pixels; ``PairedScanDataset`` draws
+them on the network's crop, so a patch is 16x16 input pixels, as in masked autoencoders.
 """
 from __future__ import annotations
 
