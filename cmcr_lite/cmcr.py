@@ -172,7 +172,9 @@ class CMCRModel(nn.Module):
             terms.update(cmcm=cb["cmcm"], commit_points=cb["commit_points"], commit_pixels=cb["commit_pixels"])
             weights.update(cmcm=1.0, commit_points=1.0, commit_pixels=1.0)
             terms["perplexity_points"], terms["perplexity_pixels"] = cb["perplexity_points"], cb["perplexity_pixels"]
+        if o.codebook and (o.occupancy or o.geomim):  # quantise only what a decoder reads
             q3d = self.codebook.quantize(f3d)[0]
+        if o.codebook and o.mim:
             B, D, h, w = f2d_low.shape
             q_low = self.codebook.quantize(f2d_low.permute(0, 2, 3, 1).reshape(-1, D))[0]
             q2d = F.interpolate(q_low.reshape(B, h, w, D).permute(0, 3, 1, 2), size=images.shape[-2:],
