@@ -93,10 +93,12 @@ class PretrainConfig:
     def lite(cls, **overrides) -> "PretrainConfig":
         """The embedded dataset on a 2-core CPU: lite MinkUNet, small self-supervised image teacher,
         112x208 crops, 2 scans per step. Same losses and temperature as the paper."""
-        cmcr = overrides.get("method") == "cmcr"
+        # CMCR's MIM needs masked images and its occupancy head query points; nothing else does
+        opts = overrides.get("cmcr", CMCROptions()) if overrides.get("method") == "cmcr" else None
+        mim, occ = bool(opts and opts.mim), bool(opts and opts.occupancy)
         base = cls(dataroot=None, version="v1.0-synthetic", split="train", epochs=8, batch_size=2, lr=2e-3,
                    num_matches=1024, backbone=MinkUNetConfig.lite(), image_encoder="small_teacher",
-                   pipeline=PipelineConfig.lite(mask_prob=0.5 if cmcr else 0.0, occupancy_queries=1024 if cmcr else 0),
+                   pipeline=PipelineConfig.lite(mask_prob=0.5 if mim else 0.0, occupancy_queries=1024 if occ else 0),
                    num_workers=0, output_dir="outputs/pretrain/lite",
                    cmcr=CMCROptions().lite())
         return replace(base, **overrides)
@@ -104,9 +106,10 @@ class PretrainConfig:
     @classmethod
     def full(cls, **overrides) -> "PretrainConfig":
         """The paper's setting; for ``method="cmcr"`` with MIM masks (p 0.5) and 2,048 occupancy queries."""
-        cmcr = overrides.get("method") == "cmcr"
-        return replace(cls(pipeline=PipelineConfig(mask_prob=0.5 if cmcr else 0.0,
-                                                   occupancy_queries=2048 if cmcr else 0)), **overrides)
+        opts = overrides.get("cmcr", CMCROptions()) if overrides.get("method") == "cmcr" else None
+        mim, occ = bool(opts and opts.mim), bool(opts and opts.occupancy)
+        return replace(cls(pipeline=PipelineConfig(mask_prob=0.5 if mim else 0.0,
+                                                   occupancy_queries=2048 if occ else 0)), **overrides)
 
     @classmethod
     def from_preset(cls, preset: str, **fields) -> "PretrainConfig":

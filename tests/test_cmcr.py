@@ -86,3 +86,13 @@ def test_config_checks_name_the_field():
     cfg = PretrainConfig.lite(method="cmcr")
     assert cfg.pipeline.mask_prob == 0.5 and cfg.pipeline.occupancy_queries > 0
     assert PretrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_lite_pipeline_follows_the_options():
+    from cmcr_lite.cmcr import ABLATION_STEPS
+
+    occ_only = PretrainConfig.lite(method="cmcr", cmcr=ABLATION_STEPS["+ occupancy"].lite())
+    assert occ_only.pipeline.mask_prob == 0 and occ_only.pipeline.occupancy_queries > 0
+    mim_only = PretrainConfig.lite(method="cmcr", cmcr=ABLATION_STEPS["+ MIM"].lite())
+    assert mim_only.pipeline.mask_prob == 0.5 and mim_only.pipeline.occupancy_queries == 0
+    assert PretrainConfig.lite(method="ppkt").pipeline.mask_prob == 0
