@@ -39,6 +39,13 @@ METHODS = ("ppkt", "slidr", "cmcr")
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
+def _cmcr_data_needs(overrides: dict) -> tuple:
+    """(needs MIM masks, needs occupancy queries) for preset overrides: only CMCR's MIM and occupancy
+    parts use them."""
+    opts = overrides.get("cmcr", CMCROptions()) if overrides.get("method") == "cmcr" else None
+    return bool(opts and opts.mim), bool(opts and opts.occupancy)
+
+
 @dataclass
 class PretrainConfig:
     """Every pretraining setting. Defaults: the paper's released configuration (paper.md section 4.6)."""
@@ -93,9 +100,7 @@ class PretrainConfig:
     def lite(cls, **overrides) -> "PretrainConfig":
         """The embedded dataset on a 2-core CPU: lite MinkUNet, small self-supervised image teacher,
         112x208 crops, 2 scans per step. Same losses and temperature as the paper."""
-        # CMCR's MIM needs masked images and its occupancy head query points; nothing else does
-        opts = overrides.get("cmcr", CMCROptions()) if overrides.get("method") == "cmcr" else None
-        mim, occ = bool(opts and opts.mim), bool(opts and opts.occupancy)
+        mim, occ = _cmcr_data_needs(overrides)
         base = cls(dataroot=None, version="v1.0-synthetic", split="train", epochs=8, batch_size=2, lr=2e-3,
                    num_matches=1024, backbone=MinkUNetConfig.lite(), image_encoder="small_teacher",
                    pipeline=PipelineConfig.lite(mask_prob=0.5 if mim else 0.0, occupancy_queries=1024 if occ else 0),
@@ -106,8 +111,7 @@ class PretrainConfig:
     @classmethod
     def full(cls, **overrides) -> "PretrainConfig":
         """The paper's setting; for ``method="cmcr"`` with MIM masks (p 0.5) and 2,048 occupancy queries."""
-        opts = overrides.get("cmcr", CMCROptions()) if overrides.get("method") == "cmcr" else None
-        mim, occ = bool(opts and opts.mim), bool(opts and opts.occupancy)
+        mim, occ = _cmcr_data_needs(overrides)
         return replace(cls(pipeline=PipelineConfig(mask_prob=0.5 if mim else 0.0,
                                                    occupancy_queries=2048 if occ else 0)), **overrides)
 

@@ -61,18 +61,13 @@ def cameras_from_lidar(nusc, lidar_sd: dict, camera_sds: list) -> np.ndarray:
     return out
 
 
-def lidar_to_camera(nusc, lidar_sd: dict, camera_sd: dict) -> np.ndarray:
-    """(4, 4) float64 transform taking LiDAR-frame points to one camera's frame."""
-    return cameras_from_lidar(nusc, lidar_sd, [camera_sd])[0]
-
-
 def project_points_to_cameras(points_xyz: np.ndarray, camera_from_lidar: np.ndarray, intrinsics: np.ndarray,
                               image_sizes: np.ndarray, min_depth: float = 1.0, margin: float = 1.0):
     """Project LiDAR points into C cameras at once.
 
     Args:
         points_xyz: (N, 3) float, LiDAR frame, metres.
-        camera_from_lidar: (C, 4, 4) float64 transforms (``lidar_to_camera``).
+        camera_from_lidar: (C, 4, 4) float64 transforms (``cameras_from_lidar``).
         intrinsics: (C, 3, 3) float64 camera matrices K, pixels.
         image_sizes: (C, 2) int, (width, height) in pixels.
         min_depth: keep points more than this many metres in front of the camera (nuScenes: 1 m).
