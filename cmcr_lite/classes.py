@@ -6,10 +6,12 @@ from the 32 fine classes by the devkit's ``LidarsegClassMapper``.
 The embedded synthetic dataset (``cmcr_lite.data.synthetic``) draws 12 of them, arranged in *twins*
 so that the paper's argument becomes measurable:
 
-* geometry-only twins look identical in the cameras (same colour and texture) and differ only in
-  shape: what separates them is specific to the LiDAR;
-* appearance-only twins have identical shape and LiDAR intensity and differ only in colour/texture:
-  what separates them is specific to the cameras;
+* geometry-only twins render identically in the cameras (same colour, texture and coarse shape)
+  and differ only in a fine relief the LiDAR resolves: what separates them is specific to the LiDAR,
+  so a teacher that sees only images cannot pass it on;
+* appearance-only twins have identical shape and differ strongly in colour/texture; the LiDAR sees
+  them only through a weak intensity shift. What separates them is *shared*, clear in the images
+  and faint in the points: the kind of information contrastive distillation transfers;
 * ``both`` classes differ from everything else in shape and in colour.
 """
 
@@ -22,9 +24,9 @@ NUM_CLASSES_16 = len(CLASS_NAMES_16)  # 17 logits: 16 classes + ignore (0)
 IGNORE_INDEX = 0
 
 # Twins in the synthetic data, by 16-class name.
-GEOMETRY_ONLY_TWINS = (("car", "truck"), ("terrain", "vegetation"), ("barrier", "manmade"))
+GEOMETRY_ONLY_TWINS = (("car", "truck"), ("terrain", "vegetation"))
 APPEARANCE_ONLY_TWINS = (("driveable_surface", "sidewalk"), ("bus", "construction_vehicle"))
-BOTH_DIFFER = ("pedestrian", "traffic_cone")
+BOTH_DIFFER = ("pedestrian", "traffic_cone", "barrier", "manmade")
 
 GEOMETRY_ONLY = tuple(c for pair in GEOMETRY_ONLY_TWINS for c in pair)
 APPEARANCE_ONLY = tuple(c for pair in APPEARANCE_ONLY_TWINS for c in pair)

@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 
 from cmcr_lite.classes import IGNORE_INDEX, NUM_CLASSES_16
 from cmcr_lite.data.augment import random_point_augmentation
+from cmcr_lite.devices import resolve_device
 from cmcr_lite.data.voxelize import voxelize
 from cmcr_lite.losses.lovasz import segmentation_loss
 from cmcr_lite.metrics import confusion_matrix
@@ -209,13 +210,6 @@ class DownstreamConfig:
         if unknown:
             raise ValueError(f"DownstreamConfig: unknown fields {sorted(unknown)}")
         return cls(**d)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> cuda if available, else cpu."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 # ------------------------------------------------------------------------------------------ label fractions

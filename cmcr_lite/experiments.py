@@ -24,7 +24,14 @@ from cmcr_lite.metrics import iou_per_class
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 GROUPS = {"geometry-only": GEOMETRY_ONLY, "appearance-only": APPEARANCE_ONLY, "both": BOTH_DIFFER}
 TWIN_METRICS = {"geometry twins told apart": GEOMETRY_ONLY_TWINS, "appearance twins told apart": APPEARANCE_ONLY_TWINS}
-METRICS = ("miou",) + tuple(GROUPS) + tuple(TWIN_METRICS)
+# what the frozen features carry, whatever the 16-class head makes of it: a two-class ridge probe per
+# twin pair on the trunk's point features (train split -> val split)
+FEATURE_METRICS = {"geometry twins in features": GEOMETRY_ONLY_TWINS,
+                   "appearance twins in features": APPEARANCE_ONLY_TWINS}
+METRICS = ("miou",) + tuple(GROUPS) + tuple(TWIN_METRICS) + tuple(FEATURE_METRICS)
+
+
+DEFAULT_EPOCHS = 60
 
 
 def twin_separation(conf: np.ndarray, a: str, b: str) -> float:
@@ -53,9 +60,29 @@ def summarize_confusion(conf: np.ndarray) -> dict:
     return out
 
 
+def feature_twin_probes(model, train, val, config) -> dict:
+    """{metric of FEATURE_METRICS: mean over its pairs of the two-class ridge probe's balanced
+    accuracy} on the trunk's per-point features (``probes.twin_probe``, fitted on ``train``, scored
+    on ``val``); 0.5 = chance."""
+    import torch
+
+    from cmcr_lite.downstream import extract_features
+    from cmcr_lite.probes import twin_probe
+
+    def points(keyframes):
+        scans = extract_features(model, keyframes, config, progress=False)
+        return (torch.cat([s.point_features for s in scans]),
+                np.concatenate([np.asarray(s.point_labels) for s in scans]))
+
+    (xt, yt), (xv, yv) = points(train), points(val)
+    return {metric: float(np.nanmean(list(twin_probe(xt, yt, xv, yv, pairs).values())))
+            for metric, pairs in FEATURE_METRICS.items()}
+
+
 def linear_probe_run(checkpoint, seed: int, dataroot=None, progress: bool = False, **overrides) -> dict:
     """Linear probe (lite preset) of a pretrained trunk (``checkpoint`` path, or None = random init)
-    on the embedded train split; returns :func:`summarize_confusion` of the val split."""
+    on the embedded train split; returns :func:`summarize_confusion` of the val split, plus
+    :func:`feature_twin_probes` of the frozen trunk."""
     from cmcr_lite.data.nuscenes_loader import NuScenesKeyframes
     from cmcr_lite.downstream import DownstreamConfig, evaluate, train_segmentation
     from cmcr_lite.paths import EMBEDDED_VERSION, ensure_embedded_dataset
@@ -65,7 +92,9 @@ def linear_probe_run(checkpoint, seed: int, dataroot=None, progress: bool = Fals
     val = NuScenesKeyframes(root, EMBEDDED_VERSION, split="val")
     cfg = DownstreamConfig.lite("linear_probe", seed=seed, **overrides)
     model, _ = train_segmentation(cfg, train, pretrained=checkpoint, progress=progress)
-    return summarize_confusion(evaluate(model, val, cfg, progress=progress))
+    summary = summarize_confusion(evaluate(model, val, cfg, progress=progress))
+    summary.update(feature_twin_probes(model, train, val, cfg))
+    return summary
 
 
 def aggregate(runs: dict) -> dict:
@@ -74,7 +103,7 @@ def aggregate(runs: dict) -> dict:
     for method, summaries in runs.items():
         out[method] = {}
         for metric in METRICS:
-            vals = np.array([s[metric] for s in summaries], dtype=float)
+            vals = np.array([s.get(metric, np.nan) for s in summaries], dtype=float)
             out[method][metric] = (float(np.nanmean(vals)), float(np.nanstd(vals)))
     return out
 
@@ -82,11 +111,14 @@ def aggregate(runs: dict) -> dict:
 def markdown_table(agg: dict, seeds) -> str:
     lines = [f"Linear probe on the embedded val split, mean ± std over seeds {list(seeds)}. IoU columns: mean "
              "IoU (%) of the classes of each group. 'Told apart' columns: balanced accuracy (%) of telling each "
-             "twin from its twin (50 = chance), averaged over the group's twin pairs.", "",
+             "twin from its twin (50 = chance), averaged over the group's twin pairs, read from the 16-class "
+             "probe's confusion matrix. 'In features' columns: the same balanced accuracy for a two-class "
+             "ridge probe per twin pair on the frozen trunk's point features (what the features carry).", "",
              "| pretraining | mIoU | geometry-only IoU | appearance-only IoU | both IoU | geometry twins told apart "
-             "| appearance twins told apart |", "|---|---|---|---|---|---|---|"]
+             "| appearance twins told apart | geometry twins in features | appearance twins in features |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for method, m in agg.items():
-        cells = [f"{100 * m[k][0]:.1f} ± {100 * m[k][1]:.1f}" for k in METRICS if k in m]
+        cells = [f"{100 * m[k][0]:.1f} ± {100 * m[k][1]:.1f}" if k in m else "–" for k in METRICS]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -143,7 +175,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("experiment", choices=["baseline", "ablation"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=20, help="pretraining epochs per run (lite preset: 4 steps each)")
+    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
+                   help=f"pretraining epochs per run (lite preset: 4 steps each; default {DEFAULT_EPOCHS}: the "
+                        "student needs about 200 steps to pick up the faint intensity cues the teacher points at)")
     args = p.parse_args(argv)
     run = baseline if args.experiment == "baseline" else ablation
     report = run(seeds=args.seeds, epochs=args.epochs)

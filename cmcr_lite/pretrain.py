@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from cmcr_lite.devices import resolve_device
 from cmcr_lite.cmcr import CMCRModel, CMCROptions
 from cmcr_lite.data.pipeline import PairedScanDataset, PipelineConfig, batch_to_sparse_tensor, collate_pairs
 from cmcr_lite.data.superpixels import SlicParams
@@ -214,12 +215,6 @@ def seed_everything(seed: int):
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _step_generator(seed: int, epoch: int, step: int, device=None) -> torch.Generator:

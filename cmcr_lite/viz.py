@@ -85,31 +85,48 @@ def superpixels_figure(images: np.ndarray, segments: np.ndarray, titles):
     return fig
 
 
+def local_roughness(points: np.ndarray, k: int = 12) -> np.ndarray:
+    """Roughness (N,) metres of each point of a scan ``points`` (N,3): the spread off the best plane
+    through its ``k`` nearest neighbours (square root of the smallest eigenvalue of their covariance).
+    About the range noise (1.5 cm) on a flat panel; more on ribs, shrubs, and edges."""
+    from scipy.spatial import cKDTree
+
+    xyz = np.asarray(points, dtype=np.float64)[:, :3]
+    _, nn = cKDTree(xyz).query(xyz, k=k)
+    nb = xyz[nn]                                      # (N, k, 3)
+    centred = nb - nb.mean(1, keepdims=True)
+    cov = np.einsum("nki,nkj->nij", centred, centred) / k
+    return np.sqrt(np.clip(np.linalg.eigvalsh(cov)[:, 0], 0, None))
+
+
 def twin_statistics(keyframes, n_keyframes: int = 4) -> dict:
-    """Per-class colour of paired pixels (RGB 0..255), LiDAR intensity and point height (metres above
-    the lowest 5 % of the scan, a stand-in for the ground) over the first ``n_keyframes`` keyframes."""
+    """Per 16-class index: colour of paired pixels ``rgb`` (n,3) 0..255, and of its points the LiDAR
+    ``intensity`` (0..255) and :func:`local_roughness` ``roughness`` (metres), over the first
+    ``n_keyframes`` keyframes."""
     stats = {}
     for i in range(min(n_keyframes, len(keyframes))):
         kf = keyframes[i]
-        ground = np.percentile(kf.points[:, 2], 5)
+        rough = local_roughness(kf.points)
         rgb = kf.images[kf.pair_pixels[:, 0], kf.pair_pixels[:, 1], kf.pair_pixels[:, 2]].astype(np.float32)
         lab_pairs = kf.labels[kf.pair_points]
         for k in np.unique(kf.labels):
-            s = stats.setdefault(int(k), {"rgb": [], "height": [], "intensity": []})
+            s = stats.setdefault(int(k), {"rgb": [], "roughness": [], "intensity": []})
             s["rgb"].append(rgb[lab_pairs == k])
-            s["height"].append(kf.points[kf.labels == k, 2] - ground)
+            s["roughness"].append(rough[kf.labels == k])
             s["intensity"].append(kf.points[kf.labels == k, 3])
     return {k: {f: np.concatenate(v) for f, v in s.items()} for k, s in stats.items()}
 
 
 def twins_figure(stats: dict):
-    """One row per twin pair: the mean paired-pixel colour of each class as a swatch, and the
-    distributions of point height for both (geometry) — appearance-only twins differ in colour only,
-    geometry-only twins in height only."""
+    """One row per twin pair, one column per thing a sensor reports: the mean paired-pixel colour of
+    each twin (camera), and histograms of point roughness and intensity (LiDAR). Geometry-only twins
+    differ in roughness only; appearance-only twins in colour, and faintly in intensity."""
     import matplotlib.pyplot as plt
 
     pairs = [("geometry-only", p) for p in GEOMETRY_ONLY_TWINS] + [("appearance-only", p) for p in APPEARANCE_ONLY_TWINS]
-    fig, axes = plt.subplots(len(pairs), 2, figsize=(11, 2.1 * len(pairs)), gridspec_kw={"width_ratios": [1, 2.2]})
+    fig, axes = plt.subplots(len(pairs), 3, figsize=(13, 2.2 * len(pairs)), gridspec_kw={"width_ratios": [1, 2, 2]})
+    columns = (("roughness", np.linspace(0, 0.15, 31), "LiDAR: roughness (m)"),
+               ("intensity", np.linspace(0, 120, 41), "LiDAR: intensity (0..255)"))
     for row, (group, (a, b)) in enumerate(pairs):
         ka, kb = class_index(a), class_index(b)
         sw = np.ones((20, 45, 3))
@@ -117,15 +134,15 @@ def twins_figure(stats: dict):
             if k in stats and len(stats[k]["rgb"]):
                 sw[:, j * 25:j * 25 + 20] = stats[k]["rgb"].mean(0) / 255.0
         axes[row, 0].imshow(sw)
-        axes[row, 0].set_title(f"{group}: {a} | {b}", fontsize=9)
+        axes[row, 0].set_title(f"camera colour, {group}:\n{a} | {b}", fontsize=9)
         axes[row, 0].axis("off")
-        bins = np.linspace(0, 8, 41)
-        for k, name in ((ka, a), (kb, b)):
-            if k in stats:
-                axes[row, 1].hist(stats[k]["height"], bins=bins, alpha=0.55, density=True, label=name)
-        axes[row, 1].set_xlabel("point height above ground (m)", fontsize=8)
-        axes[row, 1].set_ylabel("density", fontsize=8)
-        axes[row, 1].legend(fontsize=8)
+        for col, (field_name, bins, xlabel) in enumerate(columns, start=1):
+            for k, name in ((ka, a), (kb, b)):
+                if k in stats:
+                    axes[row, col].hist(np.clip(stats[k][field_name], bins[0], bins[-1]), bins=bins, alpha=0.55,
+                                        density=True, label=name)
+            axes[row, col].set_xlabel(xlabel, fontsize=8)
+            axes[row, col].legend(fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -164,20 +181,34 @@ def points_rgb_figure(points: np.ndarray, rgb: np.ndarray, max_points: int = 200
 
 def group_iou_figure(rows: dict, title: str = ""):
     """Bar chart of IoU per twin group; ``rows`` maps a method name to
-    {'geometry-only': (mean, std), 'appearance-only': ..., 'both': ..., 'miou': ...} (fractions)."""
+    {'geometry-only': (mean, std), 'appearance-only': ..., 'both': ..., 'miou': ...} (fractions, or
+    plain floats). When every row also has 'geometry twins in features' and 'appearance twins in
+    features' (``experiments.feature_twin_probes``), a second panel shows them against chance (50 %)."""
     import matplotlib.pyplot as plt
 
-    groups = ["miou", "geometry-only", "appearance-only", "both"]
-    fig, ax = plt.subplots(figsize=(9, 3.6))
+    def mean_std(value):
+        return (100 * value[0], 100 * value[1]) if isinstance(value, (tuple, list)) else (100 * value, 0.0)
+
+    panels = [(["miou", "geometry-only", "appearance-only", "both"],
+               ["mIoU (all)", "geometry-only twins", "appearance-only twins", "both"], "IoU (%)")]
+    twin_keys = ["geometry twins in features", "appearance twins in features"]
+    if all(k in r for r in rows.values() for k in twin_keys):
+        panels.append((twin_keys, ["geometry twins", "appearance twins"], "told apart by a 2-class probe (%)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(9 + 4 * (len(panels) - 1), 3.6),
+                             gridspec_kw={"width_ratios": [2, 1][:len(panels)]}, squeeze=False)
     width = 0.8 / len(rows)
-    for i, (method, r) in enumerate(rows.items()):
-        means = [100 * (r[g][0] if isinstance(r[g], (tuple, list)) else r[g]) for g in groups]
-        stds = [100 * r[g][1] if isinstance(r[g], (tuple, list)) else 0 for g in groups]
-        ax.bar(np.arange(len(groups)) + i * width, means, width, yerr=stds, capsize=3, label=method)
-    ax.set_xticks(np.arange(len(groups)) + width * (len(rows) - 1) / 2)
-    ax.set_xticklabels(["mIoU (all)", "geometry-only twins", "appearance-only twins", "both"])
-    ax.set_ylabel("IoU (%)")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
+    for ax, (keys, labels, ylabel) in zip(axes[0], panels):
+        for i, (method, r) in enumerate(rows.items()):
+            means, stds = zip(*(mean_std(r[k]) for k in keys))
+            ax.bar(np.arange(len(keys)) + i * width, means, width, yerr=stds, capsize=3, label=method)
+        ax.set_xticks(np.arange(len(keys)) + width * (len(rows) - 1) / 2)
+        ax.set_xticklabels(labels, fontsize=8)
+        ax.set_ylabel(ylabel)
+        if keys is twin_keys:
+            ax.axhline(50, color="k", lw=0.8, ls="--")
+            ax.set_ylim(40, 100)
+            ax.set_title("what the frozen features carry", fontsize=9)
+    axes[0, 0].set_title(title)
+    axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
     return fig

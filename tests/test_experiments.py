@@ -34,3 +34,15 @@ def test_summary_groups_by_hand():
     agg = aggregate({"a": [s, s]})
     assert agg["a"]["miou"] == (s["miou"], 0.0)
     assert "| a | " in markdown_table(agg, [0, 1])
+
+
+def test_table_marks_metrics_a_run_lacks():
+    """Summaries written before the feature probes existed aggregate to NaN and print as 'nan', not
+    as a crash; summaries with them print their values."""
+    s = summarize_confusion(_conf())
+    with_probe = {**s, "geometry twins in features": 0.5, "appearance twins in features": 0.75}
+    agg = aggregate({"old": [s], "new": [with_probe, with_probe]})
+    assert math.isnan(agg["old"]["geometry twins in features"][0])
+    assert agg["new"]["appearance twins in features"] == (0.75, 0.0)
+    row = [line for line in markdown_table(agg, [0, 1]).splitlines() if line.startswith("| new |")][0]
+    assert row.rstrip(" |").endswith("50.0 ± 0.0 | 75.0 ± 0.0")

@@ -1,5 +1,6 @@
 """The synthetic nuScenes generator (cmcr_lite.data.synthetic): format, determinism, atomicity, and
 that its cameras and LiDAR show the same world with the twin classes of cmcr_lite.classes."""
+import copy
 import json
 from pathlib import Path
 
@@ -8,10 +9,10 @@ import pytest
 
 from cmcr_lite.classes import (APPEARANCE_ONLY_TWINS, CLASS_NAMES_16, GEOMETRY_ONLY_TWINS, SYNTHETIC_CLASSES,
                                class_index)
-from cmcr_lite.data import synthetic
+from cmcr_lite.data import synthetic, synthetic_world
 from cmcr_lite.data.nuscenes_loader import DatasetError, open_nuscenes
 from cmcr_lite.data.projection import pose_matrix
-from cmcr_lite.data.synthetic_world import TERRAIN_TOP
+from cmcr_lite.data.synthetic_world import SHRUB_HEIGHT, TERRAIN_TOP
 from cmcr_lite.paths import EMBEDDED_VERSION as VERSION  # the version of the session fixture
 
 
@@ -222,30 +223,96 @@ def test_appearance_twins_differ_in_colour(per_class):
 
 
 def test_geometry_twins_look_alike(per_class):
-    """Mean RGB nearly equal for car/truck and barrier/manmade. For terrain/vegetation the shading of
-    the tree spheres darkens the same grass, so compare the direction of the mean colour (invariant to
-    shading), which also must be clearly closer than for any appearance twins."""
-    def direction(name):
-        m = _mean_colour(per_class, name)
-        return m / np.linalg.norm(m)
-
+    """Mean RGB of the pixels paired with each geometry twin nearly equal, far closer than any
+    appearance twins'."""
     for a, b in GEOMETRY_ONLY_TWINS:
-        if (a, b) != ("terrain", "vegetation"):
-            d = np.linalg.norm(_mean_colour(per_class, a) - _mean_colour(per_class, b))
-            assert d < 20, f"{a} and {b} should look alike; mean colours {d:.1f} apart"
-    geometry = max(np.linalg.norm(direction(a) - direction(b)) for a, b in GEOMETRY_ONLY_TWINS)
-    appearance = min(np.linalg.norm(direction(a) - direction(b)) for a, b in APPEARANCE_ONLY_TWINS)
-    assert geometry < 0.5 * appearance, (geometry, appearance)
+        d = np.linalg.norm(_mean_colour(per_class, a) - _mean_colour(per_class, b))
+        assert d < 20, f"{a} and {b} should look alike; mean colours {d:.1f} apart"
 
 
-def test_geometry_twins_differ_in_height(per_class):
-    """90th percentile of ego-frame height (m): truck > car, vegetation > terrain, manmade > barrier."""
+def test_vegetation_stands_on_the_grass_with_shrub_relief(per_class):
+    """Vegetation points rise above the terrain plane by the shrubs' relief (0..SHRUB_HEIGHT, mean
+    about half of it); terrain points lie on it."""
     z = per_class[1]
-    for a, b in GEOMETRY_ONLY_TWINS:
-        za, zb = z[class_index(a)], z[class_index(b)]
-        assert len(za) >= 100 and len(zb) >= 100
-        pa, pb = np.percentile(za, 90), np.percentile(zb, 90)
-        assert pb > pa + 0.7, f"{b} should stand taller than {a}: p90 {pb:.2f} m vs {pa:.2f} m"
+    veg = z[class_index("vegetation")] - TERRAIN_TOP
+    assert 0.3 * SHRUB_HEIGHT < np.median(veg) < 0.7 * SHRUB_HEIGHT, np.median(veg)
+    assert np.percentile(veg, 95) < SHRUB_HEIGHT + 0.06
+
+
+# ---------------------------------------------------------------------------------------------
+# The twins, sensor by sensor: swap one twin for the other in the same world and compare renders
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small_world():
+    """A world and a camera on the ego lane looking left, at the parked and oncoming vehicles."""
+    world = synthetic_world.build_world(np.random.default_rng(3), -45.0, 45.0)
+    origin = np.array([0.0, -world.road_half / 2, 1.8])
+    # camera axes (x right, y down, z forward) in the road frame: forward = +y (left of the road)
+    R_world_cam = np.stack([[-1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]], 1)
+    K = np.array([[120.0, 0.0, 160.0], [0.0, 120.0, 60.0], [0.0, 0.0, 1.0]])
+    return world, origin, R_world_cam, K
+
+
+def _swapped(world, relabel: dict, rematerial: dict = None, beds=None):
+    """A copy of ``world`` with fine labels (and materials) of primitives swapped."""
+    out = copy.deepcopy(world)
+    for p in out.primitives:
+        if p.fine_label in relabel:
+            p.material = (rematerial or {}).get(p.material, p.material)
+            p.fine_label = relabel[p.fine_label]
+    if beds is not None:
+        out.beds = beds
+    return out
+
+
+def _sensors(world, view):
+    _, origin, R_world_cam, K = view
+    image = synthetic_world.render_camera(world, origin, R_world_cam, K, 320, 120)
+    points, labels = synthetic_world.lidar_scan(world, origin, np.eye(3), np.random.default_rng(0), n_azimuth=360)
+    return image, points, labels
+
+
+def test_geometry_twins_differ_only_for_the_lidar(small_world):
+    """Trucks relabelled as cars and vegetation beds turned into terrain: every camera pixel stays
+    the same, while the LiDAR returns of trucks and beds move by their relief (and nothing else)."""
+    world = small_world[0]
+    F = synthetic_world.FINE
+    truck_ids = [i for i, p in enumerate(world.primitives) if p.fine_label == F["vehicle.truck"]]
+    assert truck_ids and world.beds
+    plain = _swapped(world, {F["vehicle.truck"]: F["vehicle.car"]}, beds=[])
+    image, points, labels = _sensors(world, small_world)
+    image_plain, points_plain, labels_plain = _sensors(plain, small_world)
+    np.testing.assert_array_equal(image, image_plain)
+    assert len(points) == len(points_plain)
+    moved = np.linalg.norm(points[:, :3] - points_plain[:, :3], axis=1)
+    relief_class = np.isin(labels, [F["vehicle.truck"], F["static.vegetation"]])
+    assert relief_class.sum() > 100
+    # (label 0: spurious returns, which may have hit a truck or a bed before being pulled short)
+    assert moved[~relief_class & (labels != 0)].max() < 1e-5
+    assert moved[relief_class].max() <= max(synthetic_world.RIB_DEPTH, synthetic_world.SHRUB_HEIGHT) + 1e-5
+    truck = labels == F["vehicle.truck"]
+    # ribs: about half of the truck's returns sit RIB_DEPTH out, the other half on the panel
+    ribs = np.isclose(moved[truck], synthetic_world.RIB_DEPTH, atol=1e-4)
+    assert 0.3 < ribs.mean() < 0.7 and (ribs | (moved[truck] < 1e-5)).all()
+    np.testing.assert_array_equal(labels_plain[truck], F["vehicle.car"])
+
+
+def test_appearance_twins_differ_in_colour_and_only_weakly_in_intensity(small_world):
+    """Buses repainted as construction vehicles: the LiDAR geometry is the same point for point, the
+    intensity rises by a shift of about two spreads, and the images change."""
+    world = small_world[0]
+    F, M = synthetic_world.FINE, synthetic_world
+    swapped = _swapped(world, {F["vehicle.bus.rigid"]: F["vehicle.construction"]}, {M.BUS_RED: M.CV_YELLOW})
+    image, points, labels = _sensors(world, small_world)
+    image_sw, points_sw, _ = _sensors(swapped, small_world)
+    np.testing.assert_array_equal(points[:, :3], points_sw[:, :3])
+    bus = labels == F["vehicle.bus.rigid"]
+    assert bus.sum() > 100
+    shift = points_sw[bus, 3].mean() - points[bus, 3].mean()
+    spread = points[bus, 3].std()
+    assert 1.3 * spread < shift < 2.7 * spread, (shift, spread)
+    assert (image != image_sw).any(axis=2).mean() > 0.01
 
 
 def test_ground_classes_lie_on_the_ground(per_class):

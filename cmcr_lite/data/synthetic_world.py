@@ -2,14 +2,21 @@
 
 The same geometry is seen by both sensors, so a LiDAR point and the pixel it projects to always
 show the same surface: the class of a point shows as the colour/texture where it projects.
-Classes come in *twins* (see ``cmcr_lite.classes``):
+Classes come in *twins* (see ``cmcr_lite.classes``), built so that what separates a pair is
+available to one sensor only, or mostly:
 
-* geometry-only twins share a material (colour, texture, LiDAR intensity) and differ in shape:
-  car|truck (blue paint), terrain|vegetation (grass), barrier|manmade (concrete);
-* appearance-only twins share shape and LiDAR intensity and differ in colour/texture:
-  driveable_surface|sidewalk (flat ground: asphalt vs beige paving),
-  bus|construction_vehicle (the same long box: red with a white band vs yellow with black stripes);
-* pedestrian (purple cylinder) and traffic_cone (orange cylinder) differ in both.
+* geometry-only twins share material and coarse shape, so the cameras render them identically;
+  they differ in a *relief* that only the LiDAR resolves (centimetre-to-decimetre structure the
+  cameras' pixels and flat shading do not show):
+  car | truck (the same blue boxes; the truck's panels are ribbed, 15 cm deep),
+  terrain | vegetation (the same flat-looking grass strip; planted beds are shrubby, up to 30 cm);
+* appearance-only twins share shape and differ strongly in colour/texture; in the LiDAR they
+  differ only through an intensity shift of about two spreads (paint reflectance; the
+  distributions overlap), faint next to what the cameras see:
+  driveable_surface | sidewalk (asphalt vs beige paving),
+  bus | construction_vehicle (the same long box: red with a white band vs yellow with black stripes);
+* pedestrian (purple cylinder), traffic_cone (orange cylinder), barrier (white/red low wall) and
+  manmade (tall concrete buildings) differ from everything in both.
 
 All coordinates here are in the *road frame*: metres, x along the road, y to the left, z up,
 ground at z = 0. ``cmcr_lite.data.synthetic`` places the road frame in a global frame.
@@ -29,22 +36,27 @@ FINE = {
 }
 
 # Materials decide colour, texture and LiDAR intensity. Twins share what the docstring says they share.
-ASPHALT, PAVING, GRASS, CONCRETE, BLUE_PAINT, BUS_RED, CV_YELLOW, PURPLE, CONE_ORANGE = range(9)
+ASPHALT, PAVING, GRASS, CONCRETE, BLUE_PAINT, BUS_RED, CV_YELLOW, PURPLE, CONE_ORANGE, BARRIER_WHITE = range(10)
 BASE_RGB = np.array([
     (62, 62, 66),      # asphalt: dark grey, fine grain
     (188, 174, 150),   # paving: beige tiles with darker joints
     (74, 128, 50),     # grass: green, coarse noise (terrain AND vegetation)
-    (150, 150, 146),   # concrete: light grey with horizontal joints (barrier AND manmade)
+    (150, 150, 146),   # concrete: light grey with horizontal joints (buildings)
     (42, 72, 172),     # blue paint (car AND truck)
     (176, 36, 36),     # bus red, white band
     (226, 186, 32),    # construction yellow, black diagonal stripes
     (122, 52, 142),    # pedestrian purple
     (246, 116, 22),    # cone orange, white band
+    (232, 232, 228),   # barrier white, red stripes
 ], dtype=np.float32)
-# Mean and spread of LiDAR intensity (nuScenes raw units, 0..255). Appearance twins share a row.
+# Mean and spread of LiDAR intensity (nuScenes raw units, 0..255). Appearance twins differ by about
+# two spreads (asphalt 8 vs paving 14, bus 48 vs construction 66): the distributions overlap, so one
+# point is ambiguous, and nothing but the intensity in the LiDAR tells the twins apart.
 INTENSITY = np.array([
-    (9, 3), (9, 3), (18, 5), (35, 8), (50, 10), (60, 10), (60, 10), (25, 6), (110, 20),
+    (8, 3), (14, 3), (18, 5), (35, 8), (50, 10), (48, 9), (66, 9), (25, 6), (110, 20), (85, 15),
 ], dtype=np.float32)
+RIB_DEPTH, RIB_PERIOD = 0.15, 0.6        # m: the truck's ribbed panels (LiDAR only)
+SHRUB_HEIGHT, SHRUB_CELL = 0.30, 0.45    # m: relief of planted vegetation beds (LiDAR only)
 SKY_TOP, SKY_HORIZON = np.array((96, 142, 212), np.float32), np.array((196, 214, 232), np.float32)
 TERRAIN_TOP = 0.25  # m: grass is a raised slab beyond the kerb (the ground is drawn by _hit_ground)
 SUN = np.array([0.35, -0.45, 0.82]) / np.linalg.norm([0.35, -0.45, 0.82])
@@ -72,11 +84,13 @@ class Primitive:
 
 @dataclass
 class World:
-    """A straight street: road |y| <= road_half, sidewalks up to ``sidewalk_edge``, then raised
-    grass (terrain slabs) with trees, barriers and buildings; vehicles, pedestrians and cones."""
+    """A straight street: road |y| <= road_half, sidewalks up to ``sidewalk_edge``, then a raised
+    grass strip (terrain, with planted vegetation beds ``beds``: (x0, x1, side) metres, side +1 left /
+    -1 right) with barriers and buildings; vehicles, pedestrians and cones."""
     road_half: float
     sidewalk_edge: float
     primitives: list = field(default_factory=list)
+    beds: list = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -106,30 +120,22 @@ def build_world(rng: np.random.Generator, x_min: float, x_max: float) -> World:
             P.append(Primitive("box", np.array([x + length / 2, side * (y0 + depth / 2), terrain_top + height / 2]),
                                np.array([length, depth, height]), 0.0, FINE["static.manmade"], CONCRETE))
             x += length + rng.uniform(2, 7)
-        # barriers: low concrete walls, same material as the buildings
+        # barriers: low white walls with red stripes
         x = x_min + rng.uniform(0, 5)
         while x < x_max:
             length = rng.uniform(2, 4)
             if rng.random() < 0.5:
                 y = side * (sidewalk_edge + 0.5)
                 P.append(Primitive("box", np.array([x + length / 2, y, terrain_top + 0.5]),
-                                   np.array([length, 0.4, 1.0]), 0.0, FINE["movable_object.barrier"], CONCRETE))
+                                   np.array([length, 0.4, 1.0]), 0.0, FINE["movable_object.barrier"], BARRIER_WHITE))
             x += length + rng.uniform(1, 6)
-        # trees (canopy sphere on a trunk) and bushes: grass material
-        x = x_min + rng.uniform(0, 4)
+        # planted vegetation beds: stretches of the same grass strip, shrubby only for the LiDAR
+        x = x_min + rng.uniform(-4, 4)
         while x < x_max:
-            y = side * (sidewalk_edge + rng.uniform(2.0, 5.5))
-            if rng.random() < 0.6:
-                r = rng.uniform(1.2, 2.2)
-                P.append(Primitive("cylinder", np.array([x, y, terrain_top + 1.4]), np.array([0.2, 0.2, 2.8]), 0.0,
-                                   FINE["static.vegetation"], GRASS))
-                P.append(Primitive("sphere", np.array([x, y, terrain_top + 2.6 + 0.8 * r]), np.array([r, r, r]), 0.0,
-                                   FINE["static.vegetation"], GRASS))
-            else:
-                r = rng.uniform(0.6, 1.1)
-                P.append(Primitive("sphere", np.array([x, y, terrain_top + 0.45 * r]), np.array([r, r, r]), 0.0,
-                                   FINE["static.vegetation"], GRASS))
-            x += rng.uniform(4, 9)
+            length = rng.uniform(4, 12)
+            if rng.random() < 0.5:
+                w.beds.append((x, x + length, side))
+            x += length
         # pedestrians on the sidewalk
         for _ in range(int(rng.integers(4, 9))):
             x, y = rng.uniform(x_min, x_max), side * rng.uniform(road_half + 0.6, sidewalk_edge - 0.5)
@@ -139,21 +145,25 @@ def build_world(rng: np.random.Generator, x_min: float, x_max: float) -> World:
 
     # vehicles: parked on the far kerb and driving in the oncoming lane (both y > 0); the ego lane
     # (y < 0) stays clear so the ego never drives through an object
-    kinds = [  # (fine label, material, length, width, height, probability)
-        (FINE["vehicle.car"], BLUE_PAINT, 4.5, 1.9, 1.55, 0.45),
-        (FINE["vehicle.truck"], BLUE_PAINT, 7.5, 2.5, 3.2, 0.20),
-        (FINE["vehicle.bus.rigid"], BUS_RED, 10.5, 2.8, 3.3, 0.17),
-        (FINE["vehicle.construction"], CV_YELLOW, 10.5, 2.8, 3.3, 0.18),
-    ]
-    probs = np.array([k[-1] for k in kinds])
+    # (fine label, material); cars and trucks are drawn alike, only the ribs differ. Every kind comes
+    # equally often in every scene, so a one-scene split still holds all four.
+    kinds = [(FINE["vehicle.car"], BLUE_PAINT), (FINE["vehicle.truck"], BLUE_PAINT),
+             (FINE["vehicle.bus.rigid"], BUS_RED), (FINE["vehicle.construction"], CV_YELLOW)]
+    n_vehicles = 8  # two of each; more would hide the kerb lane behind the oncoming one
+    order = rng.permutation(np.arange(n_vehicles) % len(kinds))
     occupied = []
     lanes = ("oncoming", "kerb_left")
-    for _ in range(int(rng.integers(10, 16))):
+    for k in order:
         lane = str(rng.choice(lanes))
-        label, mat, length, width, height, _p = kinds[int(rng.choice(len(kinds), p=probs / probs.sum()))]
+        label, mat = kinds[int(k)]
+        if mat == BLUE_PAINT:  # from a compact van to a small lorry, the same for car and truck
+            s = rng.uniform()
+            length, width, height = 4.5 + 3.0 * s, 1.9 + 0.6 * s, 1.6 + 1.6 * s
+        else:  # bus and construction vehicle: the same long box
+            length, width, height = 10.5, 2.8, 3.3
         y = road_half / 2 if lane == "oncoming" else road_half - width / 2 - 0.2
         for _try in range(10):
-            x = rng.uniform(x_min, x_max - length)
+            x = rng.uniform(x_min + 15, x_max - 15 - length)  # within good LiDAR range of the ego path
             if _free(occupied, x - 1, x + length + 1, lane):
                 occupied.append((x, x + length, lane))
                 yaw = float(rng.normal(0, 0.04) + (np.pi if lane == "oncoming" and rng.random() < 0.8 else 0))
@@ -300,10 +310,16 @@ def surface_normals(world: World, prim: np.ndarray, points: np.ndarray) -> np.nd
 
 
 def ground_label(world: World, xy: np.ndarray) -> np.ndarray:
-    """Fine label of the ground at road-frame ``xy`` (N,2): driveable surface, sidewalk or terrain."""
+    """Fine label of the ground at road-frame ``xy`` (N,2): driveable surface, sidewalk, terrain, or
+    vegetation where the grass strip lies in one of ``world.beds``."""
     ay = np.abs(xy[:, 1])
-    return np.where(ay <= world.road_half, FINE["flat.driveable_surface"],
-                    np.where(ay <= world.sidewalk_edge, FINE["flat.sidewalk"], FINE["flat.terrain"]))
+    labels = np.where(ay <= world.road_half, FINE["flat.driveable_surface"],
+                      np.where(ay <= world.sidewalk_edge, FINE["flat.sidewalk"], FINE["flat.terrain"]))
+    grass = labels == FINE["flat.terrain"]
+    for x0, x1, side in world.beds:
+        in_bed = grass & (xy[:, 0] >= x0) & (xy[:, 0] < x1) & (np.sign(xy[:, 1]) == side)
+        labels[in_bed] = FINE["static.vegetation"]
+    return labels
 
 
 def surface_properties(world: World, prim: np.ndarray, points: np.ndarray):
@@ -319,6 +335,39 @@ def surface_properties(world: World, prim: np.ndarray, points: np.ndarray):
     materials[g] = np.select([labels[g] == FINE["flat.driveable_surface"], labels[g] == FINE["flat.sidewalk"]],
                              [ASPHALT, PAVING], GRASS)
     return labels, materials
+
+
+def _value_noise(xy: np.ndarray, cell: float) -> np.ndarray:
+    """Smooth pseudo-random field in [0,1) at points ``xy`` (N,2) metres: hashed values on a grid of
+    ``cell`` metres, bilinearly interpolated (so shrubs are bumps, not steps)."""
+    g = xy / cell
+    i = np.floor(g)
+    f = g - i
+    corner = lambda dx, dy: _hash01(np.stack([i[:, 0] + dx, i[:, 1] + dy, np.full(len(i), 7.0)], 1))
+    top = corner(0, 0) * (1 - f[:, 0]) + corner(1, 0) * f[:, 0]
+    bottom = corner(0, 1) * (1 - f[:, 0]) + corner(1, 1) * f[:, 0]
+    return top * (1 - f[:, 1]) + bottom * f[:, 1]
+
+
+def lidar_relief(world: World, prim: np.ndarray, labels: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Outward relief (N,) metres of hits at road-frame ``points`` (N,3): the structure that tells
+    geometry-only twins apart, seen by the LiDAR and not rendered by the cameras.
+
+    * truck panels are ribbed: +RIB_DEPTH on alternate RIB_PERIOD/2 bands along the box's long axis
+      (along its width on the front and back faces);
+    * vegetation beds are shrubby: SHRUB_HEIGHT times a smooth noise field;
+    * everything else: 0.
+    """
+    relief = np.zeros(len(points))
+    veg = labels == FINE["static.vegetation"]
+    relief[veg] = SHRUB_HEIGHT * _value_noise(points[veg, :2], SHRUB_CELL)
+    for i in np.unique(prim[(prim >= 0) & (labels == FINE["vehicle.truck"])]):
+        p, sel = world.primitives[i], prim == i
+        local = (points[sel] - p.center) @ _rotz(p.yaw)
+        end_face = np.abs(local[:, 0]) > p.size[0] / 2 - 1e-3
+        along = np.where(end_face, local[:, 1], local[:, 0])
+        relief[sel] = RIB_DEPTH * (np.mod(along, RIB_PERIOD) < RIB_PERIOD / 2)
+    return relief
 
 
 # --------------------------------------------------------------------------------------------------
@@ -347,6 +396,7 @@ def texture_rgb(materials: np.ndarray, points: np.ndarray, normals: np.ndarray) 
     rgb[(m == BUS_RED) & (np.abs(z - 1.85) < 0.22)] = (226, 226, 222)
     rgb[(m == CV_YELLOW) & (np.mod(x + y + z, 0.9) < 0.3)] = (32, 30, 28)
     rgb[(m == CONE_ORANGE) & (np.abs(z - 0.42) < 0.07)] = (240, 240, 240)
+    rgb[(m == BARRIER_WHITE) & (np.mod(x, 1.0) < 0.5) & (z > TERRAIN_TOP + 0.5)] = (200, 40, 36)
     shade = 0.62 + 0.38 * np.clip(normals @ SUN, 0, 1)
     return rgb * shade[:, None]
 
@@ -371,7 +421,9 @@ def lidar_scan(world: World, origin: np.ndarray, R_world_lidar: np.ndarray, rng:
     labels, materials = surface_properties(world, prim, hits)
     normal = surface_normals(world, prim, hits)
     r = t + rng.normal(0, 0.015, len(t))  # range noise, metres
-    xyz = d_lidar * r[:, None]
+    # relief moves the return along the outward normal (world -> LiDAR frame: v @ R for row vectors)
+    relief = lidar_relief(world, prim, labels, hits)
+    xyz = d_lidar * r[:, None] + (normal * relief[:, None]) @ R_world_lidar
     mean, std = INTENSITY[materials, 0], INTENSITY[materials, 1]
     intensity = np.clip(rng.normal(mean, std) * (0.5 + 0.5 * np.abs((d_world * normal).sum(1))), 0, 255)
     # a few spurious returns labelled 'noise' (class 0 -> ignored), as in real scans

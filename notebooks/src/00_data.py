@@ -133,16 +133,29 @@ plt.show()
 # %% [markdown]
 # **Check against the devkit.** `nusc.explorer.map_pointcloud_to_image` is the devkit's own
 # reference projection (one camera at a time, with a Python loop over transforms). Ours must keep
-# the same points and land within half a pixel.
+# the same points and land within half a pixel. The one allowed difference: a point that sits
+# within a hundredth of a pixel of the 1-pixel margin (or of the 1 m depth limit) may fall on the
+# other side of it, because the two chains round differently (ours is one float32 product, the
+# devkit's four transforms through the global frame, hundreds of metres from the origin).
 
 # %%
+from scipy.spatial import cKDTree
+
 for c, cam_token in enumerate(kf.camera_tokens):
-    ref_uv, _, _ = nusc.explorer.map_pointcloud_to_image(kf.lidar_token, cam_token)
+    ref_uv = nusc.explorer.map_pointcloud_to_image(kf.lidar_token, cam_token)[0][:2].T
     ours = uv[pair_pixels[:, 0] == c]
-    assert ref_uv.shape[1] == len(ours), (kf.camera_names[c], ref_uv.shape, ours.shape)
-    err = np.abs(ref_uv[:2].T - ours).max()
-    print(f"{kf.camera_names[c]:16s} {len(ours):5d} pairs, max |devkit - ours| = {err:.2e} px")
-    assert err < 0.5
+    w, h = sizes[c]
+    # |devkit - ours| from each side: every point one kept has a match within 0.5 px in the other...
+    err_ours, _ = cKDTree(ref_uv).query(ours)
+    err_ref, _ = cKDTree(ours).query(ref_uv)
+    # ...or lies on the margin, where rounding decides (0.02 px is ample for float32 at 2 km)
+    on_margin = lambda p: (np.abs(p[:, 0] - 1) < 0.02) | (np.abs(p[:, 0] - (w - 1)) < 0.02) | \
+        (np.abs(p[:, 1] - 1) < 0.02) | (np.abs(p[:, 1] - (h - 1)) < 0.02)  # noqa: E731
+    flips = int((err_ours > 0.5).sum() + (err_ref > 0.5).sum())
+    print(f"{kf.camera_names[c]:16s} {len(ours):5d} pairs (devkit {len(ref_uv)}), "
+          f"max |devkit - ours| = {max(err_ours[err_ours <= 0.5].max(), 0):.2e} px, {flips} margin flips")
+    assert ((err_ours <= 0.5) | on_margin(ours)).all() and ((err_ref <= 0.5) | on_margin(ref_uv)).all()
+    assert flips <= 0.005 * len(ref_uv)
 
 # %% [markdown]
 # ## 4 · Superpixels
@@ -252,12 +265,20 @@ assert len(np.unique(buggy)) <= 2 and 0.3 < keep.mean() < 0.7
 # The paper's claim is that contrastive distillation learns what **both** modalities see, and
 # misses what only one of them carries. The embedded dataset makes that measurable with *twins*:
 #
-# * **geometry-only twins** look identical in the cameras (same paint, texture and LiDAR intensity)
-#   and differ only in shape: car | truck, terrain | vegetation, barrier | manmade;
-# * **appearance-only twins** have the same shape and intensity and differ only in colour/texture:
-#   driveable surface | sidewalk, bus | construction vehicle.
+# * **geometry-only twins** render identically in the cameras (same paint, texture and coarse shape)
+#   and differ only in a fine relief that the LiDAR resolves: car | truck (the truck's panels are
+#   ribbed, 15 cm deep), terrain | vegetation (planted beds are shrubby, up to 30 cm high). What tells
+#   them apart is *LiDAR-specific*: an image teacher cannot pass it on.
+# * **appearance-only twins** have the same shape and differ in colour/texture: driveable surface |
+#   sidewalk, bus | construction vehicle. In the LiDAR they differ only through intensity (paint
+#   reflectance), shifted by about two spreads so the distributions overlap. What tells them apart
+#   is *shared*: obvious in the images, faint in the points. This is what contrastive distillation
+#   should transfer.
+# * pedestrian, traffic cone, barrier and manmade differ from everything in both.
 #
-# Left: the mean colour of the pixels paired with each class. Right: how high their points are.
+# Left: the mean colour of the pixels paired with each class (camera). Middle: the roughness of each
+# point, the spread of its 12 nearest neighbours off their best plane (LiDAR geometry). Right: the
+# LiDAR intensity.
 
 # %%
 from cmcr_lite.viz import twin_statistics, twins_figure
@@ -268,12 +289,17 @@ fig.savefig(out / "twins.png", dpi=80)
 plt.show()
 
 # %%
-for group, (a, b) in [("geometry-only", ("car", "truck")), ("appearance-only", ("driveable_surface", "sidewalk"))]:
+for group, (a, b) in [("geometry-only", ("car", "truck")), ("geometry-only", ("terrain", "vegetation")),
+                      ("appearance-only", ("driveable_surface", "sidewalk")), ("appearance-only", ("bus", "construction_vehicle"))]:
     ka, kb = CLASS_NAMES_16.index(a), CLASS_NAMES_16.index(b)
     if ka in stats and kb in stats:
         d_rgb = np.abs(stats[ka]["rgb"].mean(0) - stats[kb]["rgb"].mean(0)).mean()
-        d_h = abs(np.median(stats[ka]["height"]) - np.median(stats[kb]["height"]))
-        print(f"{group:16s} {a} vs {b}: mean colour differs by {d_rgb:5.1f} / 255, median height by {d_h:4.2f} m")
+        d_rough = abs(np.median(stats[ka]["roughness"]) - np.median(stats[kb]["roughness"]))
+        # intensity shift in units of the pooled spread (d' = |mean_a - mean_b| / sqrt((var_a + var_b) / 2))
+        ia, ib = stats[ka]["intensity"], stats[kb]["intensity"]
+        d_prime = abs(ia.mean() - ib.mean()) / np.sqrt((ia.var() + ib.var()) / 2)
+        print(f"{group:16s} {a:>17s} vs {b:<20s} colour differs by {d_rgb:5.1f} / 255, "
+              f"median roughness by {100 * d_rough:4.1f} cm, intensity by d' = {d_prime:.1f}")
 
 # %% [markdown]
 # ## Summary

@@ -231,8 +231,9 @@ assert norm3d["with L_orth"] < norm3d["without L_orth"]
 #
 # A ridge classifier (closed form, `probes.ridge_probe`) is fitted on the per-point features of the
 # `train` scenes and scored on the `val` scene, separately for each twin pair of notebook 00:
-# **geometry-only** twins look the same to the cameras and differ in shape; **appearance-only**
-# twins have the same shape and differ in colour. Score: balanced accuracy of the pair (0.5 = chance).
+# **geometry-only** twins render identically in the cameras and differ in a fine relief only the
+# LiDAR resolves; **appearance-only** twins have the same shape, differ in colour, and in the LiDAR
+# only through a faint intensity shift. Score: balanced accuracy of the pair (0.5 = chance).
 # We probe $F^{3D}$, $G^{3D}$ and the trunk $z^{3D}$ both heads read.
 
 # %%

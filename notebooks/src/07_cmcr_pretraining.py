@@ -127,9 +127,12 @@ if path.is_file():
     fig = group_iou_figure(summary, title=f"linear probe, mean ± std over seeds {report['seeds']}")
     fig.savefig(out / "ablation_groups.png", dpi=80); plt.show()
     if "PPKT" in summary and "CMCR full" in summary:
-        for metric in ("miou", "geometry-only", "appearance-only"):
-            d = 100 * (summary["CMCR full"][metric][0] - summary["PPKT"][metric][0])
-            print(f"full CMCR - PPKT, {metric}: {d:+.1f} IoU points")
+        for metric in ("miou", "geometry-only", "appearance-only", "geometry twins in features",
+                       "appearance twins in features"):
+            if metric in summary["PPKT"]:
+                d = 100 * (summary["CMCR full"][metric][0] - summary["PPKT"][metric][0])
+                unit = "IoU points" if "twins" not in metric else "points of balanced accuracy"
+                print(f"full CMCR - PPKT, {metric}: {d:+.1f} {unit}")
 else:
     print(f"{path} not found: run `python -m cmcr_lite.experiments ablation` to produce it")
 
