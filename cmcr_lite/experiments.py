@@ -163,14 +163,26 @@ def baseline(seeds=(0, 1, 2), methods=("ppkt", "slidr"), output_root="outputs/ex
                         **pretrain_overrides)
 
 
-def ablation(seeds=(0, 1, 2), output_root="outputs/experiments/ablation", results_name="ablation_lite",
-             progress: bool = True, **pretrain_overrides) -> dict:
-    """PPKT, then CMCR with one more component at a time (``cmcr.ABLATION_STEPS``), over ``seeds``."""
+def ablation_variants() -> dict:
+    """{variant name: PretrainConfig overrides}: PPKT, then ``cmcr.ABLATION_STEPS`` as 'CMCR <step>'."""
     from cmcr_lite.cmcr import ABLATION_STEPS
 
     variants = {"PPKT": {"method": "ppkt"}}
     # the lite preset's sizes (fewer codebook pairs, capped occupancy neighbours) for every step
     variants.update({f"CMCR {name}": {"method": "cmcr", "cmcr": opts.lite()} for name, opts in ABLATION_STEPS.items()})
+    return variants
+
+
+def ablation(seeds=(0, 1, 2), output_root="outputs/experiments/ablation", results_name="ablation_lite",
+             progress: bool = True, only=None, **pretrain_overrides) -> dict:
+    """PPKT, then CMCR with one more component at a time (``cmcr.ABLATION_STEPS``), over ``seeds``;
+    ``only`` keeps the named variants (e.g. ``["PPKT", "CMCR full"]``)."""
+    variants = ablation_variants()
+    if only:
+        unknown = [name for name in only if name not in variants]
+        if unknown:
+            raise ValueError(f"ablation: unknown variant(s) {unknown}; choose from {list(variants)}")
+        variants = {name: v for name, v in variants.items() if name in only}
     return run_variants(variants, seeds, output_root, results_name, progress, **pretrain_overrides)
 
 
@@ -180,9 +192,25 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=None,
                    help=f"pretraining epochs per run (lite preset: 4 steps each); default {DEFAULT_EPOCHS}")
+    p.add_argument("--only", nargs="+", default=None, metavar="VARIANT",
+                   help='ablation only: the variants to run, e.g. --only PPKT "CMCR full"')
+    p.add_argument("--name", default=None,
+                   help="results name (benchmarks/results/<name>.{json,md}, outputs/experiments/<name>/); "
+                        "default <experiment>_lite")
     args = p.parse_args(argv)
-    run = baseline if args.experiment == "baseline" else ablation
-    report = run(seeds=args.seeds, epochs=args.epochs or DEFAULT_EPOCHS[args.experiment])
+    if args.only and args.experiment != "ablation":
+        p.error("--only applies to the ablation")
+    unknown = [v for v in args.only or [] if v not in ablation_variants()]
+    if unknown:
+        p.error(f"--only: unknown variant(s) {unknown}; choose from {list(ablation_variants())}")
+    name = args.name or f"{args.experiment}_lite"
+    kwargs = {"seeds": args.seeds, "epochs": args.epochs or DEFAULT_EPOCHS[args.experiment], "results_name": name}
+    if args.name:  # keep a named run's checkpoints apart from the default one's
+        kwargs["output_root"] = f"outputs/experiments/{name}"
+    if args.experiment == "ablation":
+        report = ablation(only=args.only, **kwargs)
+    else:
+        report = baseline(**kwargs)
     print(markdown_table(report["summary"], args.seeds))
 
 

@@ -2,6 +2,7 @@
 import math
 
 import numpy as np
+import pytest
 
 from cmcr_lite.classes import class_index
 from cmcr_lite.experiments import aggregate, markdown_table, summarize_confusion, twin_separation
@@ -46,3 +47,14 @@ def test_table_marks_metrics_a_run_lacks():
     assert agg["new"]["appearance twins in features"] == (0.75, 0.0)
     row = [line for line in markdown_table(agg, [0, 1]).splitlines() if line.startswith("| new |")][0]
     assert row.rstrip(" |").endswith("50.0 ± 0.0 | 75.0 ± 0.0")
+
+
+def test_ablation_variants_follow_the_cmcr_steps():
+    from cmcr_lite.cmcr import ABLATION_STEPS
+    from cmcr_lite.experiments import ablation, ablation_variants
+
+    variants = ablation_variants()
+    assert list(variants) == ["PPKT"] + [f"CMCR {name}" for name in ABLATION_STEPS]
+    assert variants["CMCR full"]["cmcr"] == ABLATION_STEPS["full"].lite()
+    with pytest.raises(ValueError, match="'CMCR everything'"):
+        ablation(only=["PPKT", "CMCR everything"])

@@ -26,6 +26,8 @@ pretrain_epochs = 4           # lite default; None keeps the preset's (full: the
 seed = 0
 output_dir = "../outputs/07_cmcr_pretraining"
 results_file = "../benchmarks/results/ablation_lite.json"  # `python -m cmcr_lite.experiments ablation`
+# PPKT and full CMCR with twice the steps: `python -m cmcr_lite.experiments ablation --only PPKT "CMCR full" --epochs 60 --name ablation_60ep_lite`
+long_results_file = "../benchmarks/results/ablation_60ep_lite.json"
 
 # %%
 import json
@@ -144,6 +146,21 @@ if path.is_file():
                 print(f"full CMCR - PPKT, {metric}: {d:+.1f} {unit}")
 else:
     print(f"{path} not found: run `python -m cmcr_lite.experiments ablation` to produce it")
+
+# %% [markdown]
+# **Twice the steps.** The ablation's 30 epochs are half the baseline's. Does full CMCR's edge over
+# PPKT, and its hold on the geometry twins, change with 60? Only the two ends of the ablation are run
+# again (three seeds each, about 40 minutes):
+
+# %%
+path = Path(long_results_file)
+if path.is_file():
+    long = json.loads(path.read_text())
+    print(path.with_suffix(".md").read_text() if path.with_suffix(".md").is_file() else "")
+    fig = group_iou_figure(long["summary"], title=f"60 lite epochs, mean ± std over seeds {long['seeds']}")
+    fig.savefig(out / "ablation_60ep_groups.png", dpi=80); plt.show()
+else:
+    print(f"{path} not found: run the command in the parameters cell to produce it")
 
 # %% [markdown]
 # ## Summary
