@@ -50,8 +50,8 @@ from tqdm.auto import tqdm
 
 from cmcr_lite.classes import IGNORE_INDEX, NUM_CLASSES_16
 from cmcr_lite.data.augment import random_point_augmentation
-from cmcr_lite.devices import resolve_device
 from cmcr_lite.data.voxelize import voxelize
+from cmcr_lite.devices import resolve_device
 from cmcr_lite.losses.lovasz import segmentation_loss
 from cmcr_lite.metrics import confusion_matrix
 from cmcr_lite.models.minkunet import MinkUNet, MinkUNetConfig, sparse_tensor_from_voxels

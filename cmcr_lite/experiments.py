@@ -163,13 +163,19 @@ def baseline(seeds=(0, 1, 2), methods=("ppkt", "slidr"), output_root="outputs/ex
                         **pretrain_overrides)
 
 
-def ablation_variants() -> dict:
-    """{variant name: PretrainConfig overrides}: PPKT, then ``cmcr.ABLATION_STEPS`` as 'CMCR <step>'."""
+def ablation_variants(only=None) -> dict:
+    """{variant name: PretrainConfig overrides}: PPKT, then ``cmcr.ABLATION_STEPS`` as 'CMCR <step>';
+    ``only`` keeps the named ones (ValueError naming any unknown name)."""
     from cmcr_lite.cmcr import ABLATION_STEPS
 
     variants = {"PPKT": {"method": "ppkt"}}
     # the lite preset's sizes (fewer codebook pairs, capped occupancy neighbours) for every step
     variants.update({f"CMCR {name}": {"method": "cmcr", "cmcr": opts.lite()} for name, opts in ABLATION_STEPS.items()})
+    if only:
+        unknown = [name for name in only if name not in variants]
+        if unknown:
+            raise ValueError(f"ablation: unknown variant(s) {unknown}; choose from {list(variants)}")
+        variants = {name: v for name, v in variants.items() if name in only}
     return variants
 
 
@@ -177,13 +183,7 @@ def ablation(seeds=(0, 1, 2), output_root="outputs/experiments/ablation", result
              progress: bool = True, only=None, **pretrain_overrides) -> dict:
     """PPKT, then CMCR with one more component at a time (``cmcr.ABLATION_STEPS``), over ``seeds``;
     ``only`` keeps the named variants (e.g. ``["PPKT", "CMCR full"]``)."""
-    variants = ablation_variants()
-    if only:
-        unknown = [name for name in only if name not in variants]
-        if unknown:
-            raise ValueError(f"ablation: unknown variant(s) {unknown}; choose from {list(variants)}")
-        variants = {name: v for name, v in variants.items() if name in only}
-    return run_variants(variants, seeds, output_root, results_name, progress, **pretrain_overrides)
+    return run_variants(ablation_variants(only), seeds, output_root, results_name, progress, **pretrain_overrides)
 
 
 def main(argv=None):
@@ -200,9 +200,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.only and args.experiment != "ablation":
         p.error("--only applies to the ablation")
-    unknown = [v for v in args.only or [] if v not in ablation_variants()]
-    if unknown:
-        p.error(f"--only: unknown variant(s) {unknown}; choose from {list(ablation_variants())}")
+    try:  # reject unknown names before any run starts
+        ablation_variants(args.only)
+    except ValueError as e:
+        p.error(str(e))
     name = args.name or f"{args.experiment}_lite"
     kwargs = {"seeds": args.seeds, "epochs": args.epochs or DEFAULT_EPOCHS[args.experiment], "results_name": name}
     if args.name:  # keep a named run's checkpoints apart from the default one's

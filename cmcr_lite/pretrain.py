@@ -28,10 +28,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from cmcr_lite.devices import resolve_device
 from cmcr_lite.cmcr import CMCRModel, CMCROptions
 from cmcr_lite.data.pipeline import PairedScanDataset, PipelineConfig, batch_to_sparse_tensor, collate_pairs
 from cmcr_lite.data.superpixels import SlicParams
+from cmcr_lite.devices import resolve_device
 from cmcr_lite.losses.infonce import point_pixel_infonce, superpixel_infonce
 from cmcr_lite.models.image_encoder import DenseHead, ResNet50Encoder, freeze
 from cmcr_lite.models.minkunet import MinkUNet, MinkUNetConfig
