@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -31,7 +30,7 @@ import torch.nn.functional as F
 from cmcr_lite.losses.codebook import UnifiedCodebook
 from cmcr_lite.losses.infonce import point_pixel_infonce
 from cmcr_lite.losses.mim import ImageDecoder, geometry_enhanced_replacement, reconstruction_loss
-from cmcr_lite.losses.occupancy import OccupancyDecoder, neighbourhood_pairs, occupancy_losses
+from cmcr_lite.losses.occupancy import OccupancyDecoder, occupancy_losses
 from cmcr_lite.losses.orthogonality import orthogonality_loss
 from cmcr_lite.models.image_encoder import DenseHead, freeze
 from cmcr_lite.models.minkunet import MinkUNet
@@ -47,25 +46,23 @@ class CMCROptions:
     num_codes: int = 400
     ema_decay: float = 0.999
     commitment: float = 0.25
-    codebook_matches: int = 2048     # pairs for the codebook losses, drawn apart from the NCE pairs
-    mim: bool = True                 # masked image modelling (needs images masked: pipeline.mask_prob > 0)
+    codebook_matches: int | None = None  # pairs for the codebook losses (drawn apart from the NCE
+    #                                  pairs); None: as many as the NCE (PretrainConfig.num_matches, 2,048)
+    mim: bool = True                 # masked image modelling (the pipeline then masks images, pipeline.mask_prob)
     mim_weight: float = 1.0
     mim_masked_only: bool = False    # released code: MSE over all pixels; True: only masked ones (MAE)
     geomim: bool = True              # paper: masked pixels get quantised 3D features; released code: absent
-    occupancy: bool = True           # occupancy + intensity (needs pipeline.occupancy_queries > 0)
+    occupancy: bool = True           # occupancy + intensity (queries, radius, neighbour cap: pipeline.occupancy_*)
     occupancy_weight: float = 1.0
     intensity_weight: float = 1.0
-    occupancy_radius: float = 1.0    # metres, neighbours of a query
-    occupancy_max_neighbours: int | None = None  # cap per query (ours, bounds memory); None = all
 
     def __post_init__(self):
         checks = {"orth_weight": self.orth_weight >= 0, "num_codes": self.num_codes >= 2,
                   "ema_decay": 0 < self.ema_decay < 1, "commitment": self.commitment >= 0,
-                  "codebook_matches": self.codebook_matches >= 2, "mim_weight": self.mim_weight >= 0,
+                  "codebook_matches": self.codebook_matches is None or self.codebook_matches >= 2,
+                  "mim_weight": self.mim_weight >= 0,
                   "occupancy_weight": self.occupancy_weight >= 0, "intensity_weight": self.intensity_weight >= 0,
-                  "occupancy_radius": self.occupancy_radius > 0,
-                  "geomim": not self.geomim or self.mim,
-                  "occupancy_max_neighbours": self.occupancy_max_neighbours is None or self.occupancy_max_neighbours >= 1}
+                  "geomim": not self.geomim or self.mim}
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ValueError("CMCROptions: invalid " + ", ".join(f"{k}={getattr(self, k)!r}" for k in bad))
@@ -75,11 +72,17 @@ class CMCROptions:
         """What the official repository runs: no geometry-enhanced MIM, L_orth on 3D only."""
         return replace(cls(geomim=False, orth_2d=False), **overrides)
 
-    def lite(self) -> "CMCROptions":
-        """These options at the lite preset's sizes: 1,024 codebook pairs and at most 32 occupancy
-        neighbours per query (memory and time on a 2-core CPU). ``PretrainConfig.lite`` uses
-        ``CMCROptions().lite()``; pass ``ABLATION_STEPS[...].lite()`` to keep the sizes."""
-        return replace(self, codebook_matches=1024, occupancy_max_neighbours=32)
+    @classmethod
+    def full(cls, **overrides) -> "CMCROptions":
+        """The paper's options. CMCROptions hold switches and weights only, no sizes: the sizes
+        (pairs, queries, neighbours, image crops) follow ``PretrainConfig.num_matches`` and its
+        ``pipeline``, so ``lite()`` and ``full()`` are the same options."""
+        return cls(**overrides)
+
+    @classmethod
+    def lite(cls, **overrides) -> "CMCROptions":
+        """The same as :meth:`full` (see there): the lite sizes live in ``PretrainConfig.lite``."""
+        return cls(**overrides)
 
     @classmethod
     def contrastive_only(cls) -> "CMCROptions":
@@ -166,7 +169,7 @@ class CMCRModel(nn.Module):
 
         q3d, q2d = f3d, f2d  # without a codebook the decoders read the continuous shared features
         if o.codebook:
-            m = min(len(pv), o.codebook_matches)
+            m = min(len(pv), o.codebook_matches or self.num_matches)
             sel = torch.randperm(len(pv), generator=generator, device="cpu")[:m].to(dev)
             cb = self.codebook(f3d[pv[sel]], f2d[pp[sel, 0], :, pp[sel, 1], pp[sel, 2]])
             terms.update(cmcm=cb["cmcm"], commit_points=cb["commit_points"], commit_pixels=cb["commit_pixels"])
@@ -195,14 +198,11 @@ class CMCRModel(nn.Module):
 
         if o.occupancy:
             if "queries" not in batch:
-                raise ValueError("CMCR occupancy needs query points: set pipeline.occupancy_queries > 0")
+                raise ValueError("CMCR occupancy needs query points: build the batch with PipelineConfig(occupancy=True)")
             latents = (q3d + g3d if g3d is not None else q3d)[batch["voxel_of_point"].to(dev)]
             points = batch["points"][:, :3].to(dev)
-            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator).item()) if generator is not None else 0
-            qi, pi = neighbourhood_pairs(batch["queries"], batch["points"][:, :3], o.occupancy_radius,
-                                         batch["query_batch"], batch["point_batch"], o.occupancy_max_neighbours,
-                                         rng=np.random.default_rng(seed))
-            qi, pi = qi.to(dev), pi.to(dev)
+            # neighbourhoods come with the batch: the data pipeline searched them in its workers
+            qi, pi = batch["neighbour_query"].to(dev), batch["neighbour_point"].to(dev)
             pred = self.occupancy_decoder.forward_pairs(latents, batch["queries"].to(dev), points, qi, pi)
             occ = occupancy_losses(pred, batch["query_occupied"].to(dev), batch["query_intensity"].to(dev), qi)
             terms["occupancy"], terms["intensity"] = occ["occupancy"], occ["intensity"]

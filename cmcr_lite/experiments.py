@@ -169,8 +169,7 @@ def ablation_variants(only=None) -> dict:
     from cmcr_lite.cmcr import ABLATION_STEPS
 
     variants = {"PPKT": {"method": "ppkt"}}
-    # the lite preset's sizes (fewer codebook pairs, capped occupancy neighbours) for every step
-    variants.update({f"CMCR {name}": {"method": "cmcr", "cmcr": opts.lite()} for name, opts in ABLATION_STEPS.items()})
+    variants.update({f"CMCR {name}": {"method": "cmcr", "cmcr": opts} for name, opts in ABLATION_STEPS.items()})
     if only:
         unknown = [name for name in only if name not in variants]
         if unknown:

@@ -17,7 +17,7 @@ import torch
 
 from cmcr_lite.data.occupancy_queries import KIND_IN, KIND_OUT, KIND_OUT_FAR
 from cmcr_lite.data.pipeline import batch_to_sparse_tensor, collate_pairs
-from cmcr_lite.losses.occupancy import neighbourhood_pairs, occupancy_accuracy, occupancy_losses
+from cmcr_lite.losses.occupancy import occupancy_accuracy, occupancy_losses
 
 KIND_NAMES = {KIND_IN: "in", KIND_OUT: "out", KIND_OUT_FAR: "out-far"}
 KIND_COLOURS = {KIND_IN: "tab:red", KIND_OUT: "tab:blue", KIND_OUT_FAR: "tab:green"}
@@ -42,12 +42,12 @@ def point_latents(model, batch: dict, device="cpu") -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_queries(model, batch: dict, radius: float = 1.0, max_neighbours: int | None = None,
-                    seed: int = 0, device="cpu", decoder=None) -> dict:
+def predict_queries(model, batch: dict, device="cpu", decoder=None) -> dict:
     """Decoder output for every (query, neighbour) pair of a collated batch that carries queries.
 
-    ``decoder`` replaces ``model.occupancy_decoder`` when given (e.g. the copy trained by ``fit_decoder``);
-    ``max_neighbours`` caps the pairs per query as in training (random subset, seeded by ``seed``).
+    The pairs are the batch's own ``neighbour_query`` / ``neighbour_point``, built by the data
+    pipeline with its radius and neighbour cap, exactly as in training.
+    ``decoder`` replaces ``model.occupancy_decoder`` when given (e.g. the copy trained by ``fit_decoder``).
     Returns dict with pred (E, 2) float (occupancy logit, intensity / 255), query_index (E,) and
     point_index (E,) int64 (global rows of ``batch["queries"]`` / ``batch["points"]``), and
     latents (N, D) of the points."""
@@ -55,11 +55,10 @@ def predict_queries(model, batch: dict, radius: float = 1.0, max_neighbours: int
     if decoder is None:
         raise ValueError("predict_queries: the model has no occupancy decoder (CMCROptions.occupancy=False)")
     if "queries" not in batch:
-        raise ValueError("predict_queries: the batch has no 'queries'; build it with PipelineConfig(occupancy_queries>0)")
+        raise ValueError("predict_queries: the batch has no 'queries'; build it with PipelineConfig(occupancy=True)")
     latents = point_latents(model, batch, device)
     points = batch["points"][:, :3].to(latents.device)
-    qi, pi = neighbourhood_pairs(batch["queries"], points, radius, batch["query_batch"], batch["point_batch"],
-                                 max_neighbours, rng=seed)
+    qi, pi = batch["neighbour_query"], batch["neighbour_point"]
     qi, pi = qi.to(latents.device), pi.to(latents.device)
     was_training = decoder.training
     decoder.eval()
@@ -108,9 +107,10 @@ def accuracy_per_kind(pred: torch.Tensor, occupied, kind, query_index: torch.Ten
 
 
 # ------------------------------------------------------------------------------------------ decoder-only fit
-def frozen_query_scans(model, dataset, radius: float = 1.0, max_neighbours: int | None = 16, seed: int = 0) -> list:
-    """Per item of a ``PairedScanDataset`` built with ``occupancy_queries > 0``: the model's frozen point
-    latents (``point_latents``, no gradient) and the query/neighbour pairs, ready for ``fit_decoder``.
+def frozen_query_scans(model, dataset) -> list:
+    """Per item of a ``PairedScanDataset`` built with ``occupancy=True``: the model's frozen point
+    latents (``point_latents``, no gradient) and the pipeline's query/neighbour pairs, ready for
+    ``fit_decoder``.
 
     Each entry: latents (N, D), queries (Q, 3), points (N, 3), query_index / point_index (E,) int64,
     occupied (Q,), intensity (Q,) (raw units, -1 = no target)."""
@@ -118,12 +118,10 @@ def frozen_query_scans(model, dataset, radius: float = 1.0, max_neighbours: int 
     for i in range(len(dataset)):
         b = collate_pairs([dataset[i]])
         if "queries" not in b:
-            raise ValueError("frozen_query_scans: the dataset has no queries; use PipelineConfig(occupancy_queries>0)")
-        points = b["points"][:, :3]
-        qi, pi = neighbourhood_pairs(b["queries"], points, radius, max_neighbours=max_neighbours, rng=seed + i)
-        scans.append({"latents": point_latents(model, b), "queries": b["queries"], "points": points,
-                      "query_index": qi, "point_index": pi, "occupied": b["query_occupied"],
-                      "intensity": b["query_intensity"]})
+            raise ValueError("frozen_query_scans: the dataset has no queries; use PipelineConfig(occupancy=True)")
+        scans.append({"latents": point_latents(model, b), "queries": b["queries"], "points": b["points"][:, :3],
+                      "query_index": b["neighbour_query"], "point_index": b["neighbour_point"],
+                      "occupied": b["query_occupied"], "intensity": b["query_intensity"]})
     return scans
 
 

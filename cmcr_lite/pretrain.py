@@ -1,14 +1,19 @@
-"""Image-to-LiDAR contrastive pretraining (PPKT and SLidR), from a notebook or the command line.
+"""Image-to-LiDAR pretraining (PPKT, SLidR and CMCR), from a notebook or the command line.
 
     python -m cmcr_lite.pretrain --config lite --output-dir outputs/pretrain/ppkt
-    python -m cmcr_lite.pretrain --config full --set dataroot=/data/sets/nuscenes image_weights=moco_v2_800ep.pth.tar
-    torchrun --nproc_per_node 4 -m cmcr_lite.pretrain --config full --set dataroot=/data/sets/nuscenes
+    python -m cmcr_lite.pretrain --config lite --output-dir outputs/pretrain/cmcr --set method=cmcr
+    python -m cmcr_lite.pretrain --config full --set dataroot=/data/sets/nuscenes image_weights=moco_v2_800ep_pretrain.pth.tar
+    torchrun --nproc_per_node 4 -m cmcr_lite.pretrain --config full --set method=cmcr dataroot=... image_weights=...
     python -m cmcr_lite.pretrain --config lite --output-dir outputs/pretrain/ppkt --resume
 
-One ``PretrainConfig`` holds every setting, with the paper's values as defaults and a ``lite()``
-preset for the embedded dataset on a 2-core CPU. A checkpoint (model, optimizer, RNG states, history)
-is written atomically after every epoch; ``--resume`` continues from it and reaches the same
-weights as an uninterrupted run, because every random draw is seeded by (seed, epoch, step/index).
+One ``PretrainConfig`` holds every setting, with the paper's values as defaults (``full()``) and a
+``lite()`` preset for the embedded dataset on a 2-core CPU. Which data a method reads (superpixels,
+MIM masks, occupancy queries) is derived by the config itself from the method and its options
+(``data_needs``), so presets, ``--set`` overrides, papermill parameters and ``dataclasses.replace``
+all agree. A checkpoint (model, optimizer, RNG states, history) is written atomically after every
+epoch; ``--resume`` continues from it and reaches the same weights as an uninterrupted run, because
+every random draw is seeded by (seed, epoch, step/index). Losses, learning rate and step times go
+to TensorBoard (``<output_dir>/tensorboard``).
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import json
 import os
 import random
 import sys
+import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -30,7 +36,6 @@ from tqdm.auto import tqdm
 
 from cmcr_lite.cmcr import CMCRModel, CMCROptions
 from cmcr_lite.data.pipeline import PairedScanDataset, PipelineConfig, batch_to_sparse_tensor, collate_pairs
-from cmcr_lite.data.superpixels import SlicParams
 from cmcr_lite.devices import resolve_device
 from cmcr_lite.losses.infonce import point_pixel_infonce, superpixel_infonce
 from cmcr_lite.models.image_encoder import DenseHead, ResNet50Encoder, freeze
@@ -40,11 +45,24 @@ METHODS = ("ppkt", "slidr", "cmcr")
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
-def _cmcr_data_needs(overrides: dict) -> tuple:
-    """(needs MIM masks, needs occupancy queries) for preset overrides: only CMCR's MIM and occupancy
-    parts use them."""
-    opts = overrides.get("cmcr", CMCROptions()) if overrides.get("method") == "cmcr" else None
-    return bool(opts and opts.mim), bool(opts and opts.occupancy)
+MOCO_V2_FILE = "moco_v2_800ep_pretrain.pth.tar"
+MOCO_V2_URL = f"https://dl.fbaipublicfiles.com/moco/moco_checkpoints/moco_v2_800ep/{MOCO_V2_FILE}"
+
+
+def data_needs(method: str, cmcr: CMCROptions) -> dict:
+    """Which optional data products a method reads, as ``PipelineConfig`` switches: superpixels
+    (SLidR), MIM masks (CMCR with MIM) and occupancy queries (CMCR with occupancy). The one place
+    that decides it; ``PretrainConfig`` applies it to its pipeline whenever it is built."""
+    is_cmcr = method == "cmcr"
+    return {"superpixels": method == "slidr", "mim_masks": is_cmcr and cmcr.mim,
+            "occupancy": is_cmcr and cmcr.occupancy}
+
+
+def default_num_workers() -> int:
+    """Data-loading processes per training process: the CPU cores of this node shared among the
+    processes torchrun starts on it (``LOCAL_WORLD_SIZE``), at most 8, at least 1."""
+    per_node = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(8, (os.cpu_count() or 1) // per_node))
 
 
 @dataclass
@@ -63,11 +81,13 @@ class PretrainConfig:
     feature_dim: int = 64                # shared feature size, both modalities
     backbone: MinkUNetConfig = field(default_factory=MinkUNetConfig.full)
     image_encoder: str = "resnet50"      # "resnet50" (frozen, weights from image_weights) or "small_teacher"
-    image_weights: str | None = None     # MoCo-v2 / torchvision ResNet-50 checkpoint path
+    image_weights: str | None = None     # MoCo-v2 / torchvision ResNet-50 checkpoint path (MOCO_V2_FILE)
+    random_image_encoder: bool = False   # True: allow a ResNet-50 without weights (a random teacher)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     seed: int = 0
     device: str = "auto"                 # "auto": cuda if available, else cpu
-    num_workers: int = 2                 # data-loading processes per training process
+    num_workers: int | None = None       # data-loading processes per training process; None: default_num_workers()
+    tensorboard: bool = True             # write losses, lr and step times to <output_dir>/tensorboard
     output_dir: str = "outputs/pretrain"
     cmcr: CMCROptions = field(default_factory=CMCROptions)  # used when method == "cmcr"
 
@@ -77,20 +97,21 @@ class PretrainConfig:
         if isinstance(self.backbone, dict):
             self.backbone = MinkUNetConfig(**self.backbone)
         if isinstance(self.pipeline, dict):
-            p = dict(self.pipeline)
-            p["slic"] = SlicParams(**p["slic"]) if isinstance(p.get("slic"), dict) else p.get("slic", SlicParams())
-            self.pipeline = PipelineConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in p.items()})
+            self.pipeline = PipelineConfig(**self.pipeline)
+        if self.method in METHODS:
+            # the data products follow the method and its options, whatever order fields were set in
+            # (``replace``, ``from_dict`` and the CLI all pass through here)
+            self.pipeline = replace(self.pipeline, **data_needs(self.method, self.cmcr))
         checks = {
             "method": self.method in METHODS, "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1,
             "lr": self.lr > 0, "weight_decay": self.weight_decay >= 0, "tau": self.tau > 0,
             "num_matches": self.num_matches >= 2, "feature_dim": self.feature_dim >= 1,
             "image_encoder": self.image_encoder in ("resnet50", "small_teacher"),
             "device": self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
-            "num_workers": self.num_workers >= 0,
+            "num_workers": self.num_workers is None or self.num_workers >= 0,
             # CMCR's MIM needs masked images and its occupancy head needs query points
-            "pipeline.mask_prob": self.method != "cmcr" or not self.cmcr.mim or self.pipeline.mask_prob > 0,
-            "pipeline.occupancy_queries": (self.method != "cmcr" or not self.cmcr.occupancy
-                                           or self.pipeline.occupancy_queries > 0),
+            "pipeline.mask_prob": not self.pipeline.mim_masks or self.pipeline.mask_prob > 0,
+            "pipeline.occupancy_queries": not self.pipeline.occupancy or self.pipeline.occupancy_queries > 0,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -101,20 +122,16 @@ class PretrainConfig:
     def lite(cls, **overrides) -> "PretrainConfig":
         """The embedded dataset on a 2-core CPU: lite MinkUNet, small self-supervised image teacher,
         112x208 crops, 2 scans per step. Same losses and temperature as the paper."""
-        mim, occ = _cmcr_data_needs(overrides)
         base = cls(dataroot=None, version="v1.0-synthetic", split="train", epochs=8, batch_size=2, lr=2e-3,
                    num_matches=1024, backbone=MinkUNetConfig.lite(), image_encoder="small_teacher",
-                   pipeline=PipelineConfig.lite(mask_prob=0.5 if mim else 0.0, occupancy_queries=1024 if occ else 0),
-                   num_workers=0, output_dir="outputs/pretrain/lite",
-                   cmcr=CMCROptions().lite())
+                   pipeline=PipelineConfig.lite(), num_workers=0, output_dir="outputs/pretrain/lite",
+                   cmcr=CMCROptions.lite())
         return replace(base, **overrides)
 
     @classmethod
     def full(cls, **overrides) -> "PretrainConfig":
-        """The paper's setting; for ``method="cmcr"`` with MIM masks (p 0.5) and 2,048 occupancy queries."""
-        mim, occ = _cmcr_data_needs(overrides)
-        return replace(cls(pipeline=PipelineConfig(mask_prob=0.5 if mim else 0.0,
-                                                   occupancy_queries=2048 if occ else 0)), **overrides)
+        """The paper's setting (for ``method="cmcr"``: MIM masks with p 0.5, 2,048 occupancy queries)."""
+        return replace(cls(pipeline=PipelineConfig.full(), cmcr=CMCROptions.full()), **overrides)
 
     @classmethod
     def from_preset(cls, preset: str, **fields) -> "PretrainConfig":
@@ -170,8 +187,23 @@ class DistillationModel(nn.Module):
         return self.features_3d(x), self.features_2d(images)
 
 
+def check_image_weights(config: PretrainConfig):
+    """A ResNet-50 teacher needs its MoCo-v2 weights: a random frozen teacher would silently make
+    every 2D feature meaningless. Raises ValueError naming the file to download (or a missing path)."""
+    if config.image_encoder != "resnet50":
+        return
+    if config.image_weights is None and not config.random_image_encoder:
+        raise ValueError(f"PretrainConfig: image_encoder='resnet50' needs image_weights, the MoCo-v2 ResNet-50 "
+                         f"checkpoint {MOCO_V2_FILE} (download it from {MOCO_V2_URL}) and set "
+                         f"image_weights=/path/to/{MOCO_V2_FILE}; or set random_image_encoder=true for a random "
+                         f"frozen teacher (tests only), or image_encoder=small_teacher")
+    if config.image_weights is not None and not Path(config.image_weights).is_file():
+        raise ValueError(f"PretrainConfig: image_weights file not found: {config.image_weights}")
+
+
 def build_image_encoder(config: PretrainConfig) -> nn.Module:
     """The 2D branch: ResNet-50 (weights from ``image_weights``) or the cached small teacher."""
+    check_image_weights(config)
     if config.image_encoder == "resnet50":
         return ResNet50Encoder(out_dim=config.feature_dim, weights=config.image_weights, freeze_trunk=True)
     from cmcr_lite.paths import ensure_embedded_dataset
@@ -272,6 +304,8 @@ def pretrain(config: PretrainConfig, resume: bool = False, progress: bool = True
     from cmcr_lite.data.nuscenes_loader import NuScenesKeyframes
     from cmcr_lite.paths import EMBEDDED_VERSION, ensure_embedded_dataset
 
+    if image_trunk is None:
+        check_image_weights(config)  # before any data is read
     rank, world, local_rank = _distributed()
     device = resolve_device(config.device)
     if device.type == "cuda" and world > 1:
@@ -309,7 +343,8 @@ def pretrain(config: PretrainConfig, resume: bool = False, progress: bool = True
     if resume and ckpt_path.is_file():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         saved = PretrainConfig.from_dict(state["config"])
-        ignored = {"epochs", "output_dir", "num_workers", "device"} | ({"cmcr"} if config.method != "cmcr" else set())
+        ignored = ({"epochs", "output_dir", "num_workers", "device", "tensorboard"}
+                   | ({"cmcr"} if config.method != "cmcr" else set()))
         differs = [f.name for f in dataclasses.fields(PretrainConfig)
                    if f.name not in ignored and getattr(saved, f.name) != getattr(config, f.name)]
         if differs:
@@ -320,6 +355,12 @@ def pretrain(config: PretrainConfig, resume: bool = False, progress: bool = True
         set_rng_state(state["rng"])
 
     per_process = max(1, config.batch_size // world)
+    workers = default_num_workers() if config.num_workers is None else config.num_workers
+    writer = None
+    if config.tensorboard and rank == 0:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
     for epoch in range(start_epoch, config.epochs):
         dataset.set_epoch(epoch)
         if world > 1:
@@ -329,13 +370,16 @@ def pretrain(config: PretrainConfig, resume: bool = False, progress: bool = True
             sampler = torch.utils.data.RandomSampler(
                 dataset, generator=torch.Generator().manual_seed(config.seed * 10_007 + epoch))
         loader = torch.utils.data.DataLoader(dataset, batch_size=per_process, sampler=sampler,
-                                             collate_fn=collate_pairs, num_workers=config.num_workers,
+                                             collate_fn=collate_pairs, num_workers=workers,
                                              drop_last=len(dataset) >= per_process)
         model.train()
         bar = tqdm(loader, desc=f"{config.method} epoch {epoch + 1}/{config.epochs}", leave=False,
                    disable=not progress or rank != 0)
         terms_seen = []
+        steps_per_epoch = len(loader)
+        tick = time.perf_counter()
         for step, batch in enumerate(bar):
+            data_seconds = time.perf_counter() - tick  # waiting for the loader (workers or main process)
             x = batch_to_sparse_tensor(batch, device)
             generator = _step_generator(config.seed + rank, epoch, step, device)
             if config.method == "cmcr":
@@ -349,6 +393,14 @@ def pretrain(config: PretrainConfig, resume: bool = False, progress: bool = True
             optimizer.step()
             terms_seen.append({k: float(v.detach()) for k, v in terms.items()})
             bar.set_postfix(loss=f"{terms_seen[-1]['loss']:.3f}")
+            if writer is not None:
+                global_step = epoch * steps_per_epoch + step
+                for k, v in terms_seen[-1].items():
+                    writer.add_scalar(f"pretrain/{k}", v, global_step)
+                writer.add_scalar("pretrain/lr", optimizer.param_groups[0]["lr"], global_step)
+                writer.add_scalar("time/data_seconds", data_seconds, global_step)
+                writer.add_scalar("time/step_seconds", time.perf_counter() - tick, global_step)
+            tick = time.perf_counter()
         record = {"epoch": epoch, "steps": len(terms_seen)}
         for k in (terms_seen[0] if terms_seen else {"loss": 0}):
             record[k] = float(np.mean([t[k] for t in terms_seen])) if terms_seen else float("nan")
@@ -365,6 +417,8 @@ def pretrain(config: PretrainConfig, resume: bool = False, progress: bool = True
             torch.distributed.barrier()  # no rank starts the next epoch (or returns) before the checkpoint exists
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             break
+    if writer is not None:
+        writer.close()
     return {"model": core, "history": history, "checkpoint": ckpt_path, "rank": rank}
 
 
@@ -397,16 +451,19 @@ def config_from_args(args) -> PretrainConfig:
     if args.output_dir:
         base["output_dir"] = args.output_dir
     try:
-        return PretrainConfig.from_dict(base)
+        cfg = PretrainConfig.from_dict(base)
+        check_image_weights(cfg)
     except (ValueError, TypeError) as e:
         raise SystemExit(f"error: {e}")
+    return cfg
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Image-to-LiDAR contrastive pretraining (PPKT / SLidR).")
+    p = argparse.ArgumentParser(description="Image-to-LiDAR pretraining: PPKT, SLidR or CMCR (--set method=...).")
     p.add_argument("--config", default="lite", help="'lite', 'full' or a JSON file of PretrainConfig fields")
     p.add_argument("--set", nargs="*", metavar="FIELD=VALUE",
-                   help="override fields, e.g. method=slidr epochs=20 backbone.bn_momentum=0.02")
+                   help="override fields (JSON values), e.g. method=cmcr epochs=20 cmcr.geomim=false "
+                        "pipeline.occupancy_max_neighbours=all image_weights=/weights/" + MOCO_V2_FILE)
     p.add_argument("--output-dir", help="where checkpoint.pt and config.json go")
     p.add_argument("--resume", action="store_true", help="continue from <output-dir>/checkpoint.pt if it exists")
     args = p.parse_args(argv)

@@ -25,7 +25,7 @@ def tiny(tmp_path, options, **kw):
         method="cmcr", epochs=1, batch_size=2, num_matches=64, output_dir=str(tmp_path), cmcr=options,
         backbone=MinkUNetConfig.lite(planes=(8, 8, 8, 8, 8, 8, 8, 8), init_dim=8),
         pipeline=PipelineConfig.lite(crop_size=(56, 104), superpixels=False, crop_min_pairs=50, mask_prob=1.0,
-                                     occupancy_queries=96), **kw)
+                                     occupancy_queries=96, occupancy_max_neighbours=8), **kw)
 
 
 EXPECTED_TERMS = {
@@ -55,7 +55,7 @@ def test_each_ablation_step_trains_with_its_terms(tmp_path, two_keyframes, step)
 def replace_small(options):
     from dataclasses import replace
 
-    return replace(options, codebook_matches=64, num_codes=16, occupancy_max_neighbours=8)
+    return replace(options, codebook_matches=64, num_codes=16)
 
 
 def test_full_cmcr_updates_codebook_by_ema_only(tmp_path, two_keyframes):
@@ -78,21 +78,38 @@ def test_released_code_switches():
 
 def test_config_checks_name_the_field():
     with pytest.raises(ValueError, match="pipeline.mask_prob"):
-        PretrainConfig.lite(method="cmcr", pipeline=PipelineConfig.lite(mask_prob=0.0, occupancy_queries=10))
+        PretrainConfig.lite(method="cmcr", pipeline=PipelineConfig.lite(mask_prob=0.0))
     with pytest.raises(ValueError, match="pipeline.occupancy_queries"):
-        PretrainConfig.lite(method="cmcr", pipeline=PipelineConfig.lite(mask_prob=0.5))
+        PretrainConfig.lite(method="cmcr", pipeline=PipelineConfig.lite(occupancy_queries=0))
     with pytest.raises(ValueError, match="geomim"):
         CMCROptions(mim=False, geomim=True)
     cfg = PretrainConfig.lite(method="cmcr")
-    assert cfg.pipeline.mask_prob == 0.5 and cfg.pipeline.occupancy_queries > 0
+    assert cfg.pipeline.mim_masks and cfg.pipeline.mask_prob == 0.5 and cfg.pipeline.occupancy
+    assert cfg.pipeline.occupancy_queries == 1024 and PretrainConfig.full(method="cmcr").pipeline.occupancy_queries == 2048
     assert PretrainConfig.from_dict(cfg.to_dict()) == cfg
 
 
-def test_lite_pipeline_follows_the_options():
+def test_pipeline_follows_the_method_and_options_in_any_order():
+    from dataclasses import replace
+
     from cmcr_lite.cmcr import ABLATION_STEPS
 
-    occ_only = PretrainConfig.lite(method="cmcr", cmcr=ABLATION_STEPS["+ occupancy"].lite())
-    assert occ_only.pipeline.mask_prob == 0 and occ_only.pipeline.occupancy_queries > 0
-    mim_only = PretrainConfig.lite(method="cmcr", cmcr=ABLATION_STEPS["+ MIM"].lite())
-    assert mim_only.pipeline.mask_prob == 0.5 and mim_only.pipeline.occupancy_queries == 0
-    assert PretrainConfig.lite(method="ppkt").pipeline.mask_prob == 0
+    def needs(cfg):
+        p = cfg.pipeline
+        return p.superpixels, p.mim_masks, p.occupancy
+
+    for preset in (PretrainConfig.lite, PretrainConfig.full):
+        assert needs(preset(method="cmcr", cmcr=ABLATION_STEPS["+ occupancy"])) == (False, False, True)
+        assert needs(preset(method="cmcr", cmcr=ABLATION_STEPS["+ MIM"])) == (False, True, False)
+        assert needs(preset(method="cmcr")) == (False, True, True)
+        assert needs(preset(method="slidr")) == (True, False, False)
+        assert needs(preset(method="ppkt")) == (False, False, False)
+        # set later, field by field, as papermill parameters or the CLI do
+        assert needs(replace(preset(), method="cmcr")) == (False, True, True)
+        assert needs(replace(replace(preset(), cmcr=CMCROptions(mim=False, geomim=False)), method="cmcr")) == \
+            (False, False, True)
+        assert needs(PretrainConfig.from_dict({**preset().to_dict(), "method": "slidr"})) == (True, False, False)
+    # the lite sizes survive options passed in: the options carry no sizes
+    lite = PretrainConfig.from_preset("lite", method="cmcr", cmcr=ABLATION_STEPS["full"])
+    assert lite.pipeline.occupancy_queries == 1024 and lite.cmcr.codebook_matches is None and lite.num_matches == 1024
+    assert CMCROptions.lite() == CMCROptions.full() == CMCROptions()

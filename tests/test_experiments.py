@@ -55,6 +55,6 @@ def test_ablation_variants_follow_the_cmcr_steps():
 
     variants = ablation_variants()
     assert list(variants) == ["PPKT"] + [f"CMCR {name}" for name in ABLATION_STEPS]
-    assert variants["CMCR full"]["cmcr"] == ABLATION_STEPS["full"].lite()
+    assert variants["CMCR full"]["cmcr"] == ABLATION_STEPS["full"]
     with pytest.raises(ValueError, match="'CMCR everything'"):
         ablation(only=["PPKT", "CMCR everything"])

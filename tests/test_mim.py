@@ -173,7 +173,7 @@ def masked_dataset():
     from cmcr_lite.paths import ensure_embedded_dataset
 
     kf = NuScenesKeyframes(ensure_embedded_dataset(), "v1.0-synthetic", "train")
-    return PairedScanDataset(kf, PipelineConfig.lite(mask_prob=1.0, superpixels=False))
+    return PairedScanDataset(kf, PipelineConfig.lite(mim_masks=True, mask_prob=1.0, superpixels=False))
 
 
 def test_masked_pairs_are_the_dropped_ones(masked_dataset):

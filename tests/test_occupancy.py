@@ -120,12 +120,28 @@ def test_neighbourhood_pairs_respect_batches():
     assert not np.isin(np.nonzero(bq == 2)[0], qi.numpy()).any()
 
 
+def test_default_cap_keeps_the_first_32_by_point_index_as_torch_cluster():
+    """torch_cluster's radius(x, y, r, max_num_neighbors=32) walks the points in index order and stops
+    at 32 per query: the reference here is that loop written out."""
+    rng = np.random.default_rng(3)
+    q, p = rng.uniform(0, 2, (30, 3)), rng.uniform(0, 2, (2000, 3))
+    qi, pi = neighbourhood_pairs(q, p, 1.0, max_neighbours=32)
+    ref = []
+    for i in range(len(q)):
+        near = [j for j in range(len(p)) if np.linalg.norm(q[i] - p[j]) <= 1.0]
+        ref += [(i, j) for j in near[:32]]
+    assert list(zip(qi.tolist(), pi.tolist())) == ref
+    assert np.bincount(qi.numpy()).max() == 32  # the cap binds on this dense set
+    with pytest.raises(ValueError, match="pick"):
+        neighbourhood_pairs(q, p, 1.0, max_neighbours=3, pick="nearest")
+
+
 def test_neighbour_cap_is_a_deterministic_subset():
     rng = np.random.default_rng(2)
     q, p = rng.uniform(0, 3, (40, 3)), rng.uniform(0, 3, (500, 3))
     full = set(zip(*[t.tolist() for t in neighbourhood_pairs(q, p, 1.0)]))
-    qi, pi = neighbourhood_pairs(q, p, 1.0, max_neighbours=7, rng=4)
-    qi2, pi2 = neighbourhood_pairs(q, p, 1.0, max_neighbours=7, rng=4)
+    qi, pi = neighbourhood_pairs(q, p, 1.0, max_neighbours=7, rng=4, pick="random")
+    qi2, pi2 = neighbourhood_pairs(q, p, 1.0, max_neighbours=7, rng=4, pick="random")
     assert torch.equal(qi, qi2) and torch.equal(pi, pi2)
     capped = set(zip(qi.tolist(), pi.tolist()))
     assert capped <= full

@@ -5,6 +5,7 @@ recomputed by brute force (nearest code by explicit distances, G^3D + code); pai
 O(QN) distance matrix; a flat wall at x = 10 m whose in/out sides are known in closed form.
 """
 import copy
+from dataclasses import replace
 
 import matplotlib
 import numpy as np
@@ -86,7 +87,8 @@ def tiny_model_and_data(synthetic_root):
     model = CMCRModel(MinkUNetConfig.lite(planes=(8,) * 8, init_dim=8), SmallImageTeacher(width=8, stride=4),
                       feature_dim=16, options=opts)
     ds = PairedScanDataset(kf, PipelineConfig.lite(crop_size=(56, 104), superpixels=False, augment=False,
-                                                   occupancy_queries=60), seed=0)
+                                                   occupancy=True, occupancy_queries=60,
+                                                   occupancy_max_neighbours="all"), seed=0)
     return model, ds, collate_pairs([ds[0], ds[1]])
 
 
@@ -108,8 +110,10 @@ def test_point_latents_are_specific_plus_nearest_code(tiny_model_and_data):
 
 
 def test_predict_queries_decodes_every_pair_within_the_radius(tiny_model_and_data):
-    model, _, batch = tiny_model_and_data
-    out = predict_queries(model, batch, radius=1.0)
+    from cmcr_lite.data.pipeline import PairedScanDataset, collate_pairs
+
+    model, ds, batch = tiny_model_and_data
+    out = predict_queries(model, batch)
     qi, pi = out["query_index"].numpy(), out["point_index"].numpy()
     q, p = batch["queries"].numpy(), batch["points"][:, :3].numpy()
     bq, bp = batch["query_batch"].numpy(), batch["point_batch"].numpy()
@@ -119,9 +123,10 @@ def test_predict_queries_decodes_every_pair_within_the_radius(tiny_model_and_dat
     with torch.no_grad():
         manual = model.occupancy_decoder(out["latents"][pi], torch.from_numpy(q[qi] - p[pi]))
     assert torch.allclose(out["pred"], manual, atol=1e-5)
-    # another decoder can be plugged in; the cap keeps at most k pairs per query
+    # another decoder can be plugged in; the pipeline's cap keeps at most k pairs per query
     other = OccupancyDecoder(latent_dim=16)
-    capped = predict_queries(model, batch, radius=1.0, max_neighbours=3, decoder=other)
+    capped_ds = PairedScanDataset(ds.keyframes, replace(ds.config, occupancy_max_neighbours=3), seed=0)
+    capped = predict_queries(model, collate_pairs([capped_ds[0], capped_ds[1]]), decoder=other)
     assert np.bincount(capped["query_index"].numpy()).max() <= 3
     with torch.no_grad():
         expect = other(capped["latents"][capped["point_index"]],
@@ -132,8 +137,11 @@ def test_predict_queries_decodes_every_pair_within_the_radius(tiny_model_and_dat
 
 
 def test_frozen_query_scans_hold_one_scan_each(tiny_model_and_data):
+    from cmcr_lite.data.pipeline import PairedScanDataset
+
     model, ds, _ = tiny_model_and_data
-    scans = frozen_query_scans(model, ds, radius=1.0, max_neighbours=4)
+    ds = PairedScanDataset(ds.keyframes, replace(ds.config, occupancy_max_neighbours=4), seed=0)
+    scans = frozen_query_scans(model, ds)
     assert len(scans) == len(ds) == 2
     for i, s in enumerate(scans):
         item = ds[i]

@@ -66,7 +66,7 @@ def dataset(synthetic_root):
     from cmcr_lite.data.nuscenes_loader import NuScenesKeyframes
 
     kf = NuScenesKeyframes(synthetic_root, "v1.0-synthetic", split="train")
-    return PairedScanDataset(kf, PipelineConfig.lite(mask_prob=0.5), seed=0)
+    return PairedScanDataset(kf, PipelineConfig.lite(mim_masks=True, mask_prob=0.5), seed=0)
 
 
 def test_item_pairs_point_to_the_right_voxels_and_pixels(dataset):
@@ -129,7 +129,7 @@ def test_occupancy_queries_move_with_the_points(synthetic_root):
 
     kf = NuScenesKeyframes(synthetic_root, "v1.0-synthetic", split="train")
     plain = PairedScanDataset(kf, PipelineConfig.lite(superpixels=False), seed=0)[0]
-    ds = PairedScanDataset(kf, PipelineConfig.lite(superpixels=False, occupancy_queries=300), seed=0)
+    ds = PairedScanDataset(kf, PipelineConfig.lite(superpixels=False, occupancy=True, occupancy_queries=300), seed=0)
     it = ds[0]
     # adding queries changes none of the other random draws
     assert np.allclose(it["points"], plain["points"], atol=1e-5) and np.array_equal(it["pair_pixels"], plain["pair_pixels"])
@@ -140,3 +140,11 @@ def test_occupancy_queries_move_with_the_points(synthetic_root):
     assert it["query_occupied"][kind == 0].min() == 1 and it["query_occupied"][kind > 0].max() == 0
     batch = collate_pairs([it, ds[1]])
     assert batch["queries"].shape == (600, 3) and batch["query_batch"].tolist() == [0] * 300 + [1] * 300
+    # neighbourhoods are built in the dataset (the loader's workers) and offset by the collation:
+    # every (query, point) pair within the radius of the same scan, at most 32 per query
+    d = np.linalg.norm(batch["queries"].numpy()[:, None] - batch["points"][:, :3].numpy()[None], axis=-1)
+    same = batch["query_batch"].numpy()[:, None] == batch["point_batch"].numpy()[None]
+    qi, pi = batch["neighbour_query"].numpy(), batch["neighbour_point"].numpy()
+    assert (d[qi, pi] <= 1.0 + 1e-6).all() and same[qi, pi].all()
+    within = ((d <= 1.0) & same).sum(1)
+    np.testing.assert_array_equal(np.bincount(qi, minlength=600), np.minimum(within, 32))

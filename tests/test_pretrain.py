@@ -58,6 +58,7 @@ def test_cli_overrides(tmp_path):
         set = ["method=slidr", "epochs=3", "backbone.bn_momentum=0.02", "pipeline.mask_prob=0.5"]
     cfg = config_from_args(A)
     assert (cfg.method, cfg.epochs, cfg.backbone.bn_momentum, cfg.pipeline.mask_prob) == ("slidr", 3, 0.02, 0.5)
+    assert cfg.pipeline.superpixels and not cfg.pipeline.mim_masks  # SLidR reads superpixels, not masks
     A.set = ["no_such_field=1"]
     with pytest.raises(SystemExit, match="no_such_field"):
         config_from_args(A)
@@ -124,7 +125,7 @@ def test_torchrun_two_processes_on_cpu(tmp_path, synthetic_root):
 
 def test_from_preset_keeps_preset_values_for_none():
     cfg = PretrainConfig.from_preset("lite", method="cmcr", epochs=None, seed=3)
-    assert cfg.epochs == PretrainConfig.lite().epochs and cfg.seed == 3 and cfg.pipeline.mask_prob == 0.5
+    assert cfg.epochs == PretrainConfig.lite().epochs and cfg.seed == 3 and cfg.pipeline.mim_masks
     assert PretrainConfig.from_preset("full", epochs=2).backbone == MinkUNetConfig.full()
     with pytest.raises(ValueError, match="preset"):
         PretrainConfig.from_preset("medium")

@@ -27,7 +27,15 @@ from cmcr_lite.data.voxelize import voxelize
 
 @dataclass
 class PipelineConfig:
-    """Data settings. Defaults are the paper's (CMCR ``ppkt_minkunet.yaml`` and SLidR)."""
+    """Data settings. Defaults are the paper's (CMCR ``ppkt_minkunet.yaml`` and SLidR).
+
+    Three products are optional because only some methods read them: ``superpixels`` (SLidR),
+    ``mim_masks`` (CMCR's masked image modelling) and ``occupancy`` (CMCR's occupancy queries and
+    their neighbourhoods). Inside a ``PretrainConfig`` these three switches are *derived* from the
+    method and its options (``PretrainConfig.__post_init__``), so they never need setting by hand;
+    the sizes next to them (``mask_prob``, ``occupancy_queries``, ...) are what a method that uses the
+    product gets.
+    """
     voxel_size: float = 0.1                 # metres
     cylindrical: bool = False               # CMCR pretrains on Cartesian voxels
     crop_size: tuple = (224, 416)           # (height, width) pixels of the network's images
@@ -37,21 +45,43 @@ class PipelineConfig:
     crop_min_fraction: float = 0.75         # ... and less than this fraction of them
     augment: bool = True                    # False: no point augmentation, centred full-width crop
     flip_horizontal_p: float = 0.5
-    superpixels: bool = True
+    superpixels: bool = True                # SLIC ids per image (SLidR reads them)
     slic: SlicParams = field(default_factory=SlicParams)
-    mask_prob: float = 0.0                  # MIM: probability that an image is masked (CMCR: 0.5)
+    superpixel_cache: str | None = None     # folder of the cached SLIC PNGs; None: <dataroot>/superpixels
+    mim_masks: bool = False                 # draw MIM masks and drop the masked pairs (CMCR with MIM)
+    mask_prob: float = 0.5                  # MIM: probability that an image is masked (CMCR: 0.5)
     mask_patch: int = 16                    # pixels
     mask_ratio: float = 0.5                 # fraction of patches masked in a masked image
     min_depth: float = 1.0                  # metres, for pairing
-    occupancy_queries: int = 0              # CMCR occupancy: query points per scan (paper: 2048; 0 = off)
+    occupancy: bool = False                 # occupancy queries + neighbourhoods (CMCR with occupancy)
+    occupancy_queries: int = 2048           # query points per scan (paper: 2048)
     occupancy_band: float = 0.1             # metres around each surface for in/out queries
+    occupancy_radius: float = 1.0           # metres: a query's neighbours are the points this close
+    # Neighbours kept per query: the official code calls torch_geometric's ``radius`` without
+    # ``max_num_neighbors``, i.e. PyG's default cap of 32, which keeps the first 32 points of the
+    # search (lowest point index), not the nearest ones. "all" (or None) keeps every neighbour.
+    occupancy_max_neighbours: int | str | None = 32
+    occupancy_neighbour_pick: str = "first"  # "first" (as torch_cluster) or "random" (uniform subset)
+
+    @classmethod
+    def full(cls, **overrides) -> "PipelineConfig":
+        """The paper's data settings (224x416 crops, 2,048 occupancy queries)."""
+        return replace(cls(), **overrides)
 
     @classmethod
     def lite(cls, **overrides) -> "PipelineConfig":
-        """Small images for 2-core CPUs: 112x208 crops (half the paper's in each direction)."""
-        return replace(cls(crop_size=(112, 208), crop_min_pairs=256), **overrides)
+        """Small images for 2-core CPUs: 112x208 crops (half the paper's in each direction) and
+        1,024 occupancy queries per scan."""
+        return replace(cls(crop_size=(112, 208), crop_min_pairs=256, occupancy_queries=1024), **overrides)
 
     def __post_init__(self):
+        if isinstance(self.slic, dict):
+            self.slic = SlicParams(**self.slic)
+        self.crop_size, self.crop_scale, self.crop_ratio = (tuple(self.crop_size), tuple(self.crop_scale),
+                                                            tuple(self.crop_ratio))
+        if self.occupancy_max_neighbours == "all":
+            self.occupancy_max_neighbours = None
+        cap = self.occupancy_max_neighbours
         checks = {
             "voxel_size": self.voxel_size > 0, "crop_size": all(int(s) > 0 for s in self.crop_size),
             "crop_scale": 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
@@ -59,6 +89,9 @@ class PipelineConfig:
             "flip_horizontal_p": 0 <= self.flip_horizontal_p <= 1, "mask_prob": 0 <= self.mask_prob <= 1,
             "mask_ratio": 0 <= self.mask_ratio <= 1, "mask_patch": self.mask_patch >= 1,
             "occupancy_queries": self.occupancy_queries >= 0, "occupancy_band": self.occupancy_band > 0,
+            "occupancy_radius": self.occupancy_radius > 0,
+            "occupancy_max_neighbours": cap is None or (isinstance(cap, int) and cap >= 1),
+            "occupancy_neighbour_pick": self.occupancy_neighbour_pick in ("first", "random"),
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -66,6 +99,18 @@ class PipelineConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def query_neighbourhoods(queries: np.ndarray, points_xyz: np.ndarray, cfg: PipelineConfig,
+                         rng: np.random.Generator):
+    """(query index (E,), point index (E,)) int64 numpy: the occupancy neighbourhoods of one scan
+    under ``cfg``'s radius, cap and pick rule (``cmcr_lite.losses.occupancy.neighbourhood_pairs``)."""
+    from cmcr_lite.losses.occupancy import neighbourhood_pairs
+
+    qi, pi = neighbourhood_pairs(queries, points_xyz, cfg.occupancy_radius,
+                                 max_neighbours=cfg.occupancy_max_neighbours, rng=rng,
+                                 pick=cfg.occupancy_neighbour_pick)
+    return qi.numpy(), pi.numpy()
 
 
 def centre_crop_box(height: int, width: int, out_size):
@@ -95,7 +140,9 @@ class PairedScanDataset(torch.utils.data.Dataset):
             (dropped from the pairs above; used by geometry-enhanced MIM)
     With ``occupancy_queries > 0`` also (Q = occupancy_queries):
         queries (Q, 3) float32 (metres, augmented like the points), query_occupied (Q,) float32 {0, 1},
-        query_intensity (Q,) float32 (-1 = no target), query_kind (Q,) int8 (0 in, 1 out, 2 out-far)
+        query_intensity (Q,) float32 (-1 = no target), query_kind (Q,) int8 (0 in, 1 out, 2 out-far),
+        neighbour_query (E,) int64, neighbour_point (E,) int64: every (query, point) pair within
+        ``occupancy_radius``, at most ``occupancy_max_neighbours`` per query (the decoder's inputs)
     """
 
     def __init__(self, keyframes, config: PipelineConfig = PipelineConfig(), seed: int = 0):
@@ -116,7 +163,7 @@ class PairedScanDataset(torch.utils.data.Dataset):
         rng = self.generator(index)
         xyz = kf.points[:, :3]
         queries = None
-        if cfg.occupancy_queries:
+        if cfg.occupancy:
             # drawn in the sensor frame before augmentation, from their own generator so the other
             # draws stay the same with and without occupancy
             queries = sample_query_points(xyz, kf.points[:, 3], np.random.default_rng([self.seed, self.epoch, index, 1]),
@@ -131,7 +178,8 @@ class PairedScanDataset(torch.utils.data.Dataset):
         images, pair_points, pair_pixels = kf.images, kf.pair_points, kf.pair_pixels
         superpixels = None
         if cfg.superpixels:
-            superpixels = np.stack([load_or_compute_superpixels(self.keyframes.dataroot, tok, im, cfg.slic)
+            superpixels = np.stack([load_or_compute_superpixels(self.keyframes.dataroot, tok, im, cfg.slic,
+                                                                cfg.superpixel_cache)
                                     for tok, im in zip(kf.camera_tokens, images)])
         if cfg.augment:
             images, pair_pixels, keep, superpixels = random_resized_crop(
@@ -147,7 +195,8 @@ class PairedScanDataset(torch.utils.data.Dataset):
             pair_points = pair_points[keep]
 
         C, h, w = images.shape[:3]
-        masks = random_image_masks(C, h, w, rng, cfg.mask_prob, cfg.mask_patch, cfg.mask_ratio)
+        masks = random_image_masks(C, h, w, rng, cfg.mask_prob if cfg.mim_masks else 0.0, cfg.mask_patch,
+                                   cfg.mask_ratio)
         visible = drop_masked_pairs(pair_pixels, masks)
         # pairs hidden by the mask leave the contrastive loss but feed geometry-enhanced MIM
         masked_pair_points, masked_pair_pixels = pair_points[~visible], pair_pixels[~visible]
@@ -157,6 +206,11 @@ class PairedScanDataset(torch.utils.data.Dataset):
 
         vox = voxelize(points[:, :3], cfg.voxel_size, cfg.cylindrical)
         labels = kf.labels if kf.labels is not None else np.zeros(len(points), np.int64)
+        if queries is not None:
+            # the neighbourhood search runs here, in the data-loader workers, not in the training step;
+            # on the augmented points (rotations and flips keep distances, so the pairs are the same)
+            queries["neighbour_query"], queries["neighbour_point"] = query_neighbourhoods(
+                queries["queries"], points[:, :3], cfg, np.random.default_rng([self.seed, self.epoch, index, 2]))
         return {
             "points": points, "labels": labels.astype(np.int64),
             "coords": vox.coords, "feats": (points[vox.point_of_voxel, 3:4] / 255.0).astype(np.float32),
@@ -169,7 +223,8 @@ class PairedScanDataset(torch.utils.data.Dataset):
             "sample_token": kf.sample_token,
             **({} if queries is None else {
                 "queries": queries["queries"].astype(np.float32), "query_occupied": queries["occupied"],
-                "query_intensity": queries["intensity"], "query_kind": queries["kind"]}),
+                "query_intensity": queries["intensity"], "query_kind": queries["kind"],
+                "neighbour_query": queries["neighbour_query"], "neighbour_point": queries["neighbour_point"]}),
         }
 
 
@@ -204,6 +259,10 @@ def collate_pairs(items: list) -> dict:
         for k in ("queries", "query_occupied", "query_intensity", "query_kind"):
             out[k] = [it[k] for it in items]
         out["query_batch"] = [np.full(len(it["queries"]), b, np.int64) for b, it in enumerate(items)]
+        q_off = np.cumsum([0] + [len(it["queries"]) for it in items])
+        p_off = np.cumsum([0] + [len(it["points"]) for it in items])
+        out["neighbour_query"] = [it["neighbour_query"] + q_off[b] for b, it in enumerate(items)]
+        out["neighbour_point"] = [it["neighbour_point"] + p_off[b] for b, it in enumerate(items)]
     batch = {k: torch.from_numpy(np.concatenate(v)) for k, v in out.items()}
     batch["coords"] = torch.from_numpy(np.concatenate(coords))
     batch["batch_size"] = len(items)

@@ -29,7 +29,6 @@ divides targets by ``intensity_scale`` (255, as the official loader).
 """
 from __future__ import annotations
 
-import itertools
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
@@ -53,95 +52,8 @@ __all__ = [
 ]
 
 from cmcr_lite.data.occupancy_queries import (KIND_IN, KIND_OUT, KIND_OUT_FAR,  # noqa: F401 (re-exported)
+                                              _ball_pairs, _cap_neighbours, _to_numpy, neighbourhood_pairs,
                                               sample_query_points, transform_queries)
-
-
-# ---------------------------------------------------------------------------------------------
-# Neighbourhoods
-# ---------------------------------------------------------------------------------------------
-def _to_numpy(x, dtype) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x, dtype=dtype)
-
-
-def _ball_pairs(tree: cKDTree, queries: np.ndarray, radius: float) -> Tuple[np.ndarray, np.ndarray]:
-    """All (query, point) with |query - point| <= radius, sorted by query then point (local indices)."""
-    if len(queries) == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    lists = tree.query_ball_point(queries, radius, return_sorted=True)
-    lengths = np.fromiter((len(l) for l in lists), dtype=np.int64, count=len(lists))
-    total = int(lengths.sum())
-    pidx = np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int64, count=total)
-    qidx = np.repeat(np.arange(len(queries), dtype=np.int64), lengths)
-    return qidx, pidx
-
-
-def _cap_neighbours(qidx: np.ndarray, pidx: np.ndarray, k: int, rng: np.random.Generator):
-    """Keep a uniformly random subset of at most ``k`` pairs per query (qidx sorted ascending)."""
-    if len(qidx) == 0:
-        return qidx, pidx
-    order = np.lexsort((rng.random(len(qidx)), qidx))       # random order within each query
-    q_sorted = qidx[order]
-    starts = np.searchsorted(q_sorted, q_sorted, side="left")
-    keep = order[(np.arange(len(order)) - starts) < k]
-    keep.sort()                                              # back to (query, point) order
-    return qidx[keep], pidx[keep]
-
-
-def neighbourhood_pairs(queries, points, radius: float = 1.0, batch_q=None, batch_p=None,
-                        max_neighbours: Optional[int] = None, rng=None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Every point within ``radius`` metres of each query, in the same sample (paper.md §4.5).
-
-    A k-d tree per sample (``scipy.spatial.cKDTree.query_ball_point``, distance <= radius), not a
-    quadratic loop.
-
-    Args:
-        queries: (Q, 3) float metres (numpy or torch).
-        points: (N, 3) float metres — the raw augmented LiDAR points (not voxels).
-        radius: metres (CMCR / ALSO: 1.0).
-        batch_q, batch_p: (Q,) and (N,) int sample index of each query / point; ``None`` = one sample.
-        max_neighbours: optional cap K. A query with more than K neighbours keeps a uniformly random
-            subset of K of them (deterministic for ``rng``; default seed 0). This bounds memory to
-            Q*K pairs; it is *our* addition (the official code keeps every neighbour).
-        rng: ``numpy.random.Generator`` or seed for the cap.
-
-    Returns:
-        (query_index (E,) int64, point_index (E,) int64) torch tensors of *global* row indices into
-        ``queries`` and ``points``, sorted by query then point. Map ``point_index`` to voxels with the
-        pipeline's ``voxel_of_point`` to gather the neighbours' latents.
-    """
-    q = _to_numpy(queries, np.float64).reshape(-1, 3)
-    p = _to_numpy(points, np.float64).reshape(-1, 3)
-    if radius <= 0:
-        raise ValueError(f"neighbourhood_pairs: radius must be > 0 metres; got {radius}")
-    if (batch_q is None) != (batch_p is None):
-        raise ValueError("neighbourhood_pairs: give both batch_q and batch_p, or neither")
-    bq = np.zeros(len(q), np.int64) if batch_q is None else _to_numpy(batch_q, np.int64).reshape(-1)
-    bp = np.zeros(len(p), np.int64) if batch_p is None else _to_numpy(batch_p, np.int64).reshape(-1)
-    if len(bq) != len(q) or len(bp) != len(p):
-        raise ValueError(f"neighbourhood_pairs: batch_q must be ({len(q)},) and batch_p ({len(p)},); "
-                         f"got {bq.shape} and {bp.shape}")
-    qs, ps = [], []
-    for b in np.unique(bq):
-        q_rows = np.nonzero(bq == b)[0]
-        p_rows = np.nonzero(bp == b)[0]
-        if len(p_rows) == 0:
-            continue
-        qi, pi = _ball_pairs(cKDTree(p[p_rows]), q[q_rows], radius)
-        qs.append(q_rows[qi])
-        ps.append(p_rows[pi])
-    qidx = np.concatenate(qs) if qs else np.zeros(0, np.int64)
-    pidx = np.concatenate(ps) if ps else np.zeros(0, np.int64)
-    if len(qidx):
-        order = np.lexsort((pidx, qidx))
-        qidx, pidx = qidx[order], pidx[order]
-    if max_neighbours is not None:
-        if max_neighbours < 1:
-            raise ValueError(f"neighbourhood_pairs: max_neighbours must be >= 1; got {max_neighbours}")
-        qidx, pidx = _cap_neighbours(qidx, pidx, int(max_neighbours), np.random.default_rng(0 if rng is None else rng))
-    device = queries.device if isinstance(queries, torch.Tensor) else "cpu"
-    return torch.from_numpy(qidx).to(device), torch.from_numpy(pidx).to(device)
 
 
 # ---------------------------------------------------------------------------------------------
