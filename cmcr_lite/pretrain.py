@@ -213,6 +213,17 @@ def build_image_encoder(config: PretrainConfig) -> nn.Module:
     return load_or_train_teacher(root, config.version)
 
 
+def build_model(config: PretrainConfig, image_trunk: nn.Module | None = None) -> nn.Module:
+    """The method's model on the CPU: ``CMCRModel`` for CMCR, ``DistillationModel`` for PPKT / SLidR.
+    ``image_trunk`` (optional) is copied, since the model replaces its heads: a caller's encoder
+    (shared by several runs in a notebook) is never modified behind its back."""
+    image_trunk = copy.deepcopy(image_trunk) if image_trunk is not None else None
+    if config.method == "cmcr":
+        return CMCRModel(config.backbone, image_trunk if image_trunk is not None else build_image_encoder(config),
+                         config.feature_dim, config.tau, config.num_matches, config.cmcr)
+    return DistillationModel(config, image_trunk)
+
+
 # ------------------------------------------------------------------------------------------ losses
 def gather_pixels(feats_2d: torch.Tensor, pair_pixels: torch.Tensor) -> torch.Tensor:
     """Features (M, C) of the paired pixels; feats_2d (B*cams, C, H, W), pair_pixels (M, 3) (image, row, col)."""
@@ -240,6 +251,15 @@ def distillation_loss(method: str, f3d: torch.Tensor, f2d: torch.Tensor, batch: 
     point_sp = global_sp[pair_pixels[:, 0], pair_pixels[:, 1], pair_pixels[:, 2]]
     pixel_feats = f2d.permute(0, 2, 3, 1).reshape(-1, f2d.shape[1])
     return superpixel_infonce(f3d[pair_voxels], pixel_feats, point_sp, global_sp.reshape(-1), tau=tau)
+
+
+def training_losses(model: nn.Module, config: PretrainConfig, batch: dict, x, generator=None) -> dict:
+    """One step's loss terms ``{"loss": total, ...}`` for a collated batch and its sparse tensor ``x``
+    (``model`` may be wrapped in DistributedDataParallel: its forward is what runs)."""
+    if config.method == "cmcr":
+        return model(batch, x, generator)
+    f3d, f2d = model(x, batch["images"].to(x.F.device))
+    return {"loss": distillation_loss(config.method, f3d, f2d, batch, config.tau, config.num_matches, generator)}
 
 
 # ------------------------------------------------------------------------------------------ loop
@@ -320,15 +340,7 @@ def pretrain(config: PretrainConfig, resume: bool = False, progress: bool = True
         version = EMBEDDED_VERSION if config.dataroot is None else config.version
         keyframes = NuScenesKeyframes(root, version, split=config.split)
     dataset = PairedScanDataset(keyframes, config.pipeline, seed=config.seed)
-    if image_trunk is not None:
-        # the model replaces the encoder's heads: work on a copy so a caller's encoder (shared by
-        # several runs in a notebook) is never modified behind its back
-        image_trunk = copy.deepcopy(image_trunk)
-    if config.method == "cmcr":
-        model = CMCRModel(config.backbone, image_trunk if image_trunk is not None else build_image_encoder(config),
-                          config.feature_dim, config.tau, config.num_matches, config.cmcr).to(device)
-    else:
-        model = DistillationModel(config, image_trunk).to(device)
+    model = build_model(config, image_trunk).to(device)
     if world > 1:
         import MinkowskiEngine as ME
         from torch.nn.parallel import DistributedDataParallel
@@ -382,12 +394,7 @@ def pretrain(config: PretrainConfig, resume: bool = False, progress: bool = True
             data_seconds = time.perf_counter() - tick  # waiting for the loader (workers or main process)
             x = batch_to_sparse_tensor(batch, device)
             generator = _step_generator(config.seed + rank, epoch, step, device)
-            if config.method == "cmcr":
-                terms = model(batch, x, generator)
-            else:
-                f3d, f2d = model(x, batch["images"].to(device))
-                terms = {"loss": distillation_loss(config.method, f3d, f2d, batch, config.tau, config.num_matches,
-                                                   generator)}
+            terms = training_losses(model, config, batch, x, generator)
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             optimizer.step()

@@ -14,8 +14,10 @@ origin is the sensor):
 
 with ``u ~ U(0, 1)`` drawn per query and ``p_hat = (p - origin) / |p - origin|``.
 
-Each query is decoded from the LiDAR points around it: every point within ``radius`` = 1 m (same
-scan) is a *neighbour*; the pair (query, neighbour) is fed to a small MLP with input
+Each query is decoded from the LiDAR points around it: the points within ``radius`` = 1 m (same
+scan) are its *neighbours*, at most 32 of them (the official code's ``torch_geometric.nn.radius``
+call keeps PyG's default ``max_num_neighbors=32``: the first 32 points in index order; the data
+pipeline searches them in its loader workers, ``cmcr_lite.data.occupancy_queries.neighbourhood_pairs``); the pair (query, neighbour) is fed to a small MLP with input
 ``[latent of the neighbour's voxel || query - neighbour]`` (``OccupancyDecoder``), which outputs an
 occupancy logit and an intensity. ``L_occ`` is the binary cross-entropy of *every pair* against its
 query's label (ALSO's formulation, no aggregation over neighbours) and the intensity loss is an L1
@@ -212,12 +214,11 @@ def occupancy_grid(decoder: OccupancyDecoder, point_latents: torch.Tensor, point
     was_training = decoder.training
     decoder.eval()
     prob = np.full(len(mesh), np.nan, np.float32)
-    rng = np.random.default_rng(0)
     for start in range(0, len(mesh), chunk):
         qc = mesh[start:start + chunk]
         qi, pi = _ball_pairs(tree, qc, radius)
         if max_neighbours is not None:
-            qi, pi = _cap_neighbours(qi, pi, int(max_neighbours), rng)
+            qi, pi = _cap_neighbours(qi, pi, int(max_neighbours))  # the first k by index, as in training
         if len(qi) == 0:
             continue
         qi_t, pi_t = torch.from_numpy(qi).to(dev), torch.from_numpy(pi).to(dev)

@@ -220,7 +220,7 @@ fig.tight_layout(); fig.savefig(out / "voxels.png", dpi=80); plt.show()
 # %%
 from cmcr_lite.data.pipeline import PairedScanDataset, PipelineConfig
 
-dataset = PairedScanDataset(keyframes, PipelineConfig.lite(mask_prob=0.5), seed=seed)
+dataset = PairedScanDataset(keyframes, PipelineConfig.lite(mim_masks=True, mask_prob=0.5), seed=seed)
 item = dataset[keyframe_index]
 print({k: getattr(v, "shape", v) for k, v in item.items() if k != "sample_token"})
 masked_cams = np.nonzero(item["masks"].any((1, 2)))[0]

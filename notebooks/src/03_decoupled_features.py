@@ -44,7 +44,7 @@ from scipy.linalg import hadamard
 from cmcr_lite.classes import APPEARANCE_ONLY_TWINS, GEOMETRY_ONLY_TWINS
 from cmcr_lite.cmcr import ABLATION_STEPS, CMCRModel, CMCROptions
 from cmcr_lite.data.nuscenes_loader import NuScenesKeyframes
-from cmcr_lite.data.pipeline import PairedScanDataset, PipelineConfig, batch_to_sparse_tensor, collate_pairs
+from cmcr_lite.data.pipeline import PairedScanDataset, batch_to_sparse_tensor, collate_pairs
 from cmcr_lite.losses.orthogonality import orthogonality_loss
 from cmcr_lite.paths import ensure_embedded_dataset
 from cmcr_lite.pretrain import PretrainConfig, build_image_encoder, pretrain
@@ -60,15 +60,11 @@ assert preset in ("lite", "full"), preset
 
 
 def config(name, options):
-    """The preset's PretrainConfig for CMCR with ``options``. Decoupling alone needs no MIM masks, no
-    occupancy queries and no superpixels, so the pipeline leaves them out (masks would only drop pairs)."""
-    kw = dict(method="cmcr", cmcr=options, seed=seed, output_dir=str(out / name))
-    if preset == "lite":
-        cfg = PretrainConfig.lite(**kw, pipeline=PipelineConfig.lite(mask_prob=0.0, occupancy_queries=0, superpixels=False))
-    else:
-        cfg = PretrainConfig.full(**kw, dataroot=str(dataroot), version=version, image_weights=image_weights,
-                                  pipeline=PipelineConfig(mask_prob=0.0, occupancy_queries=0, superpixels=False))
-    return cfg if pretrain_epochs is None else replace(cfg, epochs=pretrain_epochs)
+    """The preset's PretrainConfig for CMCR with ``options``. Decoupling alone reads no MIM masks, no
+    occupancy queries and no superpixels; the config derives that from the options and leaves them out."""
+    return PretrainConfig.from_preset(preset, method="cmcr", cmcr=options, output_dir=str(out / name),
+                                      seed=seed, image_weights=image_weights, epochs=pretrain_epochs,
+                                      **({} if preset == "lite" else {"dataroot": str(dataroot), "version": version}))
 
 
 options = {"with L_orth": replace(ABLATION_STEPS["+ decoupling"], orth_weight=orth_weight),

@@ -49,7 +49,7 @@ from cmcr_lite.codebook_analysis import (CodebookRecorder, co_occurrence, code_s
                                          paired_codes, perplexity_from_counts, quantisation_memory,
                                          toy_paired_features)
 from cmcr_lite.data.nuscenes_loader import NuScenesKeyframes
-from cmcr_lite.data.pipeline import PairedScanDataset, PipelineConfig, collate_pairs
+from cmcr_lite.data.pipeline import PairedScanDataset, collate_pairs
 from cmcr_lite.losses.codebook import UnifiedCodebook, cmcm_loss
 from cmcr_lite.paths import ensure_embedded_dataset
 from cmcr_lite.devices import resolve_device
@@ -369,17 +369,11 @@ assert p_max < 0.05
 
 # %%
 def pretrain_config():
-    options = ABLATION_STEPS["+ codebook"]
-    if preset == "lite":
-        # MIM and occupancy are off in this step: no masks, no query points, no superpixels needed
-        cfg = PretrainConfig.lite(method="cmcr", seed=seed, output_dir=str(out / "cmcr_codebook"),
-                                  cmcr=replace(options, codebook_matches=1024),
-                                  pipeline=PipelineConfig.lite(superpixels=False))
-    else:
-        cfg = PretrainConfig.full(method="cmcr", seed=seed, dataroot=str(dataroot), version=version,
-                                  image_weights=image_weights, output_dir=str(out / "cmcr_codebook"),
-                                  cmcr=options, pipeline=PipelineConfig(superpixels=False))
-    return cfg if pretrain_epochs is None else replace(cfg, epochs=pretrain_epochs)
+    # MIM and occupancy are off in this step: the config reads no masks, query points or superpixels
+    return PretrainConfig.from_preset(preset, method="cmcr", cmcr=ABLATION_STEPS["+ codebook"],
+                                      output_dir=str(out / "cmcr_codebook"),
+                                      seed=seed, image_weights=image_weights, epochs=pretrain_epochs,
+                                      **({} if preset == "lite" else {"dataroot": str(dataroot), "version": version}))
 
 
 cfg = pretrain_config()
@@ -434,14 +428,15 @@ for a_ in ax[:3]:
 for a_ in ax:
     a_.legend(fontsize=7)
 fig.tight_layout(); fig.savefig(out / "pretrain_codebook_curves.png", dpi=80); plt.show()
+M = cfg.cmcr.codebook_matches or cfg.num_matches  # pairs per codebook step (None: as many as the NCE)
 print(f"perplexity points {steps['perplexity_points'][0]:.1f} -> {steps['perplexity_points'][-1]:.1f}, "
       f"pixels {steps['perplexity_pixels'][0]:.1f} -> {steps['perplexity_pixels'][-1]:.1f}; "
       f"never chosen after {len(steps['never_used'])} steps: {steps['never_used'][-1]} of {K}; "
-      f"CMCM {hist[-1]['cmcm']:.4f} vs log M = {math.log(cfg.cmcr.codebook_matches):.4f}")
+      f"CMCM {hist[-1]['cmcm']:.4f} vs log M = {math.log(M):.4f}")
 assert all(np.isfinite(h["loss"]) for h in hist) and hist[-1]["loss"] < hist[0]["loss"]
 assert np.all((steps["perplexity_points"] >= 1) & (steps["perplexity_points"] <= K))
 assert np.all(np.diff(steps["never_used"]) <= 0)                   # "never chosen so far" can only shrink
-assert abs(hist[-1]["cmcm"] - math.log(cfg.cmcr.codebook_matches)) < 0.1  # CMCM stays at log M (section 4)
+assert abs(hist[-1]["cmcm"] - math.log(M)) < 0.1  # CMCM stays at log M (section 4)
 first, last = steps["perplexity_pixels"][0], steps["perplexity_pixels"][-1]
 print("pixel perplexity " + (f"COLLAPSED: {first:.1f} -> {last:.1f} codes" if last < first / 3 else
                              f"did not collapse: {first:.1f} -> {last:.1f} codes"))

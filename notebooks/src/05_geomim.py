@@ -64,17 +64,12 @@ VARIANTS = {"plain MIM": "+ MIM", "geometry-enhanced": "+ GeoMIM"}   # name -> A
 def config(variant):
     """The preset's CMCR PretrainConfig for one variant (same seed, data and init for both).
 
-    Superpixels and occupancy queries are switched off in the pipeline: neither ablation step uses them."""
+    Neither ablation step reads superpixels or occupancy queries, so the config leaves them out."""
     opts = replace(ABLATION_STEPS[VARIANTS[variant]], mim_masked_only=mim_masked_only)
     slug = variant.replace(" ", "_").replace("-", "_")
-    if preset == "lite":
-        cfg = PretrainConfig.lite(method="cmcr", seed=seed, output_dir=str(out / slug),
-                                  cmcr=replace(opts, codebook_matches=1024))
-    else:
-        cfg = PretrainConfig.full(method="cmcr", seed=seed, dataroot=str(dataroot), version=version,
-                                  image_weights=image_weights, output_dir=str(out / slug), cmcr=opts)
-    cfg = replace(cfg, pipeline=replace(cfg.pipeline, superpixels=False, occupancy_queries=0))
-    return cfg if pretrain_epochs is None else replace(cfg, epochs=pretrain_epochs)
+    return PretrainConfig.from_preset(preset, method="cmcr", cmcr=opts, output_dir=str(out / slug),
+                                      seed=seed, image_weights=image_weights, epochs=pretrain_epochs,
+                                      **({} if preset == "lite" else {"dataroot": str(dataroot), "version": version}))
 
 
 train_kf = NuScenesKeyframes(dataroot, version, split="train")

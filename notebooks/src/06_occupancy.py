@@ -60,17 +60,12 @@ if dataroot is None:
 
 
 def config():
-    """The preset's CMCR PretrainConfig with the "+ occupancy" ablation step (no MIM, so no image masks
-    and no superpixels are needed)."""
-    opts = ABLATION_STEPS["+ occupancy"]
-    if preset == "lite":  # the lite preset's codebook sample and neighbour cap (bounds memory)
-        cfg = PretrainConfig.lite(method="cmcr", seed=seed, output_dir=str(out / "cmcr_occupancy"),
-                                  cmcr=replace(opts, codebook_matches=1024, occupancy_max_neighbours=32))
-    else:
-        cfg = PretrainConfig.full(method="cmcr", seed=seed, dataroot=str(dataroot), version=version,
-                                  image_weights=image_weights, output_dir=str(out / "cmcr_occupancy"), cmcr=opts)
-    cfg = replace(cfg, pipeline=replace(cfg.pipeline, superpixels=False, mask_prob=0.0))
-    return cfg if pretrain_epochs is None else replace(cfg, epochs=pretrain_epochs)
+    """The preset's CMCR PretrainConfig with the "+ occupancy" ablation step (no MIM: the config reads
+    no image masks and no superpixels)."""
+    return PretrainConfig.from_preset(preset, method="cmcr", cmcr=ABLATION_STEPS["+ occupancy"],
+                                      output_dir=str(out / "cmcr_occupancy"),
+                                      seed=seed, image_weights=image_weights, epochs=pretrain_epochs,
+                                      **({} if preset == "lite" else {"dataroot": str(dataroot), "version": version}))
 
 
 cfg = config()
@@ -78,7 +73,7 @@ train_kf = NuScenesKeyframes(dataroot, version, split="train")
 val_kf = NuScenesKeyframes(dataroot, version, split="val")
 print(f"{len(train_kf)} train / {len(val_kf)} val keyframes;",
       f"{cfg.pipeline.occupancy_queries} queries per scan, band {cfg.pipeline.occupancy_band} m,",
-      f"radius {cfg.cmcr.occupancy_radius} m, neighbour cap {cfg.cmcr.occupancy_max_neighbours}")
+      f"radius {cfg.pipeline.occupancy_radius} m, neighbour cap {cfg.pipeline.occupancy_max_neighbours}")
 
 # %% [markdown]
 # ## 1 · Query points along the rays
@@ -184,7 +179,11 @@ fig.tight_layout(); fig.savefig(out / "neighbour_counts.png", dpi=80); plt.show(
 
 # %% [markdown]
 # In/out queries sit on surfaces, so they always have neighbours (often hundreds on the dense
-# ground, hence the lite preset's cap of 32 random neighbours per query — ours, not the paper's).
+# ground). Every preset keeps at most 32 per query, as the official code does without saying so: it
+# calls `torch_geometric.nn.radius` without `max_num_neighbors`, so PyG's default of 32 applies, and
+# that search keeps the first 32 points in index order (not the nearest).
+# `pipeline.occupancy_max_neighbours="all"` keeps every neighbour, `occupancy_neighbour_pick="random"`
+# a uniform subset.
 # Out-far queries high up a ray have none: they get no prediction and no loss. The pair-level loss
 # also weights a query by its number of neighbours.
 #
@@ -228,12 +227,12 @@ from cmcr_lite.occupancy_analysis import accuracy_per_kind, predict_queries
 val_pipe = replace(cfg.pipeline, augment=False, occupancy_queries=2048)
 val_item = PairedScanDataset(val_kf, val_pipe, seed=seed)[0]
 val_batch = collate_pairs([val_item])
-cap = cfg.cmcr.occupancy_max_neighbours
+cap = cfg.pipeline.occupancy_max_neighbours
 
 
 def accuracy_table(name, decoder=None):
     """Predict every (query, neighbour) pair of the val scan, print and return accuracy per kind."""
-    p = predict_queries(model, val_batch, cfg.cmcr.occupancy_radius, cap, seed=seed, decoder=decoder)
+    p = predict_queries(model, val_batch, decoder=decoder)  # the pipeline's neighbourhoods, as in training
     acc = accuracy_per_kind(p["pred"], val_item["query_occupied"], val_item["query_kind"], p["query_index"])
     print(f"{name}\n{'kind':8s} {'queries':>7s} {'w/ nbrs':>7s} {'pairs':>6s} {'pair acc':>8s} {'query acc':>9s} "
           f"{'pred occ':>8s} {'all free':>8s}")
@@ -272,9 +271,9 @@ from cmcr_lite.occupancy_analysis import fit_decoder, frozen_query_scans
 fitted_decoder = None
 if decoder_steps > 0:
     t0 = time.time()
-    fit_pipe = replace(cfg.pipeline, augment=False, occupancy_queries=1024)
-    scans = frozen_query_scans(model, PairedScanDataset(train_kf, fit_pipe, seed=seed), cfg.cmcr.occupancy_radius,
-                               max_neighbours=8, seed=seed)   # 1,024 queries x <= 8 neighbours: cheap steps
+    # 1,024 queries x <= 8 neighbours: cheap steps
+    fit_pipe = replace(cfg.pipeline, augment=False, occupancy_queries=1024, occupancy_max_neighbours=8)
+    scans = frozen_query_scans(model, PairedScanDataset(train_kf, fit_pipe, seed=seed))
     torch.manual_seed(seed)
     fitted_decoder, fit_hist = fit_decoder(model.occupancy_decoder, scans, decoder_steps, lr=cfg.lr)
     print(f"decoder-only fit: {time.time() - t0:.0f} s for {decoder_steps} steps")
@@ -368,8 +367,7 @@ print(f"notebook runtime so far: {time.time() - t_start:.0f} s")
 # **Exercises**
 # 1. Set `pretrain_epochs = 12` (and `decoder_steps = 0`): when does the pretrained head first call
 #    any in query occupied? Compare the step count with the decoder-only fit.
-# 2. In §5, call `frozen_query_scans(..., max_neighbours=4)`: fewer, closer-to-random neighbours per
-#    query. Does the decoder-only fit separate in from out better or worse?
+# 2. In §5, set `occupancy_max_neighbours=4` in `fit_pipe`: fewer neighbours per query. Does the decoder-only fit separate in from out better or worse?
 # 3. Shrink the band to 0.05 m (`occupancy_band=0.05` in the pipeline `replace` of `config()`, with a
 #    new `output_dir`, since a cached checkpoint only resumes an identical config): is in vs out harder
 #    for the decoder-only fit?
