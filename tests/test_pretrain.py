@@ -2,6 +2,7 @@
 import copy
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -129,3 +130,19 @@ def test_from_preset_keeps_preset_values_for_none():
     assert PretrainConfig.from_preset("full", epochs=2).backbone == MinkUNetConfig.full()
     with pytest.raises(ValueError, match="preset"):
         PretrainConfig.from_preset("medium")
+
+
+def test_tensorboard_logs_every_step(tmp_path, two_keyframes):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = tiny_config(tmp_path, epochs=2)
+    result = pretrain(cfg, progress=False, keyframes=two_keyframes, image_trunk=_teacher())
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"pretrain/loss", "pretrain/lr", "time/step_seconds", "time/data_seconds"} <= tags
+    losses = [e.value for e in acc.Scalars("pretrain/loss")]
+    assert [e.step for e in acc.Scalars("pretrain/loss")] == [0, 1, 2, 3]  # 2 scans, batch 1, 2 epochs
+    per_epoch = [h["loss"] for h in result["history"]]
+    assert np.allclose([np.mean(losses[:2]), np.mean(losses[2:])], per_epoch, rtol=1e-5)
+    assert np.allclose([e.value for e in acc.Scalars("pretrain/lr")], cfg.lr)  # stored as float32
