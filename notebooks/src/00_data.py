@@ -163,7 +163,10 @@ for c, cam_token in enumerate(kf.camera_tokens):
 # SLidR pools features over **superpixels** instead of single pixels: SLIC segments each image into
 # about 150 regions of similar colour (compactness 6, Gaussian smoothing σ = 3, the paper's values).
 # Points whose pixels fall in one superpixel form a *superpoint*. They are computed once and cached
-# next to the dataset (`<dataroot>/superpixels/slic_150_6_3/<camera token>.png`).
+# next to the dataset (`<dataroot>/superpixels/slic_150_6_3/<camera token>.png`), or in the folder
+# `pipeline.superpixel_cache` names when the dataset folder is read-only; on real nuScenes,
+# `python -m cmcr_lite.data.superpixels --dataroot ... --workers N` computes them all first. Only
+# SLidR reads them: PPKT and CMCR pretraining never compute them.
 
 # %%
 from cmcr_lite.data.superpixels import SlicParams, load_or_compute_superpixels
