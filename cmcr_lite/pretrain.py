@@ -210,7 +210,14 @@ def build_image_encoder(config: PretrainConfig) -> nn.Module:
     from cmcr_lite.teacher import load_or_train_teacher
 
     root = ensure_embedded_dataset(config.dataroot) if config.dataroot is None else config.dataroot
-    return load_or_train_teacher(root, config.version)
+    from cmcr_lite.data.nuscenes_loader import DatasetError
+
+    try:
+        return load_or_train_teacher(root, config.version)
+    except DatasetError as e:
+        raise DatasetError(f"image_encoder='small_teacher' trains on the dataset's 'teacher' split, which only the "
+                           f"synthetic sets have ({e}); on nuScenes use image_encoder=resnet50 with "
+                           f"image_weights=/path/to/{MOCO_V2_FILE}") from None
 
 
 def build_model(config: PretrainConfig, image_trunk: nn.Module | None = None) -> nn.Module:
@@ -478,7 +485,12 @@ def main(argv=None):
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     if int(os.environ.get("RANK", "0")) == 0:
         (Path(cfg.output_dir) / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
-    result = pretrain(cfg, resume=args.resume)
+    from cmcr_lite.data.nuscenes_loader import DatasetError
+
+    try:
+        result = pretrain(cfg, resume=args.resume)
+    except DatasetError as e:  # a dataset problem is the user's to fix: say it in one line
+        raise SystemExit(f"error: {e}")
     if result["rank"] == 0:
         print(f"checkpoint: {result['checkpoint']}")
     if torch.distributed.is_initialized():

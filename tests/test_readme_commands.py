@@ -109,7 +109,9 @@ def toy_world(tmp_path_factory, synthetic_root):
                            if not k.startswith("fc.")}}
     weights = tmp / "moco_v2_800ep_pretrain.pth.tar"
     torch.save(moco, weights)
-    return {"/data/sets/nuscenes": str(root), "/weights/moco_v2_800ep_pretrain.pth.tar": str(weights),
+    mini = generate(tmp / "nuscenes-mini", seed=2, samples_per_scene=1, version="v1.0-mini", progress=False)
+    return {"/data/sets/nuscenes-mini": str(mini), "/data/sets/nuscenes": str(root),
+            "/weights/moco_v2_800ep_pretrain.pth.tar": str(weights),
             "/scratch/": f"{tmp}/scratch/", "runs/": f"{tmp}/runs/"}, tmp
 
 

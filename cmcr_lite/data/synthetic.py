@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from cmcr_lite.data.synthetic_world import build_world, lidar_scan, render_camera
 
+MINI_VERSION = "v1.0-mini"
 DEFAULT_VERSION = "v1.0-synthetic"
 SPLITS_FILE = "cmcr_splits.json"
 # The 32 nuScenes-lidarseg classes, in index order (the devkit maps them to 16 by name).
@@ -126,9 +127,10 @@ def write_dataset(root: Path, n_scenes: int, seed: int, samples_per_scene: int, 
                           "log_tokens": []})
 
     bar = tqdm(total=n_scenes * samples_per_scene, desc="synthetic nuScenes", unit="sample", disable=not progress)
+    names = mini_scene_names() if version == MINI_VERSION else [f"scene-s{s:04d}" for s in range(n_scenes)]
     scene_names = []
     for s in range(n_scenes):
-        scene_name = f"scene-s{s:04d}"
+        scene_name = names[s]
         scene_names.append(scene_name)
         log_token, scene_token = tok(), tok()
         tables["map"][0]["log_tokens"].append(log_token)
@@ -213,14 +215,35 @@ def write_dataset(root: Path, n_scenes: int, seed: int, samples_per_scene: int, 
     bar.close()
     for name, records in tables.items():
         _write_json(root / version, name, records)
-    with open(root / SPLITS_FILE, "w") as f:
-        json.dump(assign_splits(scene_names), f, indent=1)
+    if version != MINI_VERSION:  # a mini stand-in is split by the devkit, as the real download
+        with open(root / SPLITS_FILE, "w") as f:
+            json.dump(assign_splits(scene_names), f, indent=1)
 
 
-def generate(out: str | os.PathLike, n_scenes: int = 4, seed: int = 0, samples_per_scene: int = 4,
+def mini_scene_names() -> list:
+    """The devkit's ``v1.0-mini`` scene names (``mini_train`` + ``mini_val``), in name order as the real
+    scene table lists them."""
+    from nuscenes.utils.splits import create_splits_scenes
+
+    splits = create_splits_scenes()
+    return sorted(splits["mini_train"] + splits["mini_val"])
+
+
+def generate(out: str | os.PathLike, n_scenes: int | None = None, seed: int = 0, samples_per_scene: int = 4,
              version: str = DEFAULT_VERSION, overwrite: bool = False, progress: bool = True) -> Path:
-    """Generate the dataset at ``out`` atomically (temporary folder, then one rename)."""
+    """Generate the dataset at ``out`` atomically (temporary folder, then one rename).
+
+    ``n_scenes`` None: 4 scenes, or for ``version="v1.0-mini"`` the devkit's 10 mini scenes. A mini set
+    is a stand-in for the real nuScenes-mini download: its scenes carry the devkit's mini names and it
+    has no ``cmcr_splits.json``, so the loader splits it with ``create_splits_scenes()`` (mini_train /
+    mini_val), the code path of real nuScenes."""
     out = Path(out)
+    if version == MINI_VERSION:
+        n_mini = len(mini_scene_names())
+        if n_scenes not in (None, n_mini):
+            raise ValueError(f"version {MINI_VERSION} has the devkit's {n_mini} mini scenes; got --scenes {n_scenes}")
+        n_scenes = n_mini
+    n_scenes = 4 if n_scenes is None else n_scenes
     if n_scenes < 1 or samples_per_scene < 1:
         raise ValueError(f"--scenes and --samples-per-scene must be >= 1, got {n_scenes} and {samples_per_scene}")
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -255,17 +278,20 @@ def ensure_dataset(root: str | os.PathLike, n_scenes: int = 4, seed: int = 0, sa
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="dataset root to create (the nuScenes 'dataroot')")
-    p.add_argument("--scenes", type=int, default=4, help="number of scenes (default 4)")
+    p.add_argument("--scenes", type=int, help=f"number of scenes (default 4; {MINI_VERSION}: the devkit's 10)")
     p.add_argument("--samples-per-scene", type=int, default=4, help="keyframes per scene (default 4)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--version", default=DEFAULT_VERSION, help=f"version folder name (default {DEFAULT_VERSION})")
+    p.add_argument("--version", default=DEFAULT_VERSION,
+                   help=f"version folder name (default {DEFAULT_VERSION}; {MINI_VERSION}: the devkit's mini scene "
+                        f"names and splits, a stand-in for the real nuScenes-mini)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
     a = p.parse_args(argv)
     try:
         out = generate(a.out, a.scenes, a.seed, a.samples_per_scene, a.version, a.overwrite)
     except (FileExistsError, ValueError) as e:
         sys.exit(f"error: {e}")
-    print(f"wrote {out} ({a.scenes} scenes x {a.samples_per_scene} keyframes, version {a.version})")
+    n = len(json.loads((out / a.version / "scene.json").read_text()))
+    print(f"wrote {out} ({n} scenes x {a.samples_per_scene} keyframes, version {a.version})")
 
 
 if __name__ == "__main__":
