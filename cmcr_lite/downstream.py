@@ -9,7 +9,8 @@ The protocol is SLidR's, which CMCR keeps:
 * **optimizer**: SGD, momentum 0.9, dampening 0.1, weight decay 1e-4, with a separate learning rate
   for the head, and cosine annealing of both learning rates to 0 over the epochs (stepped once per epoch);
 * **fine-tuning** (all parameters): lr 0.02, head lr 2.0, batch 16, 100 epochs at 1% of the labels
-  (50 epochs at 5/10/25/100%), label fractions taken over **scenes** (every k-th scene);
+  (50 epochs at 5/10/25/100%), label fractions taken over **scenes** as SLidR does (walk the scene
+  table, keep the k-th, 2k-th, ... training scene, k = round(1 / fraction));
 * **linear probing**: every trunk parameter frozen and the trunk kept in eval mode (BatchNorm
   statistics frozen), only the head trained: lr 0.05 for the head, 50 epochs, 100% of the labels;
 * **metric**: mIoU over the 16 classes on *per-point* predictions: the voxel predictions are
@@ -55,6 +56,7 @@ from cmcr_lite.devices import resolve_device
 from cmcr_lite.losses.lovasz import segmentation_loss
 from cmcr_lite.metrics import confusion_matrix
 from cmcr_lite.models.minkunet import MinkUNet, MinkUNetConfig, sparse_tensor_from_voxels
+from cmcr_lite.pretrain import save_checkpoint_atomic
 
 __all__ = [
     "DownstreamConfig", "resolve_device", "select_scenes_by_fraction", "keyframe_indices_for_fraction",
@@ -76,8 +78,9 @@ class DownstreamConfig:
 
     Attributes:
         mode: ``"finetune"`` (all parameters trained) or ``"linear_probe"`` (frozen trunk in eval mode).
-        label_fraction: fraction of the training **scenes** whose labels are used, in (0, 1];
-            the selection is every ``round(1 / label_fraction)``-th scene (:func:`select_scenes_by_fraction`).
+        label_fraction: fraction of the training **scenes** whose labels are used, in (0, 1]; SLidR's
+            rule, the k-th, 2k-th, ... scene in table order, k = ``round(1 / label_fraction)``
+            (:func:`select_scenes_by_fraction`).
         epochs: training epochs; the cosine schedule reaches 0 after the last one.
         batch_size: scans per optimizer step.
         lr: SGD learning rate of the trunk (and of the head when ``lr_head`` is None).
@@ -172,6 +175,16 @@ class DownstreamConfig:
                        **overrides)
 
     @classmethod
+    def full(cls, mode: str = "finetune", **overrides) -> "DownstreamConfig":
+        """The paper's protocol for ``mode``: :meth:`finetune` (1% of the labels unless
+        ``label_fraction`` is given) or :meth:`linear_probe` (100%)."""
+        if mode == "finetune":
+            return cls.finetune(**overrides)
+        if mode == "linear_probe":
+            return cls.linear_probe(**overrides)
+        raise ValueError(f"DownstreamConfig.full: mode must be one of {MODES}, got {mode!r}")
+
+    @classmethod
     def linear_probe(cls, **overrides) -> "DownstreamConfig":
         """The paper's linear probe (``semseg_nuscenes_lp.yaml``): 100% of the labels, 50 epochs,
         lr 0.05 with no separate head lr, frozen trunk in eval mode; Cartesian voxels (see module doc)."""
@@ -214,33 +227,40 @@ class DownstreamConfig:
 
 # ------------------------------------------------------------------------------------------ label fractions
 def select_scenes_by_fraction(scene_names: Sequence[str], fraction: float) -> list:
-    """The scenes whose labels a ``fraction`` of the training set uses: every k-th scene.
+    """The scenes whose labels a ``fraction`` of the training set uses, by SLidR's rule.
 
-    As the official nuScenes loader (``dataset_skip_step``), the fraction is taken over **scenes**,
-    not scans: the names are sorted and every ``k = round(1 / fraction)``-th one is kept, starting with
-    the first. 1% of the 700 nuScenes train scenes is k = 100, i.e. 7 scenes (0, 100, ..., 600); 5, 10,
-    25 and 100% are k = 20, 10, 4, 1. A fraction that is not ``1 / integer`` is rounded to the nearest
-    such step (the kept fraction is ``ceil(n / k) / n``). Because the first scene is always kept, a
-    small set never ends up with zero scenes (the official loader instead falls back to one fixed
-    scene, scene-0392, when its selection is empty).
+    SLidR's (and CMCR's) nuScenes loader walks the scene table in its order, counts the scenes of the
+    split (1, 2, 3, ...) and keeps a scene when the count is a multiple of ``k = round(1 / fraction)``:
+    the k-th, 2k-th, ... scene, never the first unless k = 1. 1% of the 700 nuScenes train scenes is
+    k = 100: the 100th, 200th, ..., 700th scene, 7 in all; 5, 10, 25 and 100% are k = 20, 10, 4, 1. A
+    fraction that is not ``1 / integer`` is rounded to the nearest such step. When the split has fewer
+    than k scenes nothing is kept; the official loader then falls back to one fixed scene
+    (scene-0392), we raise an error naming the smallest fraction that keeps a scene.
 
     Args:
-        scene_names: the training scene names (any order; duplicates are an error).
+        scene_names: the split's scene names **in scene-table order** (``nusc.scene``); duplicates are
+            an error.
         fraction: in (0, 1].
     Returns:
-        The selected names, sorted; at least one if ``scene_names`` is not empty.
+        The kept names, in table order.
     """
     if not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
         raise ValueError(f"select_scenes_by_fraction: fraction must be in (0, 1], got {fraction!r}")
-    names = sorted(scene_names)
+    names = list(scene_names)
     if len(set(names)) != len(names):
         raise ValueError("select_scenes_by_fraction: duplicate scene names")
     step = max(1, int(round(1.0 / fraction)))
-    return names[::step]
+    kept = names[step - 1::step]
+    if names and not kept:
+        raise ValueError(f"label fraction {fraction:g} keeps no scene: every {step}-th of the {len(names)} training "
+                         f"scenes (SLidR's rule); the smallest fraction that keeps one is 1/{len(names)} = "
+                         f"{1 / len(names):.4g}")
+    return kept
 
 
 def keyframe_indices_for_fraction(keyframes, fraction: float) -> list:
-    """Indices (into ``keyframes``) of the scans of the scenes :func:`select_scenes_by_fraction` keeps.
+    """Indices (into ``keyframes``) of the scans of the scenes :func:`select_scenes_by_fraction` keeps,
+    the scenes taken in ``nusc.scene`` table order.
 
     ``keyframes`` is a :class:`~cmcr_lite.data.nuscenes_loader.NuScenesKeyframes` (it needs ``.nusc``
     and ``.sample_tokens``); with ``fraction == 1`` any sequence with ``load_scan`` is accepted.
@@ -252,7 +272,9 @@ def keyframe_indices_for_fraction(keyframes, fraction: float) -> list:
                          ".sample_tokens (NuScenesKeyframes) to find the scene of each scan")
     nusc = keyframes.nusc
     scene_of = [nusc.get("scene", nusc.get("sample", t)["scene_token"])["name"] for t in keyframes.sample_tokens]
-    keep = set(select_scenes_by_fraction(sorted(set(scene_of)), fraction))
+    present = set(scene_of)
+    table_order = [s["name"] for s in nusc.scene if s["name"] in present]
+    keep = set(select_scenes_by_fraction(table_order, fraction))
     return [i for i, s in enumerate(scene_of) if s in keep]
 
 
@@ -531,10 +553,13 @@ def make_optimizer(model: SegmentationModel, config: DownstreamConfig) -> torch.
                            weight_decay=config.weight_decay)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, config: DownstreamConfig):
+def make_scheduler(optimizer: torch.optim.Optimizer, config: DownstreamConfig, start_epoch: int = 0):
     """Cosine annealing of every group's lr to 0 over ``config.epochs`` (call ``step()`` once per epoch):
-    epoch e trains at ``lr * (1 + cos(pi * e / epochs)) / 2``."""
-    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs, eta_min=0.0)
+    epoch e trains at ``lr * (1 + cos(pi * e / epochs)) / 2``, in closed form, so a resumed run
+    (``start_epoch`` > 0, optimizer state loaded) continues on exactly the same learning rates."""
+    epochs = config.epochs
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 0.5 * (1.0 + math.cos(math.pi * e / epochs)),
+                                             last_epoch=start_epoch - 1)
 
 
 def _loss(config: DownstreamConfig, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -573,7 +598,8 @@ def _new_history() -> dict:
     return {"epoch": [], "loss": [], "lr": [], "lr_head": [], "seconds": [], "step_loss": []}
 
 
-def train_segmentation(config: DownstreamConfig, train_keyframes, pretrained=None, progress: bool = True):
+def train_segmentation(config: DownstreamConfig, train_keyframes, pretrained=None, progress: bool = True,
+                       checkpoint_path=None, resume: bool = False, log_dir=None):
     """Train a :class:`SegmentationModel` on ``train_keyframes`` (fine-tuning or linear probing).
 
     Args:
@@ -581,6 +607,12 @@ def train_segmentation(config: DownstreamConfig, train_keyframes, pretrained=Non
         train_keyframes: a ``NuScenesKeyframes`` (or any sequence with ``load_scan(i)``).
         pretrained: None (random trunk), a checkpoint path, or a state dict (:func:`load_pretrained_trunk`).
         progress: show tqdm bars.
+        checkpoint_path: if given, the model, optimizer and history are saved there
+            atomically after every epoch (:func:`load_segmentation_checkpoint` reads it).
+        resume: continue from ``checkpoint_path`` when it exists; the result equals an uninterrupted
+            run (every random draw is seeded by (seed, epoch, scan)). The config must match.
+        log_dir: if given, TensorBoard scalars (every step's loss, epoch loss, both learning rates,
+            step and epoch seconds) are written there.
 
     Reproducibility: the same config (seed) gives the same run: bit-identical on one CPU thread; with
     several threads, parallel float reductions (MinkowskiEngine, PyTorch) can differ in the last bits.
@@ -600,9 +632,19 @@ def train_segmentation(config: DownstreamConfig, train_keyframes, pretrained=Non
     model.to(device)
     indices = keyframe_indices_for_fraction(train_keyframes, config.label_fraction)
     optimizer = make_optimizer(model, config)
-    scheduler = make_scheduler(optimizer, config)
     history = _new_history()
     history["train_indices"] = indices
+    start_epoch, resumed = 0, None
+    if resume and checkpoint_path is not None and Path(checkpoint_path).is_file():
+        resumed = load_segmentation_checkpoint(checkpoint_path)
+        ignored = {"epochs", "device", "num_workers"}
+        differs = [f.name for f in fields(DownstreamConfig) if f.name not in ignored
+                   and getattr(resumed["config"], f.name) != getattr(config, f.name)]
+        if differs:
+            raise ValueError(f"cannot resume {checkpoint_path}: config fields differ from the checkpoint: {differs}")
+        optimizer.load_state_dict(resumed["optimizer"])
+        history, start_epoch = resumed["history"], resumed["epoch"] + 1
+    scheduler = make_scheduler(optimizer, config, start_epoch)
 
     cached = None
     if config.cache_features:
@@ -612,10 +654,28 @@ def train_segmentation(config: DownstreamConfig, train_keyframes, pretrained=Non
             (c.voxel_features for c in iter_features(model, train_keyframes, config, indices, progress))
         model.set_feature_normalization(*channel_moments(feats))
 
+    if resumed is not None:  # after the feature statistics, which the checkpoint's buffers then restore
+        model.load_state_dict(resumed["model"])
+    writer = None
+    if log_dir is not None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(log_dir=str(log_dir))
+    clock = [time.perf_counter()]
+
+    def log_step(loss: float, steps_this_epoch: int):
+        """TensorBoard: the step's loss and its seconds (since the previous step or the epoch start)."""
+        if writer is not None:
+            now = time.perf_counter()
+            step = len(history["step_loss"]) + steps_this_epoch - 1
+            writer.add_scalar("step/loss", loss, step)
+            writer.add_scalar("step/seconds", now - clock[0], step)
+            clock[0] = now
+
     dataset = SegmentationScans.from_config(train_keyframes, config, indices, train=True)
-    bar = tqdm(range(config.epochs), desc=f"{config.mode}", disable=not progress)
+    bar = tqdm(range(start_epoch, config.epochs), desc=f"{config.mode}", disable=not progress)
     for epoch in bar:
-        t0 = time.perf_counter()
+        t0 = clock[0] = time.perf_counter()
         lrs = [g["lr"] for g in optimizer.param_groups]
         model.train()
         order = np.random.default_rng([config.seed, epoch]).permutation(len(indices))
@@ -631,6 +691,7 @@ def train_segmentation(config: DownstreamConfig, train_keyframes, pretrained=Non
                     loss.backward()
                     optimizer.step()
                     losses.append(loss.detach().item())
+                    log_step(losses[-1], len(losses))
         else:
             dataset.set_epoch(epoch)
             for batch in _loader(dataset, config, order):
@@ -647,6 +708,7 @@ def train_segmentation(config: DownstreamConfig, train_keyframes, pretrained=Non
                 loss.backward()
                 optimizer.step()
                 losses.append(loss.detach().item())
+                log_step(losses[-1], len(losses))
         scheduler.step()
         history["epoch"].append(epoch)
         history["loss"].append(float(np.mean(losses)))
@@ -655,8 +717,30 @@ def train_segmentation(config: DownstreamConfig, train_keyframes, pretrained=Non
         history["seconds"].append(time.perf_counter() - t0)
         history["step_loss"].extend(losses)
         bar.set_postfix(loss=f"{history['loss'][-1]:.3f}")
+        if writer is not None:
+            for name in ("loss", "lr", "lr_head", "seconds"):
+                writer.add_scalar(f"epoch/{name}", history[name][-1], epoch)
+        if checkpoint_path is not None:
+            save_checkpoint_atomic({"epoch": epoch, "config": config.to_dict(), "model": model.state_dict(),
+                                    "optimizer": optimizer.state_dict(), "history": history}, Path(checkpoint_path))
+    if writer is not None:
+        writer.close()
     model.eval()
     return model, history
+
+
+def load_segmentation_checkpoint(path) -> dict:
+    """A downstream checkpoint written by :func:`train_segmentation`: ``{"epoch", "config"
+    (DownstreamConfig), "model", "optimizer", "history"}`` (the cosine schedule is closed-form)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"downstream checkpoint not found: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not {"config", "model", "epoch"} <= set(state):
+        raise ValueError(f"{path} is not a downstream checkpoint (keys {sorted(state)[:8]}); "
+                         f"a pretraining checkpoint goes to --pretrained")
+    state["config"] = DownstreamConfig.from_dict(state["config"])
+    return state
 
 
 # ------------------------------------------------------------------------------------------ features
@@ -776,3 +860,150 @@ def evaluate(model: SegmentationModel, keyframes, config: Optional[DownstreamCon
                                config.ignore_index)
     model.train(was_training)
     return conf
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def _config_from_args(args) -> DownstreamConfig:
+    """The preset (``--config lite|full`` for ``--mode``), then ``--label-fraction``, ``--epochs``,
+    ``--seed`` and ``--set field=JSON`` overrides (dotted names reach into ``backbone``)."""
+    import json
+
+    overrides = {k: v for k, v in (("label_fraction", args.label_fraction), ("epochs", args.epochs),
+                                   ("seed", args.seed)) if v is not None}
+    preset = DownstreamConfig.lite if args.config == "lite" else DownstreamConfig.full
+    base = preset(args.mode, **overrides).to_dict()
+    for item in args.set or []:
+        key, sep, text = item.partition("=")
+        target, (*parents, leaf) = base, key.split(".")
+        for p in parents:
+            target = target.get(p) if isinstance(target.get(p), dict) else None
+            if target is None:
+                raise SystemExit(f"error: --set {key}: no such config field")
+        if not sep or leaf not in target:
+            raise SystemExit(f"error: --set {item!r}: no such config field (expected FIELD=VALUE with a "
+                             f"DownstreamConfig field)")
+        try:
+            target[leaf] = json.loads(text)
+        except json.JSONDecodeError:
+            target[leaf] = text
+    try:
+        return DownstreamConfig.from_dict(base)
+    except (ValueError, TypeError) as e:
+        raise SystemExit(f"error: {e}")
+
+
+def _class_names(config: DownstreamConfig) -> list:
+    from cmcr_lite.classes import CLASS_NAMES_16
+
+    return list(CLASS_NAMES_16) if config.num_classes == len(CLASS_NAMES_16) else [str(k) for k in range(config.num_classes)]
+
+
+def _results(conf: np.ndarray, config: DownstreamConfig, train_kf, val_kf, train_indices, pretrained) -> dict:
+    """The JSON record of an evaluation: mIoU, per-class IoU by name, the confusion matrix, the setup."""
+    from cmcr_lite.metrics import iou_report, mean_iou
+
+    rows = iou_report(conf, _class_names(config), ignore_index=config.ignore_index)
+    nusc = getattr(train_kf, "nusc", None)
+    scenes = []
+    if nusc is not None:
+        for i in train_indices:
+            name = nusc.get("scene", nusc.get("sample", train_kf.sample_tokens[i])["scene_token"])["name"]
+            if name not in scenes:
+                scenes.append(name)
+    return {"miou": mean_iou(conf, ignore_index=config.ignore_index),
+            "per_class_iou": {r["name"]: (None if math.isnan(r["iou"]) else r["iou"]) for r in rows},
+            "support": {r["name"]: r["support"] for r in rows}, "confusion": conf.tolist(),
+            "config": config.to_dict(), "pretrained": None if pretrained is None else str(pretrained),
+            "dataset": {"dataroot": str(train_kf.dataroot), "version": train_kf.version,
+                        "train_split": train_kf.split, "val_split": val_kf.split},
+            "train_scenes": scenes, "train_scans": len(train_indices), "val_scans": len(val_kf)}
+
+
+def main(argv=None) -> dict:
+    import argparse
+    import json
+
+    from cmcr_lite.data.nuscenes_loader import DatasetError, NuScenesKeyframes
+    from cmcr_lite.metrics import format_iou_report, iou_report
+    from cmcr_lite.paths import EMBEDDED_VERSION, ensure_embedded_dataset
+
+    p = argparse.ArgumentParser(prog="python -m cmcr_lite.downstream",
+                                description="Semantic segmentation from a pretrained trunk (SLidR's protocol): "
+                                            "fine-tune or linear-probe, evaluate per point on val, write results.json.")
+    p.add_argument("--pretrained", help="pretraining checkpoint (runs/<name>/checkpoint.pt); omit for random init")
+    p.add_argument("--mode", choices=MODES, default="finetune")
+    p.add_argument("--config", choices=("lite", "full"), default="lite",
+                   help="lite: the embedded dataset on a CPU; full: the paper's protocol")
+    p.add_argument("--label-fraction", type=float, help="fraction of the training scenes with labels "
+                                                        "(SLidR's every-k-th-scene rule; full finetune default 0.01)")
+    p.add_argument("--epochs", type=int, help="override the preset's epochs")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--set", nargs="*", metavar="FIELD=VALUE", help="override DownstreamConfig fields (JSON values), "
+                                                                   "e.g. batch_size=8 backbone.planes=[32,...]")
+    p.add_argument("--dataroot", help="nuScenes root (default: the embedded synthetic dataset)")
+    p.add_argument("--version", help="dataset version (default v1.0-trainval, or the embedded set's)")
+    p.add_argument("--train-split", default="train")
+    p.add_argument("--val-split", default="val")
+    p.add_argument("--output-dir", required=True, help="checkpoint.pt, config.json, results.json, tensorboard/")
+    p.add_argument("--resume", action="store_true", help="continue from <output-dir>/checkpoint.pt")
+    p.add_argument("--evaluate", action="store_true", help="no training: evaluate the saved model")
+    p.add_argument("--model", help="with --evaluate: the downstream checkpoint (default <output-dir>/checkpoint.pt)")
+    args = p.parse_args(argv)
+
+    out = Path(args.output_dir)
+    ckpt_path = out / "checkpoint.pt"
+    if args.pretrained and not Path(args.pretrained).is_file():
+        raise SystemExit(f"error: --pretrained {args.pretrained}: no such file")
+    if args.evaluate:
+        model_path = Path(args.model) if args.model else ckpt_path
+        try:
+            state = load_segmentation_checkpoint(model_path)
+        except (FileNotFoundError, ValueError) as e:
+            raise SystemExit(f"error: --evaluate: {e}")
+        config = state["config"]
+    else:
+        config = _config_from_args(args)
+    root = Path(args.dataroot) if args.dataroot else ensure_embedded_dataset()
+    version = args.version or ("v1.0-trainval" if args.dataroot else EMBEDDED_VERSION)
+    try:
+        train_kf = NuScenesKeyframes(root, version, split=args.train_split)
+        val_kf = NuScenesKeyframes(root, version, split=args.val_split, nusc=train_kf.nusc)
+    except DatasetError as e:
+        raise SystemExit(f"error: {e}")
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        if args.evaluate:
+            model = SegmentationModel(config.backbone, config.num_classes)
+            model.load_state_dict(state["model"])
+            model.to(resolve_device(config.device))
+            if config.mode == "linear_probe":
+                model.freeze_trunk()
+            train_indices = state["history"].get("train_indices", [])
+            pretrained = json.loads((out / "config.json").read_text()).get("pretrained") \
+                if (out / "config.json").is_file() else None
+        else:
+            (out / "config.json").write_text(json.dumps({"downstream": config.to_dict(), "pretrained": args.pretrained,
+                                                         "dataroot": str(root), "version": version}, indent=1))
+            model, history = train_segmentation(config, train_kf, pretrained=args.pretrained,
+                                                checkpoint_path=ckpt_path, resume=args.resume,
+                                                log_dir=out / "tensorboard")
+            train_indices, pretrained = history["train_indices"], args.pretrained
+    except (PretrainedWeightsError, DatasetError, ValueError) as e:
+        raise SystemExit(f"error: {e}")
+    conf = evaluate(model, val_kf, config)
+    results = _results(conf, config, train_kf, val_kf, train_indices, pretrained)
+    tmp = out / ".results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=1))
+    os.replace(tmp, out / "results.json")
+    if not args.evaluate:
+        from torch.utils.tensorboard import SummaryWriter
+
+        with SummaryWriter(log_dir=str(out / "tensorboard")) as writer:
+            writer.add_scalar("val/miou", results["miou"], config.epochs)
+    print(format_iou_report(iou_report(conf, _class_names(config), ignore_index=config.ignore_index)))
+    print(f"results: {out / 'results.json'}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

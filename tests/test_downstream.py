@@ -61,28 +61,37 @@ def val_kf(synthetic_root, train_kf):
 
 
 # ------------------------------------------------------------------------------------------ fractions
-def test_scene_fraction_is_every_kth_scene():
-    names = [f"scene-{i:04d}" for i in range(700)]
-    shuffled = list(np.random.default_rng(0).permutation(names))
-    one = select_scenes_by_fraction(shuffled, 0.01)
-    assert one == [f"scene-{i:04d}" for i in range(0, 700, 100)]  # 7 scenes, every 100th
+def test_scene_fraction_is_slidrs_every_kth_scene_in_table_order():
+    # a hand-made split in table order (not sorted): k = 4 keeps the 4th and the 8th, never the 1st
+    table = ["scene-0553", "scene-0061", "scene-1100", "scene-0103", "scene-0916", "scene-0655", "scene-0757",
+             "scene-1077", "scene-0796", "scene-1094"]
+    assert select_scenes_by_fraction(table, 0.25) == ["scene-0103", "scene-1077"]
+    assert select_scenes_by_fraction(table, 0.5) == table[1::2]
+    assert select_scenes_by_fraction(table, 1.0) == table
+    assert select_scenes_by_fraction(table, 0.3) == ["scene-1100", "scene-0655", "scene-0796"]  # 1/0.3 -> k = 3
+    with pytest.raises(ValueError, match=r"keeps no scene.*1/10 = 0\.1"):
+        select_scenes_by_fraction(table, 0.01)
+    names = [f"scene-{i:04d}" for i in range(1, 701)]
+    assert select_scenes_by_fraction(names, 0.01) == [f"scene-{i:04d}" for i in range(100, 701, 100)]  # 7 scenes
     for fraction, count in [(0.05, 35), (0.10, 70), (0.25, 175), (1.0, 700)]:
         assert len(select_scenes_by_fraction(names, fraction)) == count
-    # tiny sets never end up empty
-    assert select_scenes_by_fraction(["b", "a", "c"], 0.01) == ["a"]
-    assert select_scenes_by_fraction(["only"], 0.001) == ["only"]
     for bad in (0, -0.1, 1.5):
         with pytest.raises(ValueError, match="fraction"):
             select_scenes_by_fraction(names, bad)
+    with pytest.raises(ValueError, match="duplicate"):
+        select_scenes_by_fraction(["a", "b", "a"], 0.5)
 
 
 def test_fraction_selects_whole_scenes_of_keyframes(train_kf):
     nusc = train_kf.nusc
     scene_of = [nusc.get("scene", nusc.get("sample", t)["scene_token"])["name"] for t in train_kf.sample_tokens]
-    picked = keyframe_indices_for_fraction(train_kf, 0.01)
-    assert picked and {scene_of[i] for i in picked} == {min(scene_of)}
-    assert picked == [i for i, s in enumerate(scene_of) if s == min(scene_of)]  # every scan of that scene
+    table = [s["name"] for s in nusc.scene if s["name"] in set(scene_of)]
+    assert len(table) == 3
+    picked = keyframe_indices_for_fraction(train_kf, 1 / 3)      # k = 3: the 3rd train scene of the table
+    assert picked == [i for i, s in enumerate(scene_of) if s == table[2]]  # every scan of that scene
     assert keyframe_indices_for_fraction(train_kf, 1.0) == list(range(len(train_kf)))
+    with pytest.raises(ValueError, match="keeps no scene"):
+        keyframe_indices_for_fraction(train_kf, 0.01)
 
 
 # ------------------------------------------------------------------------------------------ config
