@@ -9,7 +9,7 @@ What is substituted, and why:
   /weights/moco_v2_…pth.tar   -> a random ResNet-50 saved in the MoCo-v2 checkpoint layout
   /scratch/…, runs/…          -> folders under the test's tmp dir
   torchrun --nproc_per_node N -> 2 CPU processes (gloo); --workers N -> 2
-  --label-fraction 0.01       -> 0.5 (1 % of 2 training scenes keeps none; 0.5 keeps the 2nd)
+  --label-fraction < 0.5      -> 0.5 (1 % of 2 training scenes keeps none; 0.5 keeps the 2nd)
   sizes                       -> 1 epoch, tiny MinkUNet, 56x104 crops (``TOY_PRETRAIN``, ``TOY_DOWNSTREAM``)
 Research-length commands (``cmcr_lite.experiments``, papermill runs of whole notebooks) are not run here.
 """
@@ -76,9 +76,10 @@ def toy_command(line: str, paths: dict) -> list:
         for real, toy in paths.items():  # in order: the mini root before the root it starts with
             a = a.replace(real, toy)
         out.append(a)
-    for flag, toy in (("--label-fraction", "0.5"), ("--workers", "2")):
-        if flag in out:
-            out[out.index(flag) + 1] = toy
+    if "--label-fraction" in out and float(out[out.index("--label-fraction") + 1]) < 0.5:
+        out[out.index("--label-fraction") + 1] = "0.5"
+    if "--workers" in out:
+        out[out.index("--workers") + 1] = "2"
     if out[0] == "torchrun":
         n = out.index("--nproc_per_node")
         out = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"] + out[n + 2:]
