@@ -208,7 +208,7 @@ def main(argv=None):
     p.add_argument("--device", default="auto")
     p.add_argument("--output", help="also write the markdown table here")
     args = p.parse_args(argv)
-    from cmcr_lite.devices import resolve_device
+    from cmcr_lite.runtime import resolve_device
 
     device = resolve_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:

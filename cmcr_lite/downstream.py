@@ -33,10 +33,29 @@ majority class (measured on the embedded set: 2.8% mIoU, vs 14.7% with standardi
     model, history = train_segmentation(cfg, NuScenesKeyframes(root, version, "train"), pretrained="ckpt.pt")
     conf = evaluate(model, NuScenesKeyframes(root, version, "val"), cfg)   # (17, 17) int64
     print(mean_iou(conf))
+
+Label fractions follow SLidR's loader exactly: walk ``nusc.scene`` in table order, count the scenes of
+the training split from 1, keep a scene when the count is a multiple of k = round(1 / fraction). 1% of
+the 700 nuScenes train scenes (k = 100) is the 100th, 200th, ..., 700th scene. A split with fewer than
+k scenes keeps none: SLidR then falls back to scene-0392, we raise an error naming 1/n, the smallest
+fraction that keeps one scene (on the embedded set's 3 train scenes: 1/3).
+
+From the command line (``--config full``: :meth:`DownstreamConfig.full`, the paper's values; ``lite``:
+:meth:`DownstreamConfig.lite`; no ``--dataroot``: the embedded dataset, train on ``train``, evaluate on
+``val``)::
+
+    python -m cmcr_lite.downstream --pretrained runs/cmcr/checkpoint.pt --mode finetune --label-fraction 0.01 \
+        --config full --dataroot /data/sets/nuscenes --output-dir runs/cmcr_ft1
+    python -m cmcr_lite.downstream --mode linear_probe --config lite --output-dir outputs/downstream/lp \
+        [--set batch_size=4 backbone.bn_momentum=0.05] [--epochs N] [--seed N] [--resume] [--evaluate]
+
+It writes ``config.json``, ``checkpoint.pt`` after every epoch (atomically; ``--resume`` continues it
+and reaches the weights of an uninterrupted run), ``results.json`` (mIoU, per-class IoU by name, the
+confusion matrix, the config, the pretrained file, the training scenes) and TensorBoard scalars in
+``tensorboard/``. ``--evaluate`` only evaluates the saved model (or ``--model PATH``).
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import time
@@ -52,11 +71,10 @@ from tqdm.auto import tqdm
 from cmcr_lite.classes import IGNORE_INDEX, NUM_CLASSES_16
 from cmcr_lite.data.augment import random_point_augmentation
 from cmcr_lite.data.voxelize import voxelize
-from cmcr_lite.devices import resolve_device
+from cmcr_lite.runtime import atomic_path, resolve_device, save_checkpoint_atomic, torch_threads
 from cmcr_lite.losses.lovasz import segmentation_loss
 from cmcr_lite.metrics import confusion_matrix
 from cmcr_lite.models.minkunet import MinkUNet, MinkUNetConfig, sparse_tensor_from_voxels
-from cmcr_lite.pretrain import save_checkpoint_atomic
 
 __all__ = [
     "DownstreamConfig", "resolve_device", "select_scenes_by_fraction", "keyframe_indices_for_fraction",
@@ -576,24 +594,6 @@ def _loader(dataset, config: DownstreamConfig, order):
                                        collate_fn=collate_scans, num_workers=config.num_workers)
 
 
-@contextlib.contextmanager
-def _cpu_threads(n: Optional[int]):
-    """Run the block with ``n`` PyTorch intra-op threads (None: unchanged), then restore.
-
-    The cached linear-probe steps are many small ops (a 32..96 -> 17 linear layer, a per-class sort
-    for Lovász); splitting them over threads costs more than it gains, and on a busy 2-core machine
-    it was measured 4x slower than one thread."""
-    if n is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _new_history() -> dict:
     return {"epoch": [], "loss": [], "lr": [], "lr_head": [], "seconds": [], "step_loss": []}
 
@@ -682,7 +682,9 @@ def train_segmentation(config: DownstreamConfig, train_keyframes, pretrained=Non
         losses = []
         if cached is not None:
             batches = (order[s:s + config.batch_size] for s in range(0, len(order), config.batch_size))
-            with _cpu_threads(1 if device.type == "cpu" else None):
+            # many small ops (a 32..96 -> 17 linear layer, a per-class sort for Lovász): on a busy
+            # 2-core machine one thread was measured 4x faster than two
+            with torch_threads(1 if device.type == "cpu" else None):
                 for chosen in batches:
                     feats = torch.cat([cached[i].voxel_features for i in chosen]).to(device)
                     labels = torch.cat([cached[i].voxel_labels for i in chosen]).to(device)
@@ -722,7 +724,8 @@ def train_segmentation(config: DownstreamConfig, train_keyframes, pretrained=Non
                 writer.add_scalar(f"epoch/{name}", history[name][-1], epoch)
         if checkpoint_path is not None:
             save_checkpoint_atomic({"epoch": epoch, "config": config.to_dict(), "model": model.state_dict(),
-                                    "optimizer": optimizer.state_dict(), "history": history}, Path(checkpoint_path))
+                                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                    "history": history}, Path(checkpoint_path))
     if writer is not None:
         writer.close()
     model.eval()
@@ -731,7 +734,8 @@ def train_segmentation(config: DownstreamConfig, train_keyframes, pretrained=Non
 
 def load_segmentation_checkpoint(path) -> dict:
     """A downstream checkpoint written by :func:`train_segmentation`: ``{"epoch", "config"
-    (DownstreamConfig), "model", "optimizer", "history"}`` (the cosine schedule is closed-form)."""
+    (DownstreamConfig), "model", "optimizer", "scheduler", "history"}``. A resume rebuilds the scheduler
+    from the epoch (the cosine schedule is closed-form); its saved state is for inspection."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"downstream checkpoint not found: {path}")
@@ -942,8 +946,8 @@ def main(argv=None) -> dict:
                                                                    "e.g. batch_size=8 backbone.planes=[32,...]")
     p.add_argument("--dataroot", help="nuScenes root (default: the embedded synthetic dataset)")
     p.add_argument("--version", help="dataset version (default v1.0-trainval, or the embedded set's)")
-    p.add_argument("--train-split", default="train")
-    p.add_argument("--val-split", default="val")
+    p.add_argument("--train-split", help="split to train on (default train; --evaluate: the training run's)")
+    p.add_argument("--val-split", help="split to evaluate on (default val; --evaluate: the training run's)")
     p.add_argument("--output-dir", required=True, help="checkpoint.pt, config.json, results.json, tensorboard/")
     p.add_argument("--resume", action="store_true", help="continue from <output-dir>/checkpoint.pt")
     p.add_argument("--evaluate", action="store_true", help="no training: evaluate the saved model")
@@ -963,11 +967,18 @@ def main(argv=None) -> dict:
         config = state["config"]
     else:
         config = _config_from_args(args)
-    root = Path(args.dataroot) if args.dataroot else ensure_embedded_dataset()
-    version = args.version or ("v1.0-trainval" if args.dataroot else EMBEDDED_VERSION)
+    # the data: the options, else (--evaluate) where the training run read it, else the embedded set
+    run = {}
+    if args.evaluate and (out / "config.json").is_file():
+        run = json.loads((out / "config.json").read_text())
+    dataroot = args.dataroot or run.get("dataroot")
+    root = Path(dataroot) if dataroot else ensure_embedded_dataset()
+    version = args.version or run.get("version") or ("v1.0-trainval" if dataroot else EMBEDDED_VERSION)
+    train_split = args.train_split or run.get("train_split") or "train"
+    val_split = args.val_split or run.get("val_split") or "val"
     try:
-        train_kf = NuScenesKeyframes(root, version, split=args.train_split)
-        val_kf = NuScenesKeyframes(root, version, split=args.val_split, nusc=train_kf.nusc)
+        train_kf = NuScenesKeyframes(root, version, split=train_split)
+        val_kf = NuScenesKeyframes(root, version, split=val_split, nusc=train_kf.nusc)
     except DatasetError as e:
         raise SystemExit(f"error: {e}")
     out.mkdir(parents=True, exist_ok=True)
@@ -979,11 +990,12 @@ def main(argv=None) -> dict:
             if config.mode == "linear_probe":
                 model.freeze_trunk()
             train_indices = state["history"].get("train_indices", [])
-            pretrained = json.loads((out / "config.json").read_text()).get("pretrained") \
-                if (out / "config.json").is_file() else None
+            pretrained = run.get("pretrained")
         else:
-            (out / "config.json").write_text(json.dumps({"downstream": config.to_dict(), "pretrained": args.pretrained,
-                                                         "dataroot": str(root), "version": version}, indent=1))
+            run = {"downstream": config.to_dict(), "pretrained": args.pretrained,
+                   "dataroot": None if dataroot is None else str(root),  # None: the embedded dataset
+                   "version": version, "train_split": train_split, "val_split": val_split}
+            (out / "config.json").write_text(json.dumps(run, indent=1))
             model, history = train_segmentation(config, train_kf, pretrained=args.pretrained,
                                                 checkpoint_path=ckpt_path, resume=args.resume,
                                                 log_dir=out / "tensorboard")
@@ -992,9 +1004,8 @@ def main(argv=None) -> dict:
         raise SystemExit(f"error: {e}")
     conf = evaluate(model, val_kf, config)
     results = _results(conf, config, train_kf, val_kf, train_indices, pretrained)
-    tmp = out / ".results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=1))
-    os.replace(tmp, out / "results.json")
+    with atomic_path(out / "results.json") as tmp:
+        tmp.write_text(json.dumps(results, indent=1))
     if not args.evaluate:
         from torch.utils.tensorboard import SummaryWriter
 

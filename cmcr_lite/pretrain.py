@@ -23,7 +23,6 @@ import dataclasses
 import json
 import os
 import random
-import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -36,7 +35,7 @@ from tqdm.auto import tqdm
 
 from cmcr_lite.cmcr import CMCRModel, CMCROptions
 from cmcr_lite.data.pipeline import PairedScanDataset, PipelineConfig, batch_to_sparse_tensor, collate_pairs
-from cmcr_lite.devices import resolve_device
+from cmcr_lite.runtime import resolve_device, save_checkpoint_atomic, seed_everything
 from cmcr_lite.losses.infonce import point_pixel_infonce, superpixel_infonce
 from cmcr_lite.models.image_encoder import DenseHead, ResNet50Encoder, freeze
 from cmcr_lite.models.minkunet import MinkUNet, MinkUNetConfig
@@ -270,12 +269,6 @@ def training_losses(model: nn.Module, config: PretrainConfig, batch: dict, x, ge
 
 
 # ------------------------------------------------------------------------------------------ loop
-def seed_everything(seed: int):
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def _step_generator(seed: int, epoch: int, step: int, device=None) -> torch.Generator:
     """A CPU generator per (seed, epoch, step): the same draws on CPU and GPU, and after a resume."""
     g = torch.Generator()
@@ -298,15 +291,6 @@ def set_rng_state(state: dict):
     n = state["numpy"]
     np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
     random.setstate(state["python"])
-
-
-def save_checkpoint_atomic(state: dict, path: Path):
-    """torch.save to a temporary file in the same folder, then rename: a crash never leaves a
-    truncated checkpoint where a resume would read it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
 
 
 def _distributed():

@@ -45,6 +45,8 @@ import torch
 import torch.nn.functional as F
 
 from cmcr_lite.data.augment import crop_pixels, resize_crop_image, sample_crop_box
+from cmcr_lite.losses.infonce import infonce_from_logits
+from cmcr_lite.runtime import save_checkpoint_atomic, torch_threads
 from cmcr_lite.models.image_encoder import SmallImageTeacher, freeze
 
 __all__ = [
@@ -220,7 +222,7 @@ def dense_infonce(f1: torch.Tensor, f2: torch.Tensor, tau: float,
         exclude = exclude.clone()
         exclude[target, target] = False
         logits = logits.masked_fill(exclude, float("-inf"))
-    loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+    loss = infonce_from_logits(logits, symmetric=True)
     with torch.no_grad():
         acc = (logits.argmax(1) == target).float().mean()
     return loss, acc
@@ -311,9 +313,7 @@ def train_teacher(keyframes, config: Optional[TeacherConfig] = None, progress: b
     """
     cfg = config or TeacherConfig()
     images = teacher_images(keyframes)
-    prev_threads = torch.get_num_threads()
-    torch.set_num_threads(min(cfg.num_threads, os.cpu_count() or 1))
-    try:
+    with torch_threads(min(cfg.num_threads, os.cpu_count() or 1)):
         rng = np.random.default_rng(cfg.seed)
         gen = torch.Generator().manual_seed(cfg.seed)
         if model is None:
@@ -350,8 +350,6 @@ def train_teacher(keyframes, config: Optional[TeacherConfig] = None, progress: b
             if progress:
                 steps.set_postfix(loss=f"{loss.item():.3f}", match=f"{acc.item():.2f}")
         history["seconds"] = time.perf_counter() - t0
-    finally:
-        torch.set_num_threads(prev_threads)
     return model, history
 
 
@@ -411,17 +409,10 @@ def load_or_train_teacher(dataroot, version: str, config: Optional[TeacherConfig
         source, history = "loaded", json.loads(ckpt["history"])
     else:
         model, history = train_teacher(keyframes, cfg, progress=progress)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            torch.save({"format": CHECKPOINT_FORMAT, "state_dict": model.state_dict(),
-                        "config": json.dumps(cfg.to_dict()), "fingerprint": cfg.fingerprint(),
-                        "version": version, "sample_tokens": list(keyframes.sample_tokens),
-                        "history": json.dumps(history)}, tmp)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        save_checkpoint_atomic({"format": CHECKPOINT_FORMAT, "state_dict": model.state_dict(),
+                                "config": json.dumps(cfg.to_dict()), "fingerprint": cfg.fingerprint(),
+                                "version": version, "sample_tokens": list(keyframes.sample_tokens),
+                                "history": json.dumps(history)}, path)
         source = "trained"
     freeze(model)
     model.teacher_info = {"path": str(path), "source": source, "history": history}

@@ -27,13 +27,15 @@ single-threaded, see ``_single_thread``).
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+
+from cmcr_lite.losses.infonce import infonce_from_logits
+from cmcr_lite.runtime import torch_threads
 
 __all__ = [
     "TwoViewGaussian",
@@ -55,18 +57,12 @@ __all__ = [
 ]
 
 
-@contextlib.contextmanager
 def _single_thread():
     """Run tiny-matrix loops on one intra-op thread (restored afterwards).
 
     On a 2-core machine under load, torch's thread pool makes these 8-d problems >10x slower.
     """
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(prev)
+    return torch_threads(1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -242,15 +238,7 @@ def infonce_loss(zx: torch.Tensor, zy: torch.Tensor, tau: float = 1.0, normalize
     logits = zx @ zy.T
     if not (isinstance(gamma, (int, float)) and gamma == 0):
         logits = logits - 0.5 * gamma * ((zx ** 2).sum(1)[:, None] + (zy ** 2).sum(1)[None, :])
-    return _infonce_from_logits(logits / tau, symmetric)
-
-
-def _infonce_from_logits(logits: torch.Tensor, symmetric: bool) -> torch.Tensor:
-    target = torch.arange(logits.shape[0], device=logits.device)
-    loss = F.cross_entropy(logits, target)
-    if symmetric:
-        loss = 0.5 * (loss + F.cross_entropy(logits.T, target))
-    return loss
+    return infonce_from_logits(logits / tau, symmetric)
 
 
 def optimal_critic(model: TwoViewGaussian, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -292,7 +280,7 @@ def infonce_optimal_critic_estimate(model: TwoViewGaussian, n: int, n_batches: i
         for _ in range(n_batches):
             x, y, *_ = model.sample(n, generator)
             crit = optimal_critic(model, x, y)
-            vals.append(math.log(n) - float(_infonce_from_logits(crit, symmetric)))
+            vals.append(math.log(n) - float(infonce_from_logits(crit, symmetric)))
     v = torch.tensor(vals, dtype=torch.float64)
     sem = float(v.std() / math.sqrt(len(vals))) if len(vals) > 1 else float("nan")
     return float(v.mean()), sem

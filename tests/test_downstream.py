@@ -339,3 +339,32 @@ def test_lite_linear_probe_on_embedded_set_beats_chance(train_kf, val_kf):
     print(f"lite LP (random-init trunk): val mIoU {100 * miou:.1f} vs majority {100 * chance:.1f}, {seconds:.1f} s")
     assert history["loss"][-1] < history["loss"][0]
     assert miou > max(0.08, 2.5 * chance)
+
+
+def test_fraction_counts_scenes_in_table_order_not_sorted():
+    """keyframe_indices_for_fraction counts the scenes of the keyframes in ``nusc.scene`` order,
+    skipping table scenes that are not in the split (as SLidR's loader does)."""
+
+    class FakeNusc:
+        # table order c, x (another split), a, d, b: the split's scenes in table order are c, a, d, b
+        scene = [{"name": n, "token": f"t-{n}"} for n in ("scene-c", "scene-x", "scene-a", "scene-d", "scene-b")]
+
+        def get(self, table, token):
+            if table == "sample":
+                return {"scene_token": f"t-{token.split('/')[0]}"}
+            return next(s for s in self.scene if s["token"] == token)
+
+    class FakeKeyframes:
+        nusc = FakeNusc()
+        # the keyframes list scenes in another order still (sorted), two scans each
+        sample_tokens = [f"scene-{c}/{i}" for c in "abcd" for i in range(2)]
+
+        def __len__(self):
+            return len(self.sample_tokens)
+
+    kf = FakeKeyframes()
+    # k = 2: the 2nd and 4th split scenes of the table, a and b (sorted names would give b and d;
+    # counting scene-x too would give d)
+    assert keyframe_indices_for_fraction(kf, 0.5) == [0, 1, 2, 3]
+    assert keyframe_indices_for_fraction(kf, 0.25) == [2, 3]             # k = 4: the 4th, b
+    assert keyframe_indices_for_fraction(kf, 1.0) == list(range(8))

@@ -105,3 +105,36 @@ def test_full_preset_and_errors(tmp_path, pretrained):
     torch.save({"model3d": SegmentationModel(MinkUNetConfig.lite()).trunk.state_dict()}, wrong)
     with pytest.raises(SystemExit, match="shape mismatches"):
         run("--pretrained", wrong, "--epochs", 1, "--output-dir", tmp_path / "w", "--set", *TINY)
+
+
+def test_help_exits_zero():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "cmcr_lite.downstream", "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    for option in ("--pretrained", "--mode", "--label-fraction", "--config", "--output-dir", "--set", "--resume",
+                   "--evaluate", "--dataroot"):
+        assert option in done.stdout
+
+
+def test_random_init_linear_probe_then_evaluate_elsewhere(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "lp"
+    res = run("--mode", "linear_probe", "--config", "lite", "--epochs", 1, "--output-dir", out, "--set", *TINY)
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["pretrained"] is None and saved["config"]["mode"] == "linear_probe" and saved["config"]["epochs"] == 1
+    assert len(saved["train_scenes"]) == 3 and (saved["train_scans"], saved["val_scans"]) == (9, 3)
+    assert len(saved["per_class_iou"]) == 16 and np.array(saved["confusion"]).shape == (17, 17)
+    run_info = json.loads((out / "config.json").read_text())
+    assert run_info["dataroot"] is None and (run_info["train_split"], run_info["val_split"]) == ("train", "val")
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    assert acc.Scalars("val/miou")[0].value == pytest.approx(res["miou"], rel=1e-6)
+    assert len(acc.Scalars("epoch/loss")) == 1 and len(acc.Scalars("step/loss")) == 3  # 9 scans / batch 3
+    # --model: evaluate that checkpoint from another folder; same numbers, written there
+    other = tmp_path / "eval"
+    again = run("--evaluate", "--model", out / "checkpoint.pt", "--output-dir", other)
+    assert again["confusion"] == res["confusion"] and (other / "results.json").is_file()

@@ -133,3 +133,21 @@ def test_superpixel_errors_and_empty():
                               torch.tensor([2, 2, 3, 3]))
     assert loss.item() == 0.0
     loss.backward()
+
+
+def test_infonce_from_logits_by_hand():
+    """The one InfoNCE of the package, against the formula written out row by row."""
+    import math
+
+    from cmcr_lite.losses.infonce import infonce_from_logits
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 5, generator=g, dtype=torch.float64)
+    rows = [-logits[i, i].item() + math.log(sum(math.exp(v) for v in logits[i].tolist())) for i in range(5)]
+    cols = [-logits[i, i].item() + math.log(sum(math.exp(v) for v in logits[:, i].tolist())) for i in range(5)]
+    assert infonce_from_logits(logits).item() == pytest.approx(sum(rows) / 5, abs=1e-12)
+    assert infonce_from_logits(logits, symmetric=True).item() == pytest.approx((sum(rows) + sum(cols)) / 10, abs=1e-12)
+    excluded = logits.clone()
+    excluded[0, 1] = float("-inf")  # an excluded candidate drops out of its row's sum
+    row0 = -logits[0, 0].item() + math.log(sum(math.exp(v) for j, v in enumerate(logits[0].tolist()) if j != 1))
+    assert infonce_from_logits(excluded).item() == pytest.approx((row0 + sum(rows[1:])) / 5, abs=1e-12)

@@ -1,5 +1,4 @@
 """Lovász-softmax against the exact Jaccard loss, and the downstream CE + Lovász loss (paper.md §5)."""
-import itertools
 
 import pytest
 import torch

@@ -10,7 +10,7 @@ from cmcr_lite.data.pipeline import PipelineConfig
 from cmcr_lite.data.superpixels import SlicParams
 from cmcr_lite.models.image_encoder import SmallImageTeacher
 from cmcr_lite.models.minkunet import MinkUNetConfig
-from cmcr_lite.pretrain import PretrainConfig, config_from_args, main, pretrain
+from cmcr_lite.pretrain import PretrainConfig, config_from_args, pretrain
 
 
 def tiny_config(tmp_path, superpixels=False, **kw):

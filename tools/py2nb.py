@@ -45,7 +45,8 @@ def parse_cells(text):
     return out
 
 
-def convert(src: pathlib.Path, dst: pathlib.Path):
+def notebook_text(src: pathlib.Path) -> str:
+    """The .ipynb file's exact text for the percent-format source ``src`` (no outputs, stable ids)."""
     nb = {
         "cells": parse_cells(src.read_text()),
         "metadata": {
@@ -57,7 +58,11 @@ def convert(src: pathlib.Path, dst: pathlib.Path):
     }
     for i, cell in enumerate(nb["cells"]):
         cell["id"] = f"{src.stem[:20]}-{i:03d}".replace("_", "-")
-    dst.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+    return json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
+
+
+def convert(src: pathlib.Path, dst: pathlib.Path):
+    dst.write_text(notebook_text(src))
 
 
 if __name__ == "__main__":

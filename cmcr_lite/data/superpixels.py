@@ -69,10 +69,11 @@ def _writable_folder(folder: Path) -> Path:
 
 
 def _write_png_atomic(path: Path, segments: np.ndarray):
+    from cmcr_lite.runtime import atomic_path
+
     dtype = np.uint8 if segments.max() < 256 else np.uint16
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    Image.fromarray(segments.astype(dtype)).save(tmp)
-    tmp.replace(path)  # a reader never sees a half-written PNG
+    with atomic_path(path) as tmp:  # a reader never sees a half-written PNG
+        Image.fromarray(segments.astype(dtype)).save(tmp, format="PNG")
 
 
 def load_or_compute_superpixels(dataroot, camera_token: str, image: np.ndarray,

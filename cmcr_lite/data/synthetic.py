@@ -1,11 +1,17 @@
 """Generate a small synthetic dataset in the exact nuScenes on-disk format.
 
     python -m cmcr_lite.data.synthetic --out data/nuscenes-synthetic --scenes 4 --seed 0
+    python -m cmcr_lite.data.synthetic --out /tmp/nuscenes-mini --version v1.0-mini --samples-per-scene 2
 
 The unmodified ``nuscenes-devkit`` loads the result (``NuScenes('v1.0-synthetic', root)``), with
 lidarseg labels in the 32 fine classes, so ``LidarsegClassMapper`` gives the usual 16 classes.
 What is in a scene and which classes are geometry-only / appearance-only twins: ``data/README.md``
 and ``cmcr_lite.data.synthetic_world``.
+
+``--version v1.0-mini`` writes a stand-in for the real nuScenes-mini download: the devkit's 10 mini
+scene names (``create_splits_scenes()["mini_train"] + ["mini_val"]``, read from the installed devkit
+when generating; ``--scenes`` must then be omitted or 10) and no ``cmcr_splits.json``, so the loader
+splits it with the devkit, exactly as it does the real download.
 
 The dataset is written into a temporary folder next to ``--out`` and renamed into place at the
 end, so an interrupted run never leaves a half dataset that a later run would load.
@@ -265,9 +271,10 @@ def generate(out: str | os.PathLike, n_scenes: int | None = None, seed: int = 0,
     return out
 
 
-def ensure_dataset(root: str | os.PathLike, n_scenes: int = 4, seed: int = 0, samples_per_scene: int = 4,
+def ensure_dataset(root: str | os.PathLike, n_scenes: int | None = None, seed: int = 0, samples_per_scene: int = 4,
                    version: str = DEFAULT_VERSION) -> Path:
-    """Return ``root``, generating the synthetic dataset there first if it is missing."""
+    """Return ``root``, generating the synthetic dataset there first if it is missing (``n_scenes`` as
+    :func:`generate`: None = 4, or the 10 mini scenes for ``v1.0-mini``)."""
     root = Path(root)
     if not (root / version).is_dir():
         generate(root, n_scenes=n_scenes, seed=seed, samples_per_scene=samples_per_scene, version=version,

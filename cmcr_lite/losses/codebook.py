@@ -72,6 +72,8 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cmcr_lite.losses.infonce import infonce_from_logits
+
 __all__ = ["UnifiedCodebook", "perplexity", "cmcm_loss", "code_distances"]
 
 
@@ -123,8 +125,7 @@ def cmcm_loss(log_p_points: torch.Tensor, log_p_pixels: torch.Tensor) -> torch.T
             f"{tuple(log_p_points.shape)} and {tuple(log_p_pixels.shape)}"
         )
     s = log_p_points.exp() @ log_p_pixels.t() + log_p_pixels.exp() @ log_p_points.t()  # (M, M)
-    target = torch.arange(s.shape[0], device=s.device)
-    return F.cross_entropy(s, target)
+    return infonce_from_logits(s)
 
 
 class UnifiedCodebook(nn.Module):

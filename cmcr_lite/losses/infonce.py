@@ -41,6 +41,25 @@ def _check_pair(point_feats: torch.Tensor, pixel_feats: torch.Tensor, where: str
         )
 
 
+def infonce_from_logits(logits: torch.Tensor, symmetric: bool = False) -> torch.Tensor:
+    """InfoNCE of a square score matrix whose diagonal holds the positives: the one implementation
+    every contrastive loss of the package calls (PPKT/SLidR, the teacher, CMCM, notebook 01's theory).
+
+    Args:
+        logits: (N, N) float, ``logits[i, j]`` = score of candidate j for anchor i (temperature
+            already applied); entries set to ``-inf`` are excluded candidates.
+        symmetric: if True, average the row (anchor -> candidates) and column directions.
+
+    Returns:
+        Scalar tensor ``mean_i -log softmax_j(logits[i])[i]`` (nats), computed with log-sum-exp.
+    """
+    target = torch.arange(logits.shape[0], device=logits.device)
+    loss = F.cross_entropy(logits, target)
+    if symmetric:
+        loss = 0.5 * (loss + F.cross_entropy(logits.t(), target))
+    return loss
+
+
 def info_nce(anchors: torch.Tensor, positives: torch.Tensor, tau: float = 0.07,
              symmetric: bool = False) -> torch.Tensor:
     """InfoNCE with diagonal positives on L2-normalised features.
@@ -67,12 +86,7 @@ def info_nce(anchors: torch.Tensor, positives: torch.Tensor, tau: float = 0.07,
         return anchors.sum() * 0.0 + positives.sum() * 0.0
     k = F.normalize(anchors, dim=1)
     q = F.normalize(positives, dim=1)
-    logits = k @ q.t() / tau  # (N, N): rows = anchors, columns = candidates
-    target = torch.arange(n, device=logits.device)
-    loss = F.cross_entropy(logits, target)
-    if symmetric:
-        loss = 0.5 * (loss + F.cross_entropy(logits.t(), target))
-    return loss
+    return infonce_from_logits(k @ q.t() / tau, symmetric)  # (N, N): rows = anchors, columns = candidates
 
 
 def sample_matches(num_pairs: int, num_matches: int = 2048,

@@ -22,9 +22,8 @@ needs: it keeps them apart as ``masked_pair_voxels`` / ``masked_pair_pixels`` (i
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
-import numpy as np
 import torch
 import torch.nn as nn
 

@@ -31,7 +31,7 @@ divides targets by ``intensity_scale`` (255, as the official loader).
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import torch

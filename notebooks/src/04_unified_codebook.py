@@ -52,7 +52,7 @@ from cmcr_lite.data.nuscenes_loader import NuScenesKeyframes
 from cmcr_lite.data.pipeline import PairedScanDataset, collate_pairs
 from cmcr_lite.losses.codebook import UnifiedCodebook, cmcm_loss
 from cmcr_lite.paths import ensure_embedded_dataset
-from cmcr_lite.devices import resolve_device
+from cmcr_lite.runtime import resolve_device
 from cmcr_lite.pretrain import PretrainConfig, build_image_encoder, pretrain
 
 warnings.filterwarnings("ignore", message=".*CPU_ONLY.*")

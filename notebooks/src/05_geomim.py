@@ -47,7 +47,8 @@ from cmcr_lite.cmcr import ABLATION_STEPS, CMCRModel
 from cmcr_lite.data.nuscenes_loader import NuScenesKeyframes
 from cmcr_lite.data.pipeline import PairedScanDataset, batch_to_sparse_tensor, collate_pairs
 from cmcr_lite.paths import ensure_embedded_dataset
-from cmcr_lite.pretrain import PretrainConfig, build_image_encoder, pretrain, seed_everything
+from cmcr_lite.pretrain import PretrainConfig, build_image_encoder, pretrain
+from cmcr_lite.runtime import seed_everything
 
 warnings.filterwarnings("ignore", message=".*CPU_ONLY.*")
 t_start = time.time()

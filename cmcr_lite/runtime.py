@@ -1,0 +1,70 @@
+"""How the loops run: the device, the seeds, the CPU threads, and files written all at once.
+
+One small module that every loop (pretraining, downstream, the teacher, notebooks) shares:
+
+* ``resolve_device("auto")`` -- cuda if a GPU is visible, else cpu;
+* ``seed_everything(seed)`` -- Python, NumPy and torch generators;
+* ``torch_threads(n)`` -- a block on ``n`` intra-op threads, restored afterwards (tiny matrices
+  are many times faster on one thread of a busy 2-core machine than spread over two);
+* ``atomic_path(path)`` / ``save_checkpoint_atomic(state, path)`` -- write to a temporary file in
+  the same folder, then rename: a crash never leaves a truncated file where a reader would look.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> ``cuda`` if a GPU is visible, else ``cpu``; any other name as ``torch.device``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int):
+    """Seed Python's ``random``, NumPy's global generator and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def torch_threads(n: Optional[int]):
+    """Run the block with ``n`` torch intra-op threads (None: unchanged), then restore the count."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path next to ``path`` (same suffix); when the block succeeds it is renamed
+    onto ``path`` in one step, when it fails it is deleted. The folder is created if needed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_checkpoint_atomic(state: dict, path):
+    """``torch.save(state, path)`` through :func:`atomic_path`."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
