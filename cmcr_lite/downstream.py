@@ -724,8 +724,7 @@ def train_segmentation(config: DownstreamConfig, train_keyframes, pretrained=Non
                 writer.add_scalar(f"epoch/{name}", history[name][-1], epoch)
         if checkpoint_path is not None:
             save_checkpoint_atomic({"epoch": epoch, "config": config.to_dict(), "model": model.state_dict(),
-                                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                    "history": history}, Path(checkpoint_path))
+                                    "optimizer": optimizer.state_dict(), "history": history}, Path(checkpoint_path))
     if writer is not None:
         writer.close()
     model.eval()
@@ -734,8 +733,8 @@ def train_segmentation(config: DownstreamConfig, train_keyframes, pretrained=Non
 
 def load_segmentation_checkpoint(path) -> dict:
     """A downstream checkpoint written by :func:`train_segmentation`: ``{"epoch", "config"
-    (DownstreamConfig), "model", "optimizer", "scheduler", "history"}``. A resume rebuilds the scheduler
-    from the epoch (the cosine schedule is closed-form); its saved state is for inspection."""
+    (DownstreamConfig), "model", "optimizer", "history"}``. A resume rebuilds the scheduler from the
+    epoch: the cosine schedule is closed-form (:func:`make_scheduler`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"downstream checkpoint not found: {path}")

@@ -30,15 +30,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from cmcr_lite.cmcr import CMCRModel, CMCROptions
 from cmcr_lite.data.pipeline import PairedScanDataset, PipelineConfig, batch_to_sparse_tensor, collate_pairs
+from cmcr_lite.distillation import DistillationModel, distillation_loss
+from cmcr_lite.models.image_encoder import ResNet50Encoder
+from cmcr_lite.models.minkunet import MinkUNetConfig
 from cmcr_lite.runtime import resolve_device, save_checkpoint_atomic, seed_everything
-from cmcr_lite.losses.infonce import point_pixel_infonce, superpixel_infonce
-from cmcr_lite.models.image_encoder import DenseHead, ResNet50Encoder, freeze
-from cmcr_lite.models.minkunet import MinkUNet, MinkUNetConfig
 
 METHODS = ("ppkt", "slidr", "cmcr")
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -153,39 +152,6 @@ class PretrainConfig:
 
 
 # ------------------------------------------------------------------------------------------ models
-class DistillationModel(nn.Module):
-    """3D student (MinkUNet trunk + 1x1 shared head F^3D) and 2D branch (frozen teacher trunk +
-    trainable 1x1 shared head F^2D, upsampled to the image). Both outputs are L2-normalised."""
-
-    def __init__(self, config: PretrainConfig, image_trunk: nn.Module | None = None):
-        super().__init__()
-        import MinkowskiEngine as ME
-
-        self.backbone = MinkUNet(replace(config.backbone, out_channels=None))
-        self.head3d = ME.MinkowskiConvolution(self.backbone.trunk_dim, config.feature_dim, kernel_size=1, bias=True,
-                                              dimension=3)
-        if image_trunk is None:
-            image_trunk = build_image_encoder(config)
-        self.image_encoder = image_trunk
-        freeze(self.image_encoder.trunk)
-        # A fresh trainable 2D head, as PPKT's 1x1-conv "decoder" on the frozen ResNet-50.
-        self.image_encoder.shared = DenseHead(self.image_encoder.trunk_dim, config.feature_dim, normalize=True)
-        self.image_encoder.specific = None
-
-    def features_3d(self, x) -> torch.Tensor:
-        """(V, feature_dim) L2-normalised shared features, one row per input voxel."""
-        return F.normalize(self.head3d(self.backbone(x)).F, dim=1)
-
-    def features_2d(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, feature_dim, H, W) L2-normalised shared pixel features of images in [0, 1]."""
-        return self.image_encoder(images)
-
-    def forward(self, x, images: torch.Tensor):
-        """(f3d (V, C), f2d (B, C, H, W)); going through ``forward`` lets DistributedDataParallel
-        synchronise gradients."""
-        return self.features_3d(x), self.features_2d(images)
-
-
 def check_image_weights(config: PretrainConfig):
     """A ResNet-50 teacher needs its MoCo-v2 weights: a random frozen teacher would silently make
     every 2D feature meaningless. Raises ValueError naming the file to download (or a missing path)."""
@@ -224,39 +190,11 @@ def build_model(config: PretrainConfig, image_trunk: nn.Module | None = None) ->
     ``image_trunk`` (optional) is copied, since the model replaces its heads: a caller's encoder
     (shared by several runs in a notebook) is never modified behind its back."""
     image_trunk = copy.deepcopy(image_trunk) if image_trunk is not None else None
+    image_encoder = image_trunk if image_trunk is not None else build_image_encoder(config)
     if config.method == "cmcr":
-        return CMCRModel(config.backbone, image_trunk if image_trunk is not None else build_image_encoder(config),
-                         config.feature_dim, config.tau, config.num_matches, config.cmcr)
-    return DistillationModel(config, image_trunk)
-
-
-# ------------------------------------------------------------------------------------------ losses
-def gather_pixels(feats_2d: torch.Tensor, pair_pixels: torch.Tensor) -> torch.Tensor:
-    """Features (M, C) of the paired pixels; feats_2d (B*cams, C, H, W), pair_pixels (M, 3) (image, row, col)."""
-    return feats_2d[pair_pixels[:, 0], :, pair_pixels[:, 1], pair_pixels[:, 2]]
-
-
-def distillation_loss(method: str, f3d: torch.Tensor, f2d: torch.Tensor, batch: dict, tau: float,
-                      num_matches: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """PPKT or SLidR InfoNCE for a collated batch.
-
-    f3d: (V, C) voxel features; f2d: (B*cams, C, H, W) pixel features (both L2-normalised).
-    PPKT: positives are (voxel, pixel) pairs, negatives the other sampled pixels.
-    SLidR: features are averaged over each superpixel (2D) and over the points falling in it (3D,
-    the "superpoint"); positives are a superpixel and its superpoint.
-    """
-    device = f3d.device
-    pair_voxels, pair_pixels = batch["pair_voxels"].to(device), batch["pair_pixels"].to(device)
-    if method == "ppkt":
-        return point_pixel_infonce(f3d[pair_voxels], gather_pixels(f2d, pair_pixels), tau=tau,
-                                   num_matches=num_matches, generator=generator)
-    sp = batch["superpixels"].to(device)                     # (B*cams, H, W) ids per image
-    n_img = sp.shape[0]
-    stride = int(sp.max().item()) + 1
-    global_sp = sp + stride * torch.arange(n_img, device=device).view(-1, 1, 1)  # unique over the batch
-    point_sp = global_sp[pair_pixels[:, 0], pair_pixels[:, 1], pair_pixels[:, 2]]
-    pixel_feats = f2d.permute(0, 2, 3, 1).reshape(-1, f2d.shape[1])
-    return superpixel_infonce(f3d[pair_voxels], pixel_feats, point_sp, global_sp.reshape(-1), tau=tau)
+        return CMCRModel(config.backbone, image_encoder, config.feature_dim, config.tau, config.num_matches,
+                         config.cmcr)
+    return DistillationModel(config.backbone, image_encoder, config.feature_dim)
 
 
 def training_losses(model: nn.Module, config: PretrainConfig, batch: dict, x, generator=None) -> dict:

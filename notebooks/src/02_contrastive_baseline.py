@@ -126,7 +126,7 @@ assert aligned < 0.1 < loss
 #
 # and the InfoNCE of §2 runs over superpixels instead of pairs (after L2-normalising $g$). Pooling
 # makes the positives less noisy and stops pixels of one object from being negatives of each other
-# (`superpixel_infonce`, used by `distillation_loss(method="slidr", ...)`).
+# (`superpixel_infonce`, used by `cmcr_lite.distillation.distillation_loss(method="slidr", ...)`).
 #
 # ## 4 · Pretraining
 #
