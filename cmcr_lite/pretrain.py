@@ -37,7 +37,7 @@ from cmcr_lite.data.pipeline import PairedScanDataset, PipelineConfig, batch_to_
 from cmcr_lite.distillation import DistillationModel, distillation_loss
 from cmcr_lite.models.image_encoder import ResNet50Encoder
 from cmcr_lite.models.minkunet import MinkUNetConfig
-from cmcr_lite.runtime import resolve_device, save_checkpoint_atomic, seed_everything
+from cmcr_lite.runtime import atomic_path, resolve_device, save_checkpoint_atomic, seed_everything
 
 METHODS = ("ppkt", "slidr", "cmcr")
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -295,6 +295,9 @@ def pretrain(config: PretrainConfig, resume: bool = False, progress: bool = True
         start_epoch, history = state["epoch"] + 1, state["history"]
         set_rng_state(state["rng"])
 
+    if rank == 0:  # once model, data and resume are checked: a run that cannot start leaves no config
+        with atomic_path(out_dir / "config.json") as tmp:
+            tmp.write_text(json.dumps(config.to_dict(), indent=1))
     per_process = max(1, config.batch_size // world)
     workers = default_num_workers() if config.num_workers is None else config.num_workers
     writer = None
@@ -404,9 +407,6 @@ def main(argv=None):
     p.add_argument("--resume", action="store_true", help="continue from <output-dir>/checkpoint.pt if it exists")
     args = p.parse_args(argv)
     cfg = config_from_args(args)
-    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-    if int(os.environ.get("RANK", "0")) == 0:
-        (Path(cfg.output_dir) / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
     from cmcr_lite.data.nuscenes_loader import DatasetError
 
     try:

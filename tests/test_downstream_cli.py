@@ -9,6 +9,7 @@ import torch
 from cmcr_lite.downstream import (DownstreamConfig, SegmentationModel, load_segmentation_checkpoint, main)
 from cmcr_lite.metrics import mean_iou
 from cmcr_lite.models.minkunet import MinkUNetConfig
+from cmcr_lite.runtime import torch_threads
 
 TINY = ["backbone.planes=[8,8,8,8,8,8,8,8]", "backbone.init_dim=8", "batch_size=3"]
 
@@ -24,7 +25,9 @@ def pretrained(tmp_path_factory, synthetic_root):
 
 
 def run(*args):
-    return main([str(a) for a in args])
+    # one intra-op thread: parallel float reductions would make a resumed run differ in the last bits
+    with torch_threads(1):
+        return main([str(a) for a in args])
 
 
 def test_finetune_writes_checkpoint_results_and_tensorboard(tmp_path, pretrained, synthetic_root):
