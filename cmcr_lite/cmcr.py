@@ -152,6 +152,26 @@ class CMCRModel(nn.Module):
 
     # -- objective --------------------------------------------------------------------------------
     def forward(self, batch: dict, x, generator: torch.Generator | None = None) -> dict:
+        """Every loss term of one step, and their weighted sum ``loss``.
+
+        Args:
+            batch: a collated batch (``cmcr_lite.data.pipeline.collate_pairs``) with pairs, images,
+                masks and (for occupancy) queries and neighbourhoods; x: its ``ME.SparseTensor``;
+            generator: draws the NCE and codebook pairs (seeded per step by the loop).
+
+        Returns: dict of scalar tensors, each term next to its formula (F shared, G specific,
+        F̄ = codebook-quantised F, (i, u) a paired voxel and pixel, τ the temperature):
+            nce            L_NCE = -1/M Σ_i log softmax_j(<F3D_i, F2D_j> / τ)_i over M sampled pairs
+            orth           L_orth = ‖F3Dᵀ G3D‖_F / D² (+ the same on the 2D maps if ``orth_2d``), × orth_weight
+            cmcm           L_CMCM = InfoNCE of S = P_p log P_vᵀ + P_v log P_pᵀ (soft code assignments)
+            commit_points  β ‖F3D - sg[e_k(point)]‖²;  commit_pixels  β ‖F2D - sg[e_k(pixel)]‖²
+            mim            L_MIM = ‖decoder(G2D + F̄2D, masked pixels ← F̄3D if GeoMIM) - image‖², × mim_weight
+            occupancy      L_occ = BCE(decoder([G3D + F̄3D]_j ‖ q - p_j), occupied(q)) over (query, neighbour) pairs
+            intensity      L1(decoder(...)_intensity, intensity(q) / 255) on in/out queries
+            loss           Σ weight × term over the terms above that are switched on
+        plus diagnostics that are not in ``loss``: ``perplexity_points``, ``perplexity_pixels``,
+        ``geomim_pixels`` (masked pixels that received 3D features).
+        """
         o, dev = self.opt, x.F.device
         images = batch["images"].to(dev)
         f3d, g3d = self.features_3d(x)

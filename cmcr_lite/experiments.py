@@ -17,17 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cmcr_lite.classes import (APPEARANCE_ONLY, APPEARANCE_ONLY_TWINS, BOTH_DIFFER, CLASS_NAMES_16, GEOMETRY_ONLY,
-                               GEOMETRY_ONLY_TWINS, class_index)
-from cmcr_lite.metrics import iou_per_class
+from cmcr_lite.analysis.probes import FEATURE_METRICS, feature_twin_probes
+from cmcr_lite.metrics import GROUPS, TWIN_METRICS, summarize_confusion
 
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
-GROUPS = {"geometry-only": GEOMETRY_ONLY, "appearance-only": APPEARANCE_ONLY, "both": BOTH_DIFFER}
-TWIN_METRICS = {"geometry twins told apart": GEOMETRY_ONLY_TWINS, "appearance twins told apart": APPEARANCE_ONLY_TWINS}
-# what the frozen features carry, whatever the 16-class head makes of it: a two-class ridge probe per
-# twin pair on the trunk's point features (train split -> val split)
-FEATURE_METRICS = {"geometry twins in features": GEOMETRY_ONLY_TWINS,
-                   "appearance twins in features": APPEARANCE_ONLY_TWINS}
 METRICS = ("miou",) + tuple(GROUPS) + tuple(TWIN_METRICS) + tuple(FEATURE_METRICS)
 
 
@@ -35,51 +28,6 @@ METRICS = ("miou",) + tuple(GROUPS) + tuple(TWIN_METRICS) + tuple(FEATURE_METRIC
 # student picks up the faint intensity cue the teacher points at; the ablation's 24 runs (21 of them
 # CMCR, 1-2 s a step) get half that, to stay near an hour on 2 cores.
 DEFAULT_EPOCHS = {"baseline": 60, "ablation": 30}
-
-
-def twin_separation(conf: np.ndarray, a: str, b: str) -> float:
-    """How well predictions tell twin ``a`` from twin ``b``: the balanced accuracy of the 2x2 block of
-    the confusion matrix (rows = truth) restricted to the two classes; 0.5 = chance. NaN if either
-    class has no point predicted as one of the two."""
-    i, j = class_index(a), class_index(b)
-    row_i, row_j = conf[i, i] + conf[i, j], conf[j, j] + conf[j, i]
-    if row_i == 0 or row_j == 0:
-        return float("nan")
-    return 0.5 * (conf[i, i] / row_i + conf[j, j] / row_j)
-
-
-def summarize_confusion(conf: np.ndarray) -> dict:
-    """mIoU over classes present in the evaluation (target or prediction), per-class IoU, and the mean
-    IoU of each twin group; NaN classes (absent everywhere) are left out of every mean."""
-    iou = iou_per_class(conf)
-    per_class = {CLASS_NAMES_16[k]: float(iou[k]) for k in range(1, len(iou)) if not np.isnan(iou[k])}
-    out = {"miou": float(np.mean(list(per_class.values()))), "per_class": per_class}
-    for group, names in GROUPS.items():
-        vals = [per_class[n] for n in names if n in per_class]
-        out[group] = float(np.mean(vals)) if vals else float("nan")
-    for metric, pairs in TWIN_METRICS.items():
-        out[metric] = float(np.nanmean([twin_separation(conf, a, b) for a, b in pairs]))
-    out["confusion"] = np.asarray(conf).tolist()
-    return out
-
-
-def feature_twin_probes(model, train, val, config) -> dict:
-    """{metric of FEATURE_METRICS: mean over its pairs of the two-class ridge probe's balanced
-    accuracy} on the trunk's per-point features (``probes.twin_probe``, fitted on ``train``, scored
-    on ``val``); 0.5 = chance."""
-    import torch
-
-    from cmcr_lite.downstream import extract_features
-    from cmcr_lite.probes import twin_probe
-
-    def points(keyframes):
-        scans = extract_features(model, keyframes, config, progress=False)
-        return (torch.cat([s.point_features for s in scans]),
-                np.concatenate([np.asarray(s.point_labels) for s in scans]))
-
-    (xt, yt), (xv, yv) = points(train), points(val)
-    return {metric: float(np.nanmean(list(twin_probe(xt, yt, xv, yv, pairs).values())))
-            for metric, pairs in FEATURE_METRICS.items()}
 
 
 def linear_probe_run(checkpoint, seed: int, dataroot=None, progress: bool = False, **overrides) -> dict:

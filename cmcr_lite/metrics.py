@@ -16,6 +16,9 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
+from cmcr_lite.classes import (APPEARANCE_ONLY, APPEARANCE_ONLY_TWINS, BOTH_DIFFER, CLASS_NAMES_16, GEOMETRY_ONLY,
+                               GEOMETRY_ONLY_TWINS, class_index)
+
 try:  # torch is optional for this module
     import torch
 except ImportError:  # pragma: no cover
@@ -163,3 +166,36 @@ def format_iou_report(rows: List[Dict], digits: int = 1) -> str:
     miou = f"{100 * sum(vals) / len(vals):.{digits}f}" if vals else "n/a"
     lines.append(f"{'mIoU':<{width}}  {miou:>6}  ({len(vals)} of {len(rows)} classes)")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ twin summaries
+# The embedded dataset's twin groups (cmcr_lite.classes): mean IoU per group, and how well the
+# predictions tell each twin from its twin.
+GROUPS = {"geometry-only": GEOMETRY_ONLY, "appearance-only": APPEARANCE_ONLY, "both": BOTH_DIFFER}
+TWIN_METRICS = {"geometry twins told apart": GEOMETRY_ONLY_TWINS, "appearance twins told apart": APPEARANCE_ONLY_TWINS}
+
+
+def twin_separation(conf: np.ndarray, a: str, b: str) -> float:
+    """How well predictions tell twin ``a`` from twin ``b``: the balanced accuracy of the 2x2 block of
+    the confusion matrix (rows = truth) restricted to the two classes; 0.5 = chance. NaN if either
+    class has no point predicted as one of the two."""
+    i, j = class_index(a), class_index(b)
+    row_i, row_j = conf[i, i] + conf[i, j], conf[j, j] + conf[j, i]
+    if row_i == 0 or row_j == 0:
+        return float("nan")
+    return 0.5 * (conf[i, i] / row_i + conf[j, j] / row_j)
+
+
+def summarize_confusion(conf: np.ndarray) -> dict:
+    """mIoU over classes present in the evaluation (target or prediction), per-class IoU, and the mean
+    IoU of each twin group; NaN classes (absent everywhere) are left out of every mean."""
+    iou = iou_per_class(conf)
+    per_class = {CLASS_NAMES_16[k]: float(iou[k]) for k in range(1, len(iou)) if not np.isnan(iou[k])}
+    out = {"miou": float(np.mean(list(per_class.values()))), "per_class": per_class}
+    for group, names in GROUPS.items():
+        vals = [per_class[n] for n in names if n in per_class]
+        out[group] = float(np.mean(vals)) if vals else float("nan")
+    for metric, pairs in TWIN_METRICS.items():
+        out[metric] = float(np.nanmean([twin_separation(conf, a, b) for a, b in pairs]))
+    out["confusion"] = np.asarray(conf).tolist()
+    return out

@@ -44,14 +44,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cmcr_lite.data.augment import crop_pixels, resize_crop_image, sample_crop_box
-from cmcr_lite.losses.infonce import infonce_from_logits
+from cmcr_lite.data.augment import photometric_jitter, render_view, sample_correspondences, sample_view_pair
+from cmcr_lite.losses.infonce import dense_infonce
+from cmcr_lite.models.image_encoder import SmallImageTeacher, freeze, upsampled_at
 from cmcr_lite.runtime import save_checkpoint_atomic, torch_threads
-from cmcr_lite.models.image_encoder import SmallImageTeacher, freeze
 
 __all__ = [
-    "TeacherConfig", "View", "sample_view_pair", "render_view", "sample_correspondences",
-    "photometric_jitter", "dense_infonce", "upsampled_at", "teacher_images", "init_teacher",
+    "TeacherConfig", "teacher_images", "init_teacher",
     "train_teacher", "teacher_path", "load_or_train_teacher", "pixel_features", "keyframe_pixel_features",
     "nearest_class_mean_accuracy",
 ]
@@ -114,145 +113,6 @@ class TeacherConfig:
         d = self.to_dict()
         d.pop("num_threads")
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
-
-
-# ----------------------------------------------------------------------------------- two views
-@dataclass(frozen=True)
-class View:
-    """One augmented view of a source image: ``box`` = (top, left, height, width) source pixels,
-    resized to ``out_size`` = (height, width), then mirrored left-right if ``flip``."""
-    box: Tuple[int, int, int, int]
-    out_size: Tuple[int, int]
-    flip: bool
-
-
-def _overlap(a, b) -> Tuple[int, int, int, int]:
-    """Intersection (top, left, height, width) of two boxes; height/width 0 when disjoint."""
-    top, left = max(a[0], b[0]), max(a[1], b[1])
-    bottom, right = min(a[0] + a[2], b[0] + b[2]), min(a[1] + a[3], b[1] + b[3])
-    return top, left, max(0, bottom - top), max(0, right - left)
-
-
-def sample_view_pair(rng: np.random.Generator, height: int, width: int, cfg: TeacherConfig,
-                     max_tries: int = 20) -> Tuple[View, View]:
-    """Two crops of a ``height`` x ``width`` image whose intersection covers at least
-    ``cfg.min_overlap`` of the smaller crop (after ``max_tries`` draws the second crop is the first)."""
-    box1 = sample_crop_box(rng, height, width, cfg.crop_scale, cfg.crop_ratio)
-    box2 = box1
-    for _ in range(max_tries):
-        cand = sample_crop_box(rng, height, width, cfg.crop_scale, cfg.crop_ratio)
-        _, _, oh, ow = _overlap(box1, cand)
-        if oh * ow >= cfg.min_overlap * min(box1[2] * box1[3], cand[2] * cand[3]) and oh * ow > 0:
-            box2 = cand
-            break
-    flips = rng.random(2) < cfg.flip_prob
-    return (View(tuple(box1), tuple(cfg.crop_size), bool(flips[0])),
-            View(tuple(box2), tuple(cfg.crop_size), bool(flips[1])))
-
-
-def render_view(image: np.ndarray, view: View, nearest: bool = False) -> np.ndarray:
-    """Crop ``image`` (H, W[, 3]) to ``view.box``, resize to ``view.out_size`` (bilinear for uint8
-    colours, nearest for label or coordinate maps) and mirror it if ``view.flip``."""
-    out = resize_crop_image(image, view.box, view.out_size, nearest=nearest)
-    return np.ascontiguousarray(out[:, ::-1]) if view.flip else out
-
-
-def sample_correspondences(rng: np.random.Generator, view1: View, view2: View, n: int):
-    """Pixels of two views that show the same source pixel.
-
-    Draws up to ``n`` distinct source pixels inside both crops and maps each through both views with
-    :func:`cmcr_lite.data.augment.crop_pixels` (the output pixel containing the source pixel's
-    centre), then through the flips (column c -> out_w - 1 - c).
-
-    Returns:
-        pix1: (n', 2) int64 (row, col) in view 1; pix2: (n', 2) int64 in view 2;
-        src: (n', 2) int64 (row, col) source pixels; n' = min(n, overlap area), 0 if disjoint.
-    """
-    top, left, h, w = _overlap(view1.box, view2.box)
-    if h * w == 0:
-        empty = np.zeros((0, 2), np.int64)
-        return empty, empty.copy(), empty.copy()
-    flat = rng.choice(h * w, size=min(n, h * w), replace=False)
-    src = np.stack([top + flat // w, left + flat % w], 1).astype(np.int64)
-    out = []
-    for v in (view1, view2):
-        r, c, keep = crop_pixels(src[:, 0], src[:, 1], v.box, v.out_size)
-        assert keep.all(), "source pixel outside its crop"
-        if v.flip:
-            c = v.out_size[1] - 1 - c
-        out.append(np.stack([r, c], 1))
-    return out[0], out[1], src
-
-
-def photometric_jitter(views: torch.Tensor, generator: torch.Generator, brightness: float,
-                       contrast: float) -> torch.Tensor:
-    """Mild per-view brightness and contrast jitter of ``views`` (B, 3, H, W) float in [0, 1].
-
-    Deliberately NO hue, saturation or colour jitter and no blur: the appearance-only twins
-    (asphalt vs paving, red bus vs yellow construction vehicle) differ only in colour and texture,
-    and that is exactly what the teacher must keep. Invariance to colour would erase it.
-    """
-    B = views.shape[0]
-    b = 1 + (torch.rand(B, 1, 1, 1, generator=generator) * 2 - 1) * brightness
-    c = 1 + (torch.rand(B, 1, 1, 1, generator=generator) * 2 - 1) * contrast
-    grey = views.mean(dim=(1, 2, 3), keepdim=True)
-    return ((views * b - grey * b) * c + grey * b).clamp(0, 1)
-
-
-# ----------------------------------------------------------------------------------- loss
-def dense_infonce(f1: torch.Tensor, f2: torch.Tensor, tau: float,
-                  exclude: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric pixel InfoNCE: row ``i`` of ``f1`` and row ``i`` of ``f2`` (N, C) are a positive
-    pair, the other rows of the other set are its negatives, except where ``exclude`` says not.
-
-    Args:
-        f1, f2: (N, C) float features (L2-normalised here).
-        tau: temperature.
-        exclude: optional (N, N) bool, True where column j is neither positive nor negative for
-            row i (here: pixels of the same image too close to the anchor); the diagonal is kept.
-
-    Returns:
-        (loss scalar = mean of the f1->f2 and f2->f1 cross-entropies of ``f1 f2^T / tau``,
-        top-1 accuracy: fraction of rows of f1 whose best column is its own pair, no grad).
-    """
-    f1, f2 = F.normalize(f1, dim=1), F.normalize(f2, dim=1)
-    logits = f1 @ f2.t() / tau
-    target = torch.arange(len(f1), device=f1.device)
-    if exclude is not None:
-        exclude = exclude.clone()
-        exclude[target, target] = False
-        logits = logits.masked_fill(exclude, float("-inf"))
-    loss = infonce_from_logits(logits, symmetric=True)
-    with torch.no_grad():
-        acc = (logits.argmax(1) == target).float().mean()
-    return loss, acc
-
-
-def upsampled_at(maps: torch.Tensor, batch: torch.Tensor, pixels: torch.Tensor, size) -> torch.Tensor:
-    """Values of ``F.interpolate(maps, size, mode='bilinear', align_corners=False)`` at given pixels,
-    without computing the full map.
-
-    Args:
-        maps: (B, C, h, w) float; batch: (N,) int64 image index; pixels: (N, 2) int64 (row, col) in
-        the upsampled (H, W) = ``size`` grid.
-
-    Returns:
-        (N, C) float, differentiable with respect to ``maps``.
-    """
-    h, w = maps.shape[-2:]
-    H, W = size
-    out = 0
-    coords = []
-    for p, n_in, n_out in ((pixels[:, 0], h, H), (pixels[:, 1], w, W)):
-        s = ((p.to(maps.dtype) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)   # PyTorch's source index
-        i0 = s.floor().long().clamp(max=n_in - 1)
-        i1 = (i0 + 1).clamp(max=n_in - 1)
-        coords.append((i0, i1, (s - i0.to(maps.dtype)).unsqueeze(1)))
-    (y0, y1, wy), (x0, x1, wx) = coords
-    for yy, fy in ((y0, 1 - wy), (y1, wy)):
-        for xx, fx in ((x0, 1 - wx), (x1, wx)):
-            out = out + maps[batch, :, yy, xx] * (fy * fx)
-    return out
 
 
 # ----------------------------------------------------------------------------------- training

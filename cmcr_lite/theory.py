@@ -583,3 +583,19 @@ def feature_target_information(model: TwoViewGaussian, target: GaussianTarget,
     sxx, sxt, stt = c[:dx, :dx], c[:dx, it], covariance_block(c, it)
     czt = torch.cat([torch.cat([w @ sxx @ w.T, w @ sxt], 1), torch.cat([sxt.T @ w.T, stt], 1)], 0)
     return gaussian_mutual_information(czt, w.shape[0])
+
+
+# ------------------------------------------------------------------------------------------ notebook sizes
+RUN_SIZES = {"lite": {"n_steps": 300, "n_batches": 20, "n_probe": 4000},    # seconds on a 2-core CPU
+             "full": {"n_steps": 2000, "n_batches": 100, "n_probe": 20000}}
+
+
+def run_sizes(preset: str, **given) -> dict:
+    """Notebook 01's sizes: the preset's ``RUN_SIZES`` with every value in ``given`` that is not None
+    on top (so a ``papermill -p n_steps ...`` always wins over the preset)."""
+    if preset not in RUN_SIZES:
+        raise ValueError(f"run_sizes: preset must be one of {sorted(RUN_SIZES)}, got {preset!r}")
+    unknown = set(given) - set(RUN_SIZES[preset])
+    if unknown:
+        raise ValueError(f"run_sizes: unknown sizes {sorted(unknown)}; expected {sorted(RUN_SIZES[preset])}")
+    return {**RUN_SIZES[preset], **{k: v for k, v in given.items() if v is not None}}

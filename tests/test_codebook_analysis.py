@@ -6,7 +6,7 @@ import pytest
 import torch
 from sklearn.metrics import mutual_info_score
 
-from cmcr_lite.codebook_analysis import (CodebookRecorder, co_occurrence, code_sharing, feature_spread, laplace_floor,
+from cmcr_lite.analysis.codebook import (CodebookRecorder, co_occurrence, code_sharing, feature_spread, laplace_floor,
                                          mutual_information, perplexity_from_counts, quantisation_memory,
                                          toy_paired_features)
 from cmcr_lite.losses.codebook import UnifiedCodebook, perplexity
@@ -123,7 +123,7 @@ def test_paired_codes_on_a_tiny_cmcr_model(synthetic_root):
     from dataclasses import replace
 
     from cmcr_lite.cmcr import ABLATION_STEPS, CMCRModel
-    from cmcr_lite.codebook_analysis import paired_codes
+    from cmcr_lite.analysis.codebook import paired_codes
     from cmcr_lite.data.nuscenes_loader import NuScenesKeyframes
     from cmcr_lite.data.pipeline import PairedScanDataset, PipelineConfig, batch_to_sparse_tensor, collate_pairs
     from cmcr_lite.models.image_encoder import SmallImageTeacher

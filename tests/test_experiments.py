@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from cmcr_lite.classes import class_index
-from cmcr_lite.experiments import aggregate, markdown_table, summarize_confusion, twin_separation
+from cmcr_lite.experiments import aggregate, markdown_table
+from cmcr_lite.metrics import summarize_confusion, twin_separation
 
 
 def _conf():

@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 
 from cmcr_lite.data.occupancy_queries import KIND_IN, KIND_OUT, KIND_OUT_FAR, sample_query_points  # noqa: E402
 from cmcr_lite.losses.occupancy import OccupancyDecoder, neighbourhood_pairs  # noqa: E402
-from cmcr_lite.occupancy_analysis import (accuracy_per_kind, bev_crop, fit_decoder, frozen_query_scans,  # noqa: E402
+from cmcr_lite.analysis.occupancy import (accuracy_per_kind, bev_crop, fit_decoder, frozen_query_scans,  # noqa: E402
                                           occupancy_bev_figure, occupancy_slice_3d_figure, point_latents,
                                           predict_queries, queries_bev_figure)
 

@@ -9,7 +9,7 @@ from sklearn.metrics import balanced_accuracy_score
 
 from cmcr_lite.classes import class_index
 from cmcr_lite.losses.orthogonality import orthogonality_loss
-from cmcr_lite.probes import balanced_accuracy, cross_correlation, point_features, ridge_probe, twin_probe
+from cmcr_lite.analysis.probes import balanced_accuracy, cross_correlation, point_features, ridge_probe, twin_probe
 
 
 def blobs(n=300, c=5, k=3, seed=0):

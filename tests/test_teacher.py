@@ -13,10 +13,11 @@ import torch.nn.functional as F
 
 from cmcr_lite.classes import class_index
 from cmcr_lite.data.nuscenes_loader import NuScenesKeyframes
-from cmcr_lite.teacher import (
-    TeacherConfig, View, dense_infonce, init_teacher, keyframe_pixel_features, load_or_train_teacher, main,
-    nearest_class_mean_accuracy, photometric_jitter, pixel_features, render_view, sample_correspondences,
-    sample_view_pair, teacher_path, train_teacher, upsampled_at)
+from cmcr_lite.data.augment import View, photometric_jitter, render_view, sample_correspondences, sample_view_pair
+from cmcr_lite.losses.infonce import dense_infonce
+from cmcr_lite.models.image_encoder import upsampled_at
+from cmcr_lite.teacher import (TeacherConfig, init_teacher, keyframe_pixel_features, load_or_train_teacher, main,
+                               nearest_class_mean_accuracy, pixel_features, teacher_path, train_teacher)
 from cmcr_lite.paths import EMBEDDED_VERSION as VERSION
 
 H, W = 360, 640  # embedded camera images

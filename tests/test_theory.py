@@ -254,3 +254,13 @@ def test_target_weight_shape_errors():
     m = T.make_two_view_gaussian(ds=2, du=2)
     with pytest.raises(ValueError, match="ds=2"):
         T.information_decomposition(m, T.GaussianTarget([[1.0, 0.0, 0.0]], [[1.0, 0.0]]))
+
+
+def test_run_sizes_keep_explicit_values_over_the_preset():
+    assert T.run_sizes("full") == T.RUN_SIZES["full"]
+    assert T.run_sizes("full", n_steps=500, n_probe=None) == {**T.RUN_SIZES["full"], "n_steps": 500}
+    assert T.run_sizes("lite", n_batches=3)["n_batches"] == 3
+    with pytest.raises(ValueError, match="preset"):
+        T.run_sizes("medium")
+    with pytest.raises(ValueError, match="unknown"):
+        T.run_sizes("lite", steps=3)

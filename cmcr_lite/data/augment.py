@@ -8,8 +8,11 @@ remap the pairs' (row, column) and drop pairs that leave the crop. Each function
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Tuple
 
 import numpy as np
+import torch
 from PIL import Image
 
 
@@ -145,3 +148,89 @@ def random_horizontal_flip(images: np.ndarray, pair_pixels: np.ndarray, rng: np.
         sel = pair_pixels[:, 0] == c
         pair_pixels[sel, 2] = W - 1 - pair_pixels[sel, 2]
     return images, pair_pixels, superpixels, flipped
+
+
+# ------------------------------------------------------------------------------------------ two views of one image
+# (the self-supervised image teacher's augmentation: two overlapping crops and their pixel correspondences)
+@dataclass(frozen=True)
+class View:
+    """One augmented view of a source image: ``box`` = (top, left, height, width) source pixels,
+    resized to ``out_size`` = (height, width), then mirrored left-right if ``flip``."""
+    box: Tuple[int, int, int, int]
+    out_size: Tuple[int, int]
+    flip: bool
+
+
+def _overlap(a, b) -> Tuple[int, int, int, int]:
+    """Intersection (top, left, height, width) of two boxes; height/width 0 when disjoint."""
+    top, left = max(a[0], b[0]), max(a[1], b[1])
+    bottom, right = min(a[0] + a[2], b[0] + b[2]), min(a[1] + a[3], b[1] + b[3])
+    return top, left, max(0, bottom - top), max(0, right - left)
+
+
+def sample_view_pair(rng: np.random.Generator, height: int, width: int, cfg,
+                     max_tries: int = 20) -> Tuple[View, View]:
+    """Two crops of a ``height`` x ``width`` image whose intersection covers at least
+    ``cfg.min_overlap`` of the smaller crop (after ``max_tries`` draws the second crop is the first).
+    ``cfg``: anything with ``crop_size``, ``crop_scale``, ``crop_ratio``, ``min_overlap`` and
+    ``flip_prob`` (the teacher's ``TeacherConfig``)."""
+    box1 = sample_crop_box(rng, height, width, cfg.crop_scale, cfg.crop_ratio)
+    box2 = box1
+    for _ in range(max_tries):
+        cand = sample_crop_box(rng, height, width, cfg.crop_scale, cfg.crop_ratio)
+        _, _, oh, ow = _overlap(box1, cand)
+        if oh * ow >= cfg.min_overlap * min(box1[2] * box1[3], cand[2] * cand[3]) and oh * ow > 0:
+            box2 = cand
+            break
+    flips = rng.random(2) < cfg.flip_prob
+    return (View(tuple(box1), tuple(cfg.crop_size), bool(flips[0])),
+            View(tuple(box2), tuple(cfg.crop_size), bool(flips[1])))
+
+
+def render_view(image: np.ndarray, view: View, nearest: bool = False) -> np.ndarray:
+    """Crop ``image`` (H, W[, 3]) to ``view.box``, resize to ``view.out_size`` (bilinear for uint8
+    colours, nearest for label or coordinate maps) and mirror it if ``view.flip``."""
+    out = resize_crop_image(image, view.box, view.out_size, nearest=nearest)
+    return np.ascontiguousarray(out[:, ::-1]) if view.flip else out
+
+
+def sample_correspondences(rng: np.random.Generator, view1: View, view2: View, n: int):
+    """Pixels of two views that show the same source pixel.
+
+    Draws up to ``n`` distinct source pixels inside both crops and maps each through both views with
+    :func:`crop_pixels` (the output pixel containing the source pixel's
+    centre), then through the flips (column c -> out_w - 1 - c).
+
+    Returns:
+        pix1: (n', 2) int64 (row, col) in view 1; pix2: (n', 2) int64 in view 2;
+        src: (n', 2) int64 (row, col) source pixels; n' = min(n, overlap area), 0 if disjoint.
+    """
+    top, left, h, w = _overlap(view1.box, view2.box)
+    if h * w == 0:
+        empty = np.zeros((0, 2), np.int64)
+        return empty, empty.copy(), empty.copy()
+    flat = rng.choice(h * w, size=min(n, h * w), replace=False)
+    src = np.stack([top + flat // w, left + flat % w], 1).astype(np.int64)
+    out = []
+    for v in (view1, view2):
+        r, c, keep = crop_pixels(src[:, 0], src[:, 1], v.box, v.out_size)
+        assert keep.all(), "source pixel outside its crop"
+        if v.flip:
+            c = v.out_size[1] - 1 - c
+        out.append(np.stack([r, c], 1))
+    return out[0], out[1], src
+
+
+def photometric_jitter(views: torch.Tensor, generator: torch.Generator, brightness: float,
+                       contrast: float) -> torch.Tensor:
+    """Mild per-view brightness and contrast jitter of ``views`` (B, 3, H, W) float in [0, 1].
+
+    Deliberately NO hue, saturation or colour jitter and no blur: the appearance-only twins
+    (asphalt vs paving, red bus vs yellow construction vehicle) differ only in colour and texture,
+    and that is exactly what the teacher must keep. Invariance to colour would erase it.
+    """
+    B = views.shape[0]
+    b = 1 + (torch.rand(B, 1, 1, 1, generator=generator) * 2 - 1) * brightness
+    c = 1 + (torch.rand(B, 1, 1, 1, generator=generator) * 2 - 1) * contrast
+    grey = views.mean(dim=(1, 2, 3), keepdim=True)
+    return ((views * b - grey * b) * c + grey * b).clamp(0, 1)

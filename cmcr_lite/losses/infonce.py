@@ -227,3 +227,31 @@ def superpixel_infonce(point_feats: torch.Tensor, pixel_feats: torch.Tensor,
     if not bool(both.any()):
         return point_feats.sum() * 0.0 + pixel_feats.sum() * 0.0
     return info_nce(k[both], q[both], tau=tau, symmetric=symmetric)
+
+
+def dense_infonce(f1: torch.Tensor, f2: torch.Tensor, tau: float,
+                  exclude: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric pixel InfoNCE: row ``i`` of ``f1`` and row ``i`` of ``f2`` (N, C) are a positive
+    pair, the other rows of the other set are its negatives, except where ``exclude`` says not.
+
+    Args:
+        f1, f2: (N, C) float features (L2-normalised here).
+        tau: temperature.
+        exclude: optional (N, N) bool, True where column j is neither positive nor negative for
+            row i (here: pixels of the same image too close to the anchor); the diagonal is kept.
+
+    Returns:
+        (loss scalar = mean of the f1->f2 and f2->f1 cross-entropies of ``f1 f2^T / tau``,
+        top-1 accuracy: fraction of rows of f1 whose best column is its own pair, no grad).
+    """
+    f1, f2 = F.normalize(f1, dim=1), F.normalize(f2, dim=1)
+    logits = f1 @ f2.t() / tau
+    target = torch.arange(len(f1), device=f1.device)
+    if exclude is not None:
+        exclude = exclude.clone()
+        exclude[target, target] = False
+        logits = logits.masked_fill(exclude, float("-inf"))
+    loss = infonce_from_logits(logits, symmetric=True)
+    with torch.no_grad():
+        acc = (logits.argmax(1) == target).float().mean()
+    return loss, acc

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "freeze", "is_frozen",
     "Bottleneck", "ResNet50", "DenseHead", "DenseImageEncoder", "ResNet50Encoder", "SmallImageTeacher",
-    "CheckpointMismatchError", "load_resnet50_weights",
+    "CheckpointMismatchError", "load_resnet50_weights", "upsampled_at",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -351,3 +351,30 @@ def load_resnet50_weights(model: nn.Module, path: str, max_listed: int = 10) -> 
         for k, v in sd.items():
             own[k].copy_(v)  # state_dict() tensors share storage with the parameters/buffers
     return {"format": fmt, "loaded": len(sd), "missing_ok": sorted(k for k in own if k not in sd)}
+
+
+def upsampled_at(maps: torch.Tensor, batch: torch.Tensor, pixels: torch.Tensor, size) -> torch.Tensor:
+    """Values of ``F.interpolate(maps, size, mode='bilinear', align_corners=False)`` at given pixels,
+    without computing the full map.
+
+    Args:
+        maps: (B, C, h, w) float; batch: (N,) int64 image index; pixels: (N, 2) int64 (row, col) in
+        the upsampled (H, W) = ``size`` grid.
+
+    Returns:
+        (N, C) float, differentiable with respect to ``maps``.
+    """
+    h, w = maps.shape[-2:]
+    H, W = size
+    out = 0
+    coords = []
+    for p, n_in, n_out in ((pixels[:, 0], h, H), (pixels[:, 1], w, W)):
+        s = ((p.to(maps.dtype) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)   # PyTorch's source index
+        i0 = s.floor().long().clamp(max=n_in - 1)
+        i1 = (i0 + 1).clamp(max=n_in - 1)
+        coords.append((i0, i1, (s - i0.to(maps.dtype)).unsqueeze(1)))
+    (y0, y1, wy), (x0, x1, wx) = coords
+    for yy, fy in ((y0, 1 - wy), (y1, wy)):
+        for xx, fx in ((x0, 1 - wx), (x1, wx)):
+            out = out + maps[batch, :, yy, xx] * (fy * fx)
+    return out

@@ -29,16 +29,18 @@ matplotlib.rcParams["figure.dpi"] = 90
 # %% tags=["parameters"]
 seed = 0
 preset = "lite"                  # "lite": seconds on a 2-core CPU; "full": more steps and batches
-n_steps = 300                    # Adam steps per training run (§a, §b)
+n_steps = None                   # Adam steps per training run (§a, §b); None: the preset's (lite 300, full 2000)
 batch_size = 256                 # N used for training
 batch_sizes = [2, 4, 8, 16, 32, 64, 128, 256, 512]   # N swept in §a
-n_batches = 20                   # batches averaged per InfoNCE estimate
-n_probe = 4000                   # samples to fit / to test the linear probes (§b)
+n_batches = None                 # batches averaged per InfoNCE estimate; None: the preset's (20, 100)
+n_probe = None                   # samples to fit / to test the linear probes (§b); None: the preset's (4000, 20000)
 output_dir = "../outputs/01_theory"
 
 # %%
-if preset == "full":
-    n_steps, n_batches, n_probe = 2000, 100, 20000
+# the preset's sizes, under any value passed explicitly (papermill -p n_steps 500 keeps 500)
+sizes = T.run_sizes(preset, n_steps=n_steps, n_batches=n_batches, n_probe=n_probe)
+n_steps, n_batches, n_probe = sizes["n_steps"], sizes["n_batches"], sizes["n_probe"]
+print(f"{preset} preset: {n_steps} steps, {n_batches} batches per estimate, {n_probe} probe samples")
 torch.manual_seed(seed)
 out = pathlib.Path(output_dir)
 out.mkdir(parents=True, exist_ok=True)

@@ -32,9 +32,7 @@ output_dir = "../outputs/03_decoupled_features"
 # %%
 import copy
 import time
-import warnings
 from dataclasses import replace
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -43,34 +41,26 @@ from scipy.linalg import hadamard
 
 from cmcr_lite.classes import APPEARANCE_ONLY_TWINS, GEOMETRY_ONLY_TWINS
 from cmcr_lite.cmcr import ABLATION_STEPS, CMCRModel, CMCROptions
-from cmcr_lite.data.nuscenes_loader import NuScenesKeyframes
 from cmcr_lite.data.pipeline import PairedScanDataset, batch_to_sparse_tensor, collate_pairs
 from cmcr_lite.losses.orthogonality import orthogonality_loss
-from cmcr_lite.paths import ensure_embedded_dataset
-from cmcr_lite.pretrain import PretrainConfig, build_image_encoder, pretrain
+from cmcr_lite.notebook import start_notebook
+from cmcr_lite.pretrain import build_image_encoder, pretrain
 
-warnings.filterwarnings("ignore", message=".*CPU_ONLY.*")
 t_start = time.perf_counter()
-out = Path(output_dir)
-out.mkdir(parents=True, exist_ok=True)
-torch.manual_seed(seed)
-if dataroot is None:
-    dataroot = ensure_embedded_dataset()
-assert preset in ("lite", "full"), preset
+run = start_notebook(preset, dataroot, version, output_dir, seed, image_weights)
+out = run.out
 
 
 def config(name, options):
     """The preset's PretrainConfig for CMCR with ``options``. Decoupling alone reads no MIM masks, no
     occupancy queries and no superpixels; the config derives that from the options and leaves them out."""
-    return PretrainConfig.from_preset(preset, method="cmcr", cmcr=options, output_dir=str(out / name),
-                                      seed=seed, image_weights=image_weights, epochs=pretrain_epochs,
-                                      **({} if preset == "lite" else {"dataroot": str(dataroot), "version": version}))
+    return run.pretrain_config(name, method="cmcr", cmcr=options, epochs=pretrain_epochs)
 
 
 options = {"with L_orth": replace(ABLATION_STEPS["+ decoupling"], orth_weight=orth_weight),
            "without L_orth": replace(ABLATION_STEPS["+ decoupling"], orth_weight=0.0)}
-train_kf = NuScenesKeyframes(dataroot, version, split="train")
-val_kf = NuScenesKeyframes(dataroot, version, split="val")
+train_kf = run.keyframes("train")
+val_kf = run.keyframes("val", nusc=train_kf.nusc)
 teacher = build_image_encoder(config("teacher", options["with L_orth"]))
 print(train_kf, val_kf, sep="\n")
 
@@ -192,7 +182,7 @@ assert h_on[-1]["orth"] < h_off[-1]["orth"]        # and more than training with
 # (voxel features given to each point) and in 2D (pixels of the trunk's resolution).
 
 # %%
-from cmcr_lite.probes import cross_correlation, point_features
+from cmcr_lite.analysis.probes import cross_correlation, point_features
 
 models = {"random init": init_model, **{name: r["model"] for name, r in runs.items()}}
 val_feats = {name: point_features(m, val_kf, cfg.pipeline.crop_size) for name, m in models.items()}
@@ -233,7 +223,7 @@ assert norm3d["with L_orth"] < norm3d["without L_orth"]
 # We probe $F^{3D}$, $G^{3D}$ and the trunk $z^{3D}$ both heads read.
 
 # %%
-from cmcr_lite.probes import twin_probe
+from cmcr_lite.analysis.probes import twin_probe
 
 train_feats = {name: point_features(m, train_kf, cfg.pipeline.crop_size) for name, m in models.items()}
 pairs = {"geometry-only": GEOMETRY_ONLY_TWINS, "appearance-only": APPEARANCE_ONLY_TWINS}

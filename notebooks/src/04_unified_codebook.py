@@ -17,7 +17,7 @@
 #   codes nobody picks.
 #
 # Paper: Zhang & Hou, IJCV 2026, §3.3 and §4.3; facts about the official code: `../shared/paper.md` §4.3.
-# Module: `cmcr_lite/losses/codebook.py` (the codebook), `cmcr_lite/codebook_analysis.py` (the diagnostics).
+# Module: `cmcr_lite/losses/codebook.py` (the codebook), `cmcr_lite/analysis/codebook.py` (the diagnostics).
 
 # %% tags=["parameters"]
 preset = "lite"               # "lite": embedded data, CPU; "full": the paper's setting on real nuScenes
@@ -33,9 +33,7 @@ output_dir = "../outputs/04_unified_codebook"
 import copy
 import inspect
 import math
-import warnings
 from dataclasses import replace
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 from matplotlib.colors import LogNorm
@@ -45,23 +43,17 @@ import torch.nn.functional as F
 
 from cmcr_lite.classes import CLASS_NAMES_16
 from cmcr_lite.cmcr import ABLATION_STEPS, CMCRModel
-from cmcr_lite.codebook_analysis import (CodebookRecorder, co_occurrence, code_sharing, feature_spread, laplace_floor,
+from cmcr_lite.analysis.codebook import (CodebookRecorder, co_occurrence, code_sharing, feature_spread, laplace_floor,
                                          paired_codes, perplexity_from_counts, quantisation_memory,
                                          toy_paired_features)
-from cmcr_lite.data.nuscenes_loader import NuScenesKeyframes
 from cmcr_lite.data.pipeline import PairedScanDataset, collate_pairs
 from cmcr_lite.losses.codebook import UnifiedCodebook, cmcm_loss
-from cmcr_lite.paths import ensure_embedded_dataset
+from cmcr_lite.notebook import start_notebook
 from cmcr_lite.runtime import resolve_device
-from cmcr_lite.pretrain import PretrainConfig, build_image_encoder, pretrain
+from cmcr_lite.pretrain import build_image_encoder, pretrain
 
-warnings.filterwarnings("ignore", message=".*CPU_ONLY.*")
-assert preset in ("lite", "full"), preset
-out = Path(output_dir)
-out.mkdir(parents=True, exist_ok=True)
-torch.manual_seed(seed)
-if dataroot is None:
-    dataroot = ensure_embedded_dataset()
+run = start_notebook(preset, dataroot, version, output_dir, seed, image_weights)
+out = run.out
 
 
 def source_lines(fn, *needles):
@@ -370,14 +362,12 @@ assert p_max < 0.05
 # %%
 def pretrain_config():
     # MIM and occupancy are off in this step: the config reads no masks, query points or superpixels
-    return PretrainConfig.from_preset(preset, method="cmcr", cmcr=ABLATION_STEPS["+ codebook"],
-                                      output_dir=str(out / "cmcr_codebook"),
-                                      seed=seed, image_weights=image_weights, epochs=pretrain_epochs,
-                                      **({} if preset == "lite" else {"dataroot": str(dataroot), "version": version}))
+    return run.pretrain_config("cmcr_codebook", method="cmcr", cmcr=ABLATION_STEPS["+ codebook"],
+                               epochs=pretrain_epochs)
 
 
 cfg = pretrain_config()
-train_kf = NuScenesKeyframes(dataroot, version, split="train")
+train_kf = run.keyframes("train")
 teacher = build_image_encoder(cfg)
 
 # before training: a fresh model (train mode, so BatchNorm uses batch statistics, as in the first step)
@@ -476,7 +466,7 @@ print("pixel perplexity " + (f"COLLAPSED: {first:.1f} -> {last:.1f} codes" if la
 # %%
 model = run["model"]
 device = next(model.parameters()).device
-val_kf = NuScenesKeyframes(dataroot, version, split="val")
+val_kf = run.keyframes("val", nusc=train_kf.nusc)
 val_ds = PairedScanDataset(val_kf, replace(cfg.pipeline, augment=False), seed=seed)
 val_batch = collate_pairs([val_ds[i] for i in range(min(3, len(val_ds)))])
 codes_before = model.codebook.embedding.clone()

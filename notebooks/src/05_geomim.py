@@ -35,29 +35,20 @@ output_dir = "../outputs/05_geomim"
 # %%
 import copy
 import time
-import warnings
 from dataclasses import replace
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
 from cmcr_lite.cmcr import ABLATION_STEPS, CMCRModel
-from cmcr_lite.data.nuscenes_loader import NuScenesKeyframes
 from cmcr_lite.data.pipeline import PairedScanDataset, batch_to_sparse_tensor, collate_pairs
-from cmcr_lite.paths import ensure_embedded_dataset
-from cmcr_lite.pretrain import PretrainConfig, build_image_encoder, pretrain
-from cmcr_lite.runtime import seed_everything
+from cmcr_lite.notebook import start_notebook
+from cmcr_lite.pretrain import build_image_encoder, pretrain
 
-warnings.filterwarnings("ignore", message=".*CPU_ONLY.*")
 t_start = time.time()
-assert preset in ("lite", "full"), preset
-out = Path(output_dir)
-out.mkdir(parents=True, exist_ok=True)
-seed_everything(seed)
-if dataroot is None:
-    dataroot = ensure_embedded_dataset()
+run = start_notebook(preset, dataroot, version, output_dir, seed, image_weights)
+out = run.out
 
 VARIANTS = {"plain MIM": "+ MIM", "geometry-enhanced": "+ GeoMIM"}   # name -> ABLATION_STEPS key
 
@@ -68,13 +59,11 @@ def config(variant):
     Neither ablation step reads superpixels or occupancy queries, so the config leaves them out."""
     opts = replace(ABLATION_STEPS[VARIANTS[variant]], mim_masked_only=mim_masked_only)
     slug = variant.replace(" ", "_").replace("-", "_")
-    return PretrainConfig.from_preset(preset, method="cmcr", cmcr=opts, output_dir=str(out / slug),
-                                      seed=seed, image_weights=image_weights, epochs=pretrain_epochs,
-                                      **({} if preset == "lite" else {"dataroot": str(dataroot), "version": version}))
+    return run.pretrain_config(slug, method="cmcr", cmcr=opts, epochs=pretrain_epochs)
 
 
-train_kf = NuScenesKeyframes(dataroot, version, split="train")
-val_kf = NuScenesKeyframes(dataroot, version, split="val")
+train_kf = run.keyframes("train")
+val_kf = run.keyframes("val", nusc=train_kf.nusc)
 print(train_kf, val_kf, sep="\n")
 
 # %% [markdown]

@@ -21,7 +21,7 @@
 #
 # Paper: Zhang & Hou, IJCV 2026, §3 (figure); facts in `../shared/paper.md` §2 ("Occupancy query
 # points"), §3.3 and §4.5. Code: `cmcr_lite/data/occupancy_queries.py`, `cmcr_lite/losses/occupancy.py`,
-# `cmcr_lite/cmcr.py`, `cmcr_lite/occupancy_analysis.py`.
+# `cmcr_lite/cmcr.py`, `cmcr_lite/analysis/occupancy.py`.
 
 # %% tags=["parameters"]
 preset = "lite"               # "lite": embedded data, CPU; "full": the paper's setting on real nuScenes
@@ -35,43 +35,32 @@ output_dir = "../outputs/06_occupancy"
 
 # %%
 import time
-import warnings
 from dataclasses import replace
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
 from cmcr_lite.cmcr import ABLATION_STEPS
-from cmcr_lite.data.nuscenes_loader import NuScenesKeyframes
 from cmcr_lite.data.pipeline import PairedScanDataset, collate_pairs
-from cmcr_lite.paths import ensure_embedded_dataset
-from cmcr_lite.pretrain import PretrainConfig, build_image_encoder, pretrain
-from cmcr_lite.runtime import seed_everything
+from cmcr_lite.notebook import start_notebook
+from cmcr_lite.pretrain import build_image_encoder, pretrain
 
-warnings.filterwarnings("ignore", message=".*CPU_ONLY.*")
 t_start = time.time()
-assert preset in ("lite", "full"), preset
-out = Path(output_dir)
-out.mkdir(parents=True, exist_ok=True)
-seed_everything(seed)
-if dataroot is None:
-    dataroot = ensure_embedded_dataset()
+run = start_notebook(preset, dataroot, version, output_dir, seed, image_weights)
+out = run.out
 
 
 def config():
     """The preset's CMCR PretrainConfig with the "+ occupancy" ablation step (no MIM: the config reads
     no image masks and no superpixels)."""
-    return PretrainConfig.from_preset(preset, method="cmcr", cmcr=ABLATION_STEPS["+ occupancy"],
-                                      output_dir=str(out / "cmcr_occupancy"),
-                                      seed=seed, image_weights=image_weights, epochs=pretrain_epochs,
-                                      **({} if preset == "lite" else {"dataroot": str(dataroot), "version": version}))
+    return run.pretrain_config("cmcr_occupancy", method="cmcr", cmcr=ABLATION_STEPS["+ occupancy"],
+                               epochs=pretrain_epochs)
 
 
 cfg = config()
-train_kf = NuScenesKeyframes(dataroot, version, split="train")
-val_kf = NuScenesKeyframes(dataroot, version, split="val")
+train_kf = run.keyframes("train")
+val_kf = run.keyframes("val", nusc=train_kf.nusc)
 print(f"{len(train_kf)} train / {len(val_kf)} val keyframes;",
       f"{cfg.pipeline.occupancy_queries} queries per scan, band {cfg.pipeline.occupancy_band} m,",
       f"radius {cfg.pipeline.occupancy_radius} m, neighbour cap {cfg.pipeline.occupancy_max_neighbours}")
@@ -94,7 +83,7 @@ print(f"{len(train_kf)} train / {len(val_kf)} val keyframes;",
 
 # %%
 from cmcr_lite.data.occupancy_queries import KIND_IN, KIND_OUT, KIND_OUT_FAR, sample_query_points
-from cmcr_lite.occupancy_analysis import KIND_NAMES, queries_bev_figure
+from cmcr_lite.analysis.occupancy import KIND_NAMES, queries_bev_figure
 
 scan = val_kf[0]
 xyz, intensity = scan.points[:, :3], scan.points[:, 3]
@@ -223,7 +212,7 @@ assert hist[-1]["occupancy"] < 0.75   # not diverged (chance is log 2 = 0.693)
 # every out and out-far query and wrong on every in query.
 
 # %%
-from cmcr_lite.occupancy_analysis import accuracy_per_kind, predict_queries
+from cmcr_lite.analysis.occupancy import accuracy_per_kind, predict_queries
 
 val_pipe = replace(cfg.pipeline, augment=False, occupancy_queries=2048)
 val_item = PairedScanDataset(val_kf, val_pipe, seed=seed)[0]
@@ -267,7 +256,7 @@ print(f"the pretrained head calls {100 * acc_pre['all']['predicted_occupied']:.1
 # not of what the features or the head can express.
 
 # %%
-from cmcr_lite.occupancy_analysis import fit_decoder, frozen_query_scans
+from cmcr_lite.analysis.occupancy import fit_decoder, frozen_query_scans
 
 fitted_decoder = None
 if decoder_steps > 0:
@@ -301,7 +290,7 @@ if decoder_steps > 0:
 
 # %%
 from cmcr_lite.losses.occupancy import grid_centres, occupancy_grid
-from cmcr_lite.occupancy_analysis import occupancy_bev_figure
+from cmcr_lite.analysis.occupancy import occupancy_bev_figure
 
 points = val_item["points"][:, :3]
 latents = pred_pre["latents"]
@@ -329,7 +318,7 @@ fig.savefig(out / "occupancy_bev.png", dpi=80); plt.show()
 # printed means say how much of that contrast the head reproduces.
 
 # %%
-from cmcr_lite.occupancy_analysis import occupancy_slice_3d_figure
+from cmcr_lite.analysis.occupancy import occupancy_slice_3d_figure
 
 slice_name = "decoder-only fit" if "decoder-only fit" in heads else "pretrained head"
 vbounds = ((-15.0, 15.0), (-0.125, 0.125), (-3.0, 1.0))

@@ -31,39 +31,31 @@ long_results_file = "../benchmarks/results/ablation_60ep_lite.json"
 
 # %%
 import json
-import warnings
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
 
-from cmcr_lite.cmcr import ABLATION_STEPS, CMCROptions
-from cmcr_lite.data.nuscenes_loader import NuScenesKeyframes
-from cmcr_lite.downstream import DownstreamConfig, evaluate, train_segmentation
-from cmcr_lite.experiments import feature_twin_probes, summarize_confusion
-from cmcr_lite.paths import ensure_embedded_dataset
-from cmcr_lite.pretrain import PretrainConfig, build_image_encoder, pretrain
+from cmcr_lite.analysis.probes import feature_twin_probes
+from cmcr_lite.cmcr import CMCROptions
+from cmcr_lite.downstream import evaluate, train_segmentation
+from cmcr_lite.metrics import summarize_confusion
+from cmcr_lite.notebook import start_notebook
+from cmcr_lite.pretrain import build_image_encoder, pretrain
 
-warnings.filterwarnings("ignore", message=".*CPU_ONLY.*")
-out = Path(output_dir)
-out.mkdir(parents=True, exist_ok=True)
-torch.manual_seed(seed)
-if dataroot is None:
-    dataroot = ensure_embedded_dataset()
+run = start_notebook(preset, dataroot, version, output_dir, seed, image_weights)
+out = run.out
 
 
 def config(method, **kw):
     """The preset's PretrainConfig for ``method``, writing into this notebook's output folder."""
-    return PretrainConfig.from_preset(preset, method=method, seed=seed, output_dir=str(out / method),
-                                      epochs=pretrain_epochs, image_weights=image_weights, **kw,
-                                      **({} if preset == "lite" else {"dataroot": str(dataroot), "version": version}))
+    return run.pretrain_config(method, method=method, epochs=pretrain_epochs, **kw)
 
 
-train_kf = NuScenesKeyframes(dataroot, version, split="train")
-val_kf = NuScenesKeyframes(dataroot, version, split="val")
-probe_config = DownstreamConfig.lite("linear_probe", seed=seed) if preset == "lite" else DownstreamConfig.linear_probe(seed=seed)
+train_kf = run.keyframes("train")
+val_kf = run.keyframes("val", nusc=train_kf.nusc)
+probe_config = run.probe_config()
 
 # %% [markdown]
 # ## 1 · The loss weights, and where the paper and the released code differ

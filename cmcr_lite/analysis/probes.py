@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cmcr_lite.classes import class_index
+from cmcr_lite.classes import APPEARANCE_ONLY_TWINS, GEOMETRY_ONLY_TWINS, class_index
 
 __all__ = ["ridge_probe", "balanced_accuracy", "twin_probe", "cross_correlation", "point_features"]
 
@@ -151,3 +151,27 @@ def point_features(model, keyframes, crop_size=(112, 208)) -> dict:
     res = {k: torch.cat(v) for k, v in out.items()}
     res["labels"] = res["labels"].numpy()
     return res
+
+
+# what the frozen features carry, whatever the 16-class head makes of it: a two-class ridge probe per
+# twin pair on the trunk's point features (train split -> val split)
+FEATURE_METRICS = {"geometry twins in features": GEOMETRY_ONLY_TWINS,
+                   "appearance twins in features": APPEARANCE_ONLY_TWINS}
+
+
+def feature_twin_probes(model, train, val, config) -> dict:
+    """{metric of FEATURE_METRICS: mean over its pairs of the two-class ridge probe's balanced
+    accuracy} on the trunk's per-point features (``probes.twin_probe``, fitted on ``train``, scored
+    on ``val``); 0.5 = chance."""
+    import torch
+
+    from cmcr_lite.downstream import extract_features
+
+    def points(keyframes):
+        scans = extract_features(model, keyframes, config, progress=False)
+        return (torch.cat([s.point_features for s in scans]),
+                np.concatenate([np.asarray(s.point_labels) for s in scans]))
+
+    (xt, yt), (xv, yv) = points(train), points(val)
+    return {metric: float(np.nanmean(list(twin_probe(xt, yt, xv, yv, pairs).values())))
+            for metric, pairs in FEATURE_METRICS.items()}
