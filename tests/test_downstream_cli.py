@@ -1,6 +1,9 @@
 """`python -m cmcr_lite.downstream`: train, checkpoint, resume, evaluate, results.json and TensorBoard,
 through the real command line on the embedded dataset at toy size."""
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -25,9 +28,19 @@ def pretrained(tmp_path_factory, synthetic_root):
 
 
 def run(*args):
-    # one intra-op thread: parallel float reductions would make a resumed run differ in the last bits
     with torch_threads(1):
         return main([str(a) for a in args])
+
+
+def run_one_thread(*args):
+    """The real command in a fresh process on one OpenMP thread: MinkowskiEngine's OpenMP kernels
+    reduce in parallel otherwise, and two runs would differ in the last bits (seen in CI)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "OMP_WAIT_POLICY": "passive"}
+    done = subprocess.run([sys.executable, "-m", "cmcr_lite.downstream", *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    if done.returncode:
+        raise SystemExit(done.stderr.strip().splitlines()[-1])
+    return done
 
 
 def test_finetune_writes_checkpoint_results_and_tensorboard(tmp_path, pretrained, synthetic_root):
@@ -61,12 +74,12 @@ def test_finetune_writes_checkpoint_results_and_tensorboard(tmp_path, pretrained
 
 def test_resume_reaches_the_uninterrupted_weights(tmp_path, pretrained):
     path, _ = pretrained
-    run("--pretrained", path, "--mode", "finetune", "--epochs", 2, "--output-dir", tmp_path / "straight", "--set", *TINY)
-    run("--pretrained", path, "--mode", "finetune", "--epochs", 1, "--output-dir", tmp_path / "split", "--set", *TINY)
+    run_one_thread("--pretrained", path, "--mode", "finetune", "--epochs", 2, "--output-dir", tmp_path / "straight", "--set", *TINY)
+    run_one_thread("--pretrained", path, "--mode", "finetune", "--epochs", 1, "--output-dir", tmp_path / "split", "--set", *TINY)
     with pytest.raises(SystemExit, match=r"differ.*'lr'"):  # another config cannot resume this checkpoint ...
-        run("--pretrained", path, "--mode", "finetune", "--epochs", 2, "--output-dir", tmp_path / "split", "--resume",
+        run_one_thread("--pretrained", path, "--mode", "finetune", "--epochs", 2, "--output-dir", tmp_path / "split", "--resume",
             "--set", *TINY, "lr=0.5")
-    run("--pretrained", path, "--mode", "finetune", "--epochs", 2, "--output-dir", tmp_path / "split", "--resume",
+    run_one_thread("--pretrained", path, "--mode", "finetune", "--epochs", 2, "--output-dir", tmp_path / "split", "--resume",
         "--set", *TINY)             # ... but more epochs of the same one can, on the same cosine schedule
     a = load_segmentation_checkpoint(tmp_path / "straight" / "checkpoint.pt")
     b = load_segmentation_checkpoint(tmp_path / "split" / "checkpoint.pt")
@@ -78,14 +91,14 @@ def test_resume_reaches_the_uninterrupted_weights(tmp_path, pretrained):
 def test_linear_probe_keeps_the_trunk(tmp_path, pretrained):
     path, trunk_state = pretrained
     out = tmp_path / "lp"
-    run("--pretrained", path, "--mode", "linear_probe", "--epochs", 1, "--output-dir", out, "--set", *TINY)
+    run_one_thread("--pretrained", path, "--mode", "linear_probe", "--epochs", 1, "--output-dir", out, "--set", *TINY)
     state = load_segmentation_checkpoint(out / "checkpoint.pt")
     for k, v in trunk_state.items():
         assert torch.equal(state["model"][f"trunk.{k}"], v), k
     # resume rebuilds the feature cache and the standardisation from the same frozen trunk (epoch 0
     # trains at the full lr whatever the length, so 1 + 2 epochs equal 3 straight)
-    run("--pretrained", path, "--mode", "linear_probe", "--epochs", 3, "--output-dir", out, "--resume", "--set", *TINY)
-    run("--pretrained", path, "--mode", "linear_probe", "--epochs", 3, "--output-dir", tmp_path / "lp3", "--set", *TINY)
+    run_one_thread("--pretrained", path, "--mode", "linear_probe", "--epochs", 3, "--output-dir", out, "--resume", "--set", *TINY)
+    run_one_thread("--pretrained", path, "--mode", "linear_probe", "--epochs", 3, "--output-dir", tmp_path / "lp3", "--set", *TINY)
     a = load_segmentation_checkpoint(out / "checkpoint.pt")
     b = load_segmentation_checkpoint(tmp_path / "lp3" / "checkpoint.pt")
     assert torch.equal(a["model"]["head.weight"], b["model"]["head.weight"])

@@ -20,7 +20,7 @@ import torch
 from cmcr_lite.data.augment import (crop_and_resize, random_horizontal_flip, random_point_augmentation,
                                     random_resized_crop)
 from cmcr_lite.data.masking import drop_masked_pairs, random_image_masks
-from cmcr_lite.data.occupancy_queries import sample_query_points, transform_queries
+from cmcr_lite.data.occupancy_queries import neighbourhood_pairs, sample_query_points, transform_queries
 from cmcr_lite.data.superpixels import SlicParams, load_or_compute_superpixels
 from cmcr_lite.data.voxelize import voxelize
 
@@ -104,9 +104,7 @@ class PipelineConfig:
 def query_neighbourhoods(queries: np.ndarray, points_xyz: np.ndarray, cfg: PipelineConfig,
                          rng: np.random.Generator):
     """(query index (E,), point index (E,)) int64 numpy: the occupancy neighbourhoods of one scan
-    under ``cfg``'s radius, cap and pick rule (``cmcr_lite.losses.occupancy.neighbourhood_pairs``)."""
-    from cmcr_lite.losses.occupancy import neighbourhood_pairs
-
+    under ``cfg``'s radius, cap and pick rule (``cmcr_lite.data.occupancy_queries.neighbourhood_pairs``)."""
     qi, pi = neighbourhood_pairs(queries, points_xyz, cfg.occupancy_radius,
                                  max_neighbours=cfg.occupancy_max_neighbours, rng=rng,
                                  pick=cfg.occupancy_neighbour_pick)

@@ -1,0 +1,73 @@
+"""Data flows one way through the package: no module imports a module of a higher layer (imports
+inside functions included). The layers are the README's import-graph picture; the README's module
+table names every module."""
+import ast
+
+from cmcr_lite.paths import REPO_ROOT
+
+PACKAGE = REPO_ROOT / "cmcr_lite"
+# lowest first; a module may import its own layer and the ones before it
+LAYERS = [
+    ("foundations", ["classes", "runtime", "metrics"]),
+    ("data", ["paths", "data"]),
+    ("models", ["models"]),
+    ("losses", ["losses"]),
+    ("methods", ["distillation", "cmcr", "teacher", "theory"]),
+    ("loops", ["pretrain", "downstream"]),
+    ("analysis and notebooks", ["analysis", "viz", "experiments", "notebook"]),
+]
+LAYER_OF = {name: i for i, (_, names) in enumerate(LAYERS) for name in names}
+
+
+def modules():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE)
+        if rel.name == "__init__.py" and len(rel.parts) == 1:
+            continue
+        yield rel, path
+
+
+def top(dotted: str) -> str:
+    """'cmcr_lite.data.pipeline' -> 'data' (the package's first level)."""
+    return dotted.split(".")[1]
+
+
+def imported_modules(path):
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("cmcr_lite."):
+            yield node.module, node.lineno
+        elif isinstance(node, ast.ImportFrom) and node.module == "cmcr_lite":
+            for alias in node.names:
+                yield f"cmcr_lite.{alias.name}", node.lineno
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("cmcr_lite."):
+                    yield alias.name, node.lineno
+
+
+def test_every_module_has_a_layer():
+    missing = sorted({rel.parts[0].removesuffix(".py") for rel, _ in modules()} - set(LAYER_OF))
+    assert not missing, f"modules without a layer in tests/test_layers.py: {missing}"
+
+
+def test_no_module_imports_a_higher_layer():
+    bad = []
+    for rel, path in modules():
+        own = LAYER_OF[rel.parts[0].removesuffix(".py")]
+        for name, line in imported_modules(path):
+            if LAYER_OF[top(name)] > own:
+                bad.append(f"cmcr_lite/{rel}:{line} ({LAYERS[own][0]}) imports {name} ({LAYERS[LAYER_OF[top(name)]][0]})")
+    assert not bad, "\n".join(bad)
+
+
+def test_readme_module_table_names_every_module():
+    readme = (REPO_ROOT / "README.md").read_text()
+    table = readme[readme.index("## The package"):readme.index("## Tests and benchmarks")]
+    for rel, _ in modules():
+        if rel.name in ("__init__.py", "__main__.py"):
+            continue
+        shown = f"`{rel.as_posix()}`" in table or f"`{rel.parts[0]}/`" in table
+        assert shown, f"README's module table does not name cmcr_lite/{rel}"
+    for layer, _ in LAYERS:
+        assert layer in table, f"README's import graph lacks the layer {layer!r}"
