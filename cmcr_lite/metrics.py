@@ -53,34 +53,25 @@ def confusion_matrix(pred: ArrayLike, target: ArrayLike, num_classes: int,
         (K, K) int64, rows = target, columns = prediction. A torch tensor (on the input's device)
         if both inputs are torch tensors, else a numpy array.
     """
-    if _is_torch(pred) and _is_torch(target):
-        pred_t, target_t = pred.reshape(-1).long(), target.reshape(-1).long()
-        if pred_t.shape != target_t.shape:
-            raise ValueError(f"confusion_matrix: pred has {pred_t.numel()} elements, target has "
-                             f"{target_t.numel()}")
-        if ignore_index is not None:
-            keep = target_t != ignore_index
-            pred_t, target_t = pred_t[keep], target_t[keep]
-        for name, v in (("pred", pred_t), ("target", target_t)):
-            if v.numel() and (int(v.min()) < 0 or int(v.max()) >= num_classes):
-                raise ValueError(f"confusion_matrix: {name} values must lie in [0, {num_classes}); "
-                                 f"got range [{int(v.min())}, {int(v.max())}]")
-        flat = torch.bincount(target_t * num_classes + pred_t, minlength=num_classes ** 2)
-        return flat.reshape(num_classes, num_classes).to(torch.int64)
-
-    pred_n = _to_numpy(pred).reshape(-1).astype(np.int64)
-    target_n = _to_numpy(target).reshape(-1).astype(np.int64)
-    if pred_n.shape != target_n.shape:
-        raise ValueError(f"confusion_matrix: pred has {pred_n.size} elements, target has "
-                         f"{target_n.size}")
+    on_torch = _is_torch(pred) and _is_torch(target)
+    if on_torch:  # stays on the input's device
+        pred_k, target_k = pred.reshape(-1).long(), target.reshape(-1).long()
+    else:
+        pred_k = _to_numpy(pred).reshape(-1).astype(np.int64)
+        target_k = _to_numpy(target).reshape(-1).astype(np.int64)
+    if pred_k.shape != target_k.shape:
+        raise ValueError(f"confusion_matrix: pred has {len(pred_k)} elements, target has {len(target_k)}")
     if ignore_index is not None:
-        keep = target_n != ignore_index
-        pred_n, target_n = pred_n[keep], target_n[keep]
-    for name, v in (("pred", pred_n), ("target", target_n)):
-        if v.size and (v.min() < 0 or v.max() >= num_classes):
+        keep = target_k != ignore_index
+        pred_k, target_k = pred_k[keep], target_k[keep]
+    for name, v in (("pred", pred_k), ("target", target_k)):
+        if len(v) and (int(v.min()) < 0 or int(v.max()) >= num_classes):
             raise ValueError(f"confusion_matrix: {name} values must lie in [0, {num_classes}); "
-                             f"got range [{v.min()}, {v.max()}]")
-    flat = np.bincount(target_n * num_classes + pred_n, minlength=num_classes ** 2)
+                             f"got range [{int(v.min())}, {int(v.max())}]")
+    if on_torch:
+        flat = torch.bincount(target_k * num_classes + pred_k, minlength=num_classes ** 2)
+        return flat.reshape(num_classes, num_classes).to(torch.int64)
+    flat = np.bincount(target_k * num_classes + pred_k, minlength=num_classes ** 2)
     return flat.reshape(num_classes, num_classes).astype(np.int64)
 
 

@@ -1,8 +1,8 @@
 """The notebooks' shared start-up: one call after the ``parameters`` cell.
 
-    run = start_notebook(preset, dataroot, version, output_dir, seed, image_weights)
-    cfg = run.pretrain_config("ppkt", method="ppkt", epochs=pretrain_epochs)   # None keeps the preset's
-    train_kf = run.keyframes("train")
+    session = start_notebook(preset, dataroot, version, output_dir, seed, image_weights)
+    cfg = session.pretrain_config("ppkt", method="ppkt", epochs=pretrain_epochs)   # None keeps the preset's
+    train_kf = session.keyframes("train")
 
 It silences MinkowskiEngine's CPU-only warning, checks the preset, creates the output folder, seeds
 Python, NumPy and torch, and resolves ``dataroot=None`` to the embedded dataset (generated on first

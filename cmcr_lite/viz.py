@@ -12,6 +12,15 @@ from cmcr_lite.classes import APPEARANCE_ONLY_TWINS, CLASS_NAMES_16, GEOMETRY_ON
 CAMERA_GRID = ("CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT")
 
 
+def save_figure(fig, path, dpi: int = 80):
+    """The notebooks' figure ending: tight layout, a PNG at ``path`` next to the executed notebook, show."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.show()
+
+
 def class_colours() -> np.ndarray:
     """(17, 3) float in [0, 1]: the devkit's colour of each 16-class index (0 = ignore, black)."""
     from types import SimpleNamespace

@@ -22,3 +22,17 @@ def test_roughness_of_a_noisy_plane_is_the_noise_spread():
     points = np.c_[uv, rng.normal(0, sigma, len(uv))]
     rough = np.median(local_roughness(points, k=12))
     assert 0.7 * sigma < rough < sigma, rough
+
+
+def test_save_figure_writes_the_png(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cmcr_lite.viz import save_figure
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    save_figure(fig, tmp_path / "line.png")
+    assert (tmp_path / "line.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

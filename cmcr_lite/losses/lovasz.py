@@ -49,6 +49,17 @@ def lovasz_grad(fg_sorted: torch.Tensor) -> torch.Tensor:
     return grad
 
 
+def _kept_points(where: str, name: str, scores: torch.Tensor, labels: torch.Tensor, ignore_index):
+    """Check ``scores`` (N, C) against ``labels`` (N,) and drop the points labelled ``ignore_index``."""
+    if scores.dim() != 2 or labels.dim() != 1 or scores.shape[0] != labels.shape[0]:
+        raise ValueError(f"{where}: expected {name} (N, C) and labels (N,); got {tuple(scores.shape)} and "
+                         f"{tuple(labels.shape)}")
+    if ignore_index is not None:
+        keep = labels != ignore_index
+        scores, labels = scores[keep], labels[keep]
+    return scores, labels
+
+
 def lovasz_softmax(probs: torch.Tensor, labels: torch.Tensor,
                    classes: Union[str, Iterable[int]] = "present",
                    ignore_index: Optional[int] = None) -> torch.Tensor:
@@ -64,14 +75,7 @@ def lovasz_softmax(probs: torch.Tensor, labels: torch.Tensor,
     Returns:
         Scalar tensor. Zero (with grad) when no point or no class is left.
     """
-    if probs.dim() != 2 or labels.dim() != 1 or probs.shape[0] != labels.shape[0]:
-        raise ValueError(
-            f"lovasz_softmax: expected probs (N, C) and labels (N,); got {tuple(probs.shape)} and "
-            f"{tuple(labels.shape)}"
-        )
-    if ignore_index is not None:
-        keep = labels != ignore_index
-        probs, labels = probs[keep], labels[keep]
+    probs, labels = _kept_points("lovasz_softmax", "probs", probs, labels, ignore_index)
     if probs.shape[0] == 0:
         return probs.sum() * 0.0
     num_classes = probs.shape[1]
@@ -110,14 +114,7 @@ def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor,
         Scalar tensor ``CE(logits, labels) + lovasz_softmax(softmax(logits), labels, 'present')``
         over the kept points; zero (with grad) if none is kept.
     """
-    if logits.dim() != 2 or labels.dim() != 1 or logits.shape[0] != labels.shape[0]:
-        raise ValueError(
-            f"segmentation_loss: expected logits (N, C) and labels (N,); got "
-            f"{tuple(logits.shape)} and {tuple(labels.shape)}"
-        )
-    if ignore_index is not None:
-        keep = labels != ignore_index
-        logits, labels = logits[keep], labels[keep]
+    logits, labels = _kept_points("segmentation_loss", "logits", logits, labels, ignore_index)
     if logits.shape[0] == 0:
         return logits.sum() * 0.0
     ce = F.cross_entropy(logits, labels)

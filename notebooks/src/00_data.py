@@ -39,6 +39,7 @@ import numpy as np
 from cmcr_lite.classes import CLASS_NAMES_16, class_group
 from cmcr_lite.data.nuscenes_loader import NuScenesKeyframes
 from cmcr_lite.paths import ensure_embedded_dataset
+from cmcr_lite.viz import save_figure
 
 warnings.filterwarnings("ignore", message=".*CPU_ONLY.*")
 out = Path(output_dir)
@@ -208,7 +209,7 @@ ax[0].plot([r[0] for r in rows], [r[1] for r in rows], "o-")
 ax[0].set_xlabel("voxel size (m)"); ax[0].set_ylabel("number of voxels")
 ax[1].plot([r[0] for r in rows], [100 * r[3] for r in rows], "o-", color="C3")
 ax[1].set_xlabel("voxel size (m)"); ax[1].set_ylabel("labels changed by round trip (%)")
-fig.tight_layout(); fig.savefig(out / "voxels.png", dpi=80); plt.show()
+save_figure(fig, out / "voxels.png")
 
 # %% [markdown]
 # ## 6 · A training sample: augmentations and MIM masks
@@ -239,7 +240,7 @@ for c in range(6):
     axes[1, c].set_title("target (unmasked)", fontsize=8)
 for a in axes.ravel():
     a.axis("off")
-fig.tight_layout(); fig.savefig(out / "training_sample.png", dpi=80); plt.show()
+save_figure(fig, out / "training_sample.png")
 
 # %% [markdown]
 # **The official code's masking bug.** The released CMCR code filters pairs with

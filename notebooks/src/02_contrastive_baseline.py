@@ -43,19 +43,20 @@ from cmcr_lite.downstream import evaluate, train_segmentation
 from cmcr_lite.metrics import summarize_confusion
 from cmcr_lite.notebook import start_notebook
 from cmcr_lite.pretrain import pretrain
+from cmcr_lite.viz import save_figure
 
-run = start_notebook(preset, dataroot, version, output_dir, seed, image_weights)
-out = run.out
+session = start_notebook(preset, dataroot, version, output_dir, seed, image_weights)
+out = session.out
 
 
 def pretrain_config(method):
     """The preset's PretrainConfig for one method, writing into this notebook's output folder."""
-    return run.pretrain_config(method, method=method, epochs=pretrain_epochs)
+    return session.pretrain_config(method, method=method, epochs=pretrain_epochs)
 
 
-probe_config = run.probe_config()
-train_kf = run.keyframes("train")
-val_kf = run.keyframes("val", nusc=train_kf.nusc)
+probe_config = session.probe_config()
+train_kf = session.keyframes("train")
+val_kf = session.keyframes("val", nusc=train_kf.nusc)
 print(train_kf, val_kf, sep="\n")
 
 # %% [markdown]
@@ -83,7 +84,7 @@ ax[0].imshow(kf.images[0]); ax[0].set_title("CAM_FRONT (val scene)")
 ax[1].imshow(rgb.reshape(kf.images.shape[1], kf.images.shape[2], 3)); ax[1].set_title("teacher features, PCA -> RGB")
 for a in ax:
     a.set_xlabel("column (px)"); a.set_ylabel("row (px)")
-fig.tight_layout(); fig.savefig(out / "teacher_pca.png", dpi=80); plt.show()
+save_figure(fig, out / "teacher_pca.png")
 
 # %% [markdown]
 # ## 2 · PPKT: point–pixel InfoNCE
@@ -136,7 +137,7 @@ fig, ax = plt.subplots(figsize=(6, 3.2))
 for method, r in runs.items():
     ax.plot([h["epoch"] + 1 for h in r["history"]], [h["loss"] for h in r["history"]], "o-", label=method)
 ax.set_xlabel("epoch"); ax.set_ylabel("InfoNCE loss (nats)"); ax.legend()
-fig.tight_layout(); fig.savefig(out / "pretrain_loss.png", dpi=80); plt.show()
+save_figure(fig, out / "pretrain_loss.png")
 for r in runs.values():
     assert r["history"][-1]["loss"] < r["history"][0]["loss"]
 

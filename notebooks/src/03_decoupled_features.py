@@ -39,28 +39,29 @@ import numpy as np
 import torch
 from scipy.linalg import hadamard
 
-from cmcr_lite.classes import APPEARANCE_ONLY_TWINS, GEOMETRY_ONLY_TWINS
+from cmcr_lite.classes import APPEARANCE_ONLY_TWINS, GEOMETRY_ONLY_TWINS, class_index
 from cmcr_lite.cmcr import ABLATION_STEPS, CMCRModel, CMCROptions
 from cmcr_lite.data.pipeline import PairedScanDataset, batch_to_sparse_tensor, collate_pairs
 from cmcr_lite.losses.orthogonality import orthogonality_loss
 from cmcr_lite.notebook import start_notebook
 from cmcr_lite.pretrain import build_image_encoder, pretrain
+from cmcr_lite.viz import save_figure
 
 t_start = time.perf_counter()
-run = start_notebook(preset, dataroot, version, output_dir, seed, image_weights)
-out = run.out
+session = start_notebook(preset, dataroot, version, output_dir, seed, image_weights)
+out = session.out
 
 
 def config(name, options):
     """The preset's PretrainConfig for CMCR with ``options``. Decoupling alone reads no MIM masks, no
     occupancy queries and no superpixels; the config derives that from the options and leaves them out."""
-    return run.pretrain_config(name, method="cmcr", cmcr=options, epochs=pretrain_epochs)
+    return session.pretrain_config(name, method="cmcr", cmcr=options, epochs=pretrain_epochs)
 
 
 options = {"with L_orth": replace(ABLATION_STEPS["+ decoupling"], orth_weight=orth_weight),
            "without L_orth": replace(ABLATION_STEPS["+ decoupling"], orth_weight=0.0)}
-train_kf = run.keyframes("train")
-val_kf = run.keyframes("val", nusc=train_kf.nusc)
+train_kf = session.keyframes("train")
+val_kf = session.keyframes("val", nusc=train_kf.nusc)
 teacher = build_image_encoder(config("teacher", options["with L_orth"]))
 print(train_kf, val_kf, sep="\n")
 
@@ -166,7 +167,7 @@ for name, r in runs.items():
 ax[0].set_ylabel("L_NCE (nats)"); ax[1].set_ylabel("L_orth (3D + 2D, unitless)")
 for a in ax:
     a.set_xlabel("epoch"); a.legend(fontsize=8)
-fig.tight_layout(); fig.savefig(out / "pretrain_terms.png", dpi=80); plt.show()
+save_figure(fig, out / "pretrain_terms.png")
 h_on, h_off = runs["with L_orth"]["history"], runs["without L_orth"]["history"]
 assert all(np.isfinite(e["loss"]) for e in h_on + h_off)
 assert h_on[-1]["orth"] < h_on[0]["orth"]          # the loss does what it asks
@@ -251,7 +252,7 @@ ax.axhline(0.5, color="k", lw=0.8, ls="--", label="chance")
 ax.set_xticks(np.arange(len(keys)) + 0.2)
 ax.set_xticklabels([f"{n}\n{l}" for n, l in keys], fontsize=7)
 ax.set_ylabel("balanced accuracy (fraction)"); ax.set_ylim(0.3, 1); ax.legend(fontsize=8, ncol=3)
-fig.tight_layout(); fig.savefig(out / "twin_probes.png", dpi=80); plt.show()
+save_figure(fig, out / "twin_probes.png")
 for k, v in probes.items():
     assert all(np.isnan(a) or 0 <= a <= 1 for res in v.values() for a in res.values()), k
 # G3d is a 1x1 convolution of the trunk: when the trunk is no wider than the head, the map is
@@ -262,20 +263,40 @@ if init_model.backbone.trunk_dim <= cfg.feature_dim:
             assert abs(group_mean[(name, "G3d")][g] - group_mean[(name, "trunk")][g]) < 0.02, (name, g)
 
 # %% [markdown]
-# **What the probes show, and why.** Read the table, not our expectations: in the lite setting the
-# probe scores of $F^{3D}$, $G^{3D}$ and the trunk are nearly the same, in every run. This is no
-# accident of a short training: $G^{3D} = W z^{3D} + b$ with $W$ of size $64\times 32$ (lite trunk),
-# an injective linear map, so a linear probe on $G$ sees exactly the trunk (asserted above); $F$ is the
-# same up to the row normalisation. $\mathcal{L}_\text{orth}$ rotates the heads so that their
-# channels decorrelate (§4), but it cannot remove information from a head unless it makes $W$
-# rank-deficient — which a few epochs at weight 0.1 do not. In our runs (seeds 0–2) every 3D
-# feature tells the geometry-only twins apart well above chance and the appearance-only twins much
-# less well (bus vs construction vehicle stays at chance), and the random-init trunk is already well
-# above chance on the geometry twins: what separates them here is the point cloud's geometry that
-# any 3D network sees, not what a head was asked to carry. Two lite epochs of distillation do not
-# move the appearance twins. (The val split has no truck, so car/truck is NaN.) In the paper's setting the trunk is 96-d and each head 64-d, so
-# the two heads *can* split the trunk's space; what $G$ is *for* comes only from the losses that read
-# it (MIM, occupancy), which decoupling alone does not have.
+# **What the probes show, and why.** The numbers of this run, read from the table above (not from
+# our expectations):
+
+# %%
+from IPython.display import Markdown, display
+
+spread = {g: max(max(group_mean[(n, l)][g] for l in ("F3d", "G3d", "trunk"))
+                 - min(group_mean[(n, l)][g] for l in ("F3d", "G3d", "trunk")) for n in models) for g in pairs}
+geometry_first = [k for k in keys if group_mean[k]["geometry-only"] > group_mean[k]["appearance-only"]]
+nan_pairs = [f"{a}/{b}" for (a, b), acc in by_pair[("random init", "trunk")].items() if np.isnan(acc)]
+rnd = group_mean[("random init", "trunk")]
+trained = [n for n in models if n != "random init"]
+moved = {g: np.mean([group_mean[(n, "trunk")][g] for n in trained]) - rnd[g] for g in pairs}
+val_counts = {c: int((val_feats["random init"]["labels"] == class_index(c)).sum()) for c in ("car", "truck")}
+display(Markdown(
+    f"* Within one model, $F^{{3D}}$, $G^{{3D}}$ and the trunk differ by at most "
+    f"{spread['geometry-only']:.3f} (geometry twins) and {spread['appearance-only']:.3f} (appearance twins) "
+    f"in balanced accuracy.\n"
+    f"* Geometry twins score above appearance twins for {len(geometry_first)} of the {len(keys)} feature sets.\n"
+    f"* The random-init trunk scores {rnd['geometry-only']:.3f} on geometry twins and "
+    f"{rnd['appearance-only']:.3f} on appearance twins (0.5 = chance); the trained trunks move them by "
+    f"{moved['geometry-only']:+.3f} and {moved['appearance-only']:+.3f} on average.\n"
+    f"* The val scene holds {val_counts['car']:,} car and {val_counts['truck']:,} truck points; pairs "
+    f"without points of both classes: {', '.join(nan_pairs) if nan_pairs else 'none'}."))
+
+# %% [markdown]
+# Why the three feature sets read alike: $G^{3D} = W z^{3D} + b$ with $W$ a 1×1 convolution from the
+# trunk (32-d in lite) to 64 channels, an injective linear map, so a linear probe on $G$ sees exactly
+# the trunk (asserted above); $F$ is the same up to the row normalisation. $\mathcal{L}_\text{orth}$
+# rotates the heads so that their channels decorrelate (§4), but it cannot remove information from a
+# head unless it makes $W$ rank-deficient. What the trunk separates before any training is the
+# geometry every 3D network sees, not what a head was asked to carry. In the paper's setting the trunk
+# is 96-d and each head 64-d, so the two heads *can* split the trunk's space; what $G$ is *for* comes
+# only from the losses that read it (MIM, occupancy), which decoupling alone does not have.
 #
 # ## 6 · Paper figure vs released code
 #

@@ -51,9 +51,10 @@ from cmcr_lite.losses.codebook import UnifiedCodebook, cmcm_loss
 from cmcr_lite.notebook import start_notebook
 from cmcr_lite.runtime import resolve_device
 from cmcr_lite.pretrain import build_image_encoder, pretrain
+from cmcr_lite.viz import save_figure
 
-run = start_notebook(preset, dataroot, version, output_dir, seed, image_weights)
-out = run.out
+session = start_notebook(preset, dataroot, version, output_dir, seed, image_weights)
+out = session.out
 
 
 def source_lines(fn, *needles):
@@ -188,7 +189,7 @@ for k in np.flatnonzero(moved):
     ax[1].plot(np.arange(1, len(traj) + 1), code_angle[:, k], "k-", lw=1)
 ax[1].set_xlabel("EMA step"); ax[1].set_ylabel("code angle (rad)")
 ax[1].set_title("moving codes (black); points (blue), pixels (orange), concept (dashed)", fontsize=9)
-fig.tight_layout(); fig.savefig(out / "ema_2d.png", dpi=80); plt.show()
+save_figure(fig, out / "ema_2d.png")
 
 final = code_angle[-1, moved]
 print("codes that moved:", int(moved.sum()), "of", K2, "| their angles (rad):", np.round(np.sort(final), 2),
@@ -249,7 +250,7 @@ ax[0].axhline(C_TOY, color="0.5", lw=0.8); ax[0].text(1, C_TOY + 3, "16 concepts
 ax[0].set_ylabel("perplexity (codes)"); ax[1].set_ylabel("fraction of pairs on one code"); ax[2].set_ylabel("codes")
 for a_ in ax:
     a_.set_xlabel("EMA step"); a_.legend(fontsize=6)
-fig.tight_layout(); fig.savefig(out / "toy_400x64.png", dpi=80); plt.show()
+save_figure(fig, out / "toy_400x64.png")
 for name, (_, a) in toy.items():
     print(f"{name:24s} perplexity points {a['perplexity_points'][0]:5.1f} -> {a['perplexity_points'][-1]:5.1f}, "
           f"pixels {a['perplexity_pixels'][0]:5.1f} -> {a['perplexity_pixels'][-1]:5.1f}; agreement "
@@ -362,12 +363,12 @@ assert p_max < 0.05
 # %%
 def pretrain_config():
     # MIM and occupancy are off in this step: the config reads no masks, query points or superpixels
-    return run.pretrain_config("cmcr_codebook", method="cmcr", cmcr=ABLATION_STEPS["+ codebook"],
+    return session.pretrain_config("cmcr_codebook", method="cmcr", cmcr=ABLATION_STEPS["+ codebook"],
                                epochs=pretrain_epochs)
 
 
 cfg = pretrain_config()
-train_kf = run.keyframes("train")
+train_kf = session.keyframes("train")
 teacher = build_image_encoder(cfg)
 
 # before training: a fresh model (train mode, so BatchNorm uses batch statistics, as in the first step)
@@ -417,7 +418,7 @@ for a_ in ax[:3]:
     a_.set_xlabel("training step")
 for a_ in ax:
     a_.legend(fontsize=7)
-fig.tight_layout(); fig.savefig(out / "pretrain_codebook_curves.png", dpi=80); plt.show()
+save_figure(fig, out / "pretrain_codebook_curves.png")
 M = cfg.cmcr.codebook_matches or cfg.num_matches  # pairs per codebook step (None: as many as the NCE)
 print(f"perplexity points {steps['perplexity_points'][0]:.1f} -> {steps['perplexity_points'][-1]:.1f}, "
       f"pixels {steps['perplexity_pixels'][0]:.1f} -> {steps['perplexity_pixels'][-1]:.1f}; "
@@ -466,7 +467,7 @@ print("pixel perplexity " + (f"COLLAPSED: {first:.1f} -> {last:.1f} codes" if la
 # %%
 model = run["model"]
 device = next(model.parameters()).device
-val_kf = run.keyframes("val", nusc=train_kf.nusc)
+val_kf = session.keyframes("val", nusc=train_kf.nusc)
 val_ds = PairedScanDataset(val_kf, replace(cfg.pipeline, augment=False), seed=seed)
 val_batch = collate_pairs([val_ds[i] for i in range(min(3, len(val_ds)))])
 codes_before = model.codebook.embedding.clone()
@@ -512,7 +513,7 @@ ax[2].set_yticks(range(len(present))); ax[2].set_yticklabels([CLASS_NAMES_16[c] 
 ax[2].set_xticks(xs); ax[2].set_xticklabels(top, fontsize=6, rotation=90)
 ax[2].set_xlabel("point code"); ax[2].set_title("classes of the points on each code")
 fig.colorbar(im2, ax=ax[2], fraction=0.046, label="fraction of the code's points")
-fig.tight_layout(); fig.savefig(out / "code_usage_cooccurrence.png", dpi=80); plt.show()
+save_figure(fig, out / "code_usage_cooccurrence.png")
 
 assert cooc.sum() == len(pc["points"]) == len(val_batch["pair_voxels"])
 assert 0 <= share["mutual_information"] <= share["max_mutual_information"] + 1e-9

@@ -47,8 +47,8 @@ from cmcr_lite.notebook import start_notebook
 from cmcr_lite.pretrain import build_image_encoder, pretrain
 
 t_start = time.time()
-run = start_notebook(preset, dataroot, version, output_dir, seed, image_weights)
-out = run.out
+session = start_notebook(preset, dataroot, version, output_dir, seed, image_weights)
+out = session.out
 
 VARIANTS = {"plain MIM": "+ MIM", "geometry-enhanced": "+ GeoMIM"}   # name -> ABLATION_STEPS key
 
@@ -59,11 +59,11 @@ def config(variant):
     Neither ablation step reads superpixels or occupancy queries, so the config leaves them out."""
     opts = replace(ABLATION_STEPS[VARIANTS[variant]], mim_masked_only=mim_masked_only)
     slug = variant.replace(" ", "_").replace("-", "_")
-    return run.pretrain_config(slug, method="cmcr", cmcr=opts, epochs=pretrain_epochs)
+    return session.pretrain_config(slug, method="cmcr", cmcr=opts, epochs=pretrain_epochs)
 
 
-train_kf = run.keyframes("train")
-val_kf = run.keyframes("val", nusc=train_kf.nusc)
+train_kf = session.keyframes("train")
+val_kf = session.keyframes("val", nusc=train_kf.nusc)
 print(train_kf, val_kf, sep="\n")
 
 # %% [markdown]

@@ -45,22 +45,23 @@ from cmcr_lite.cmcr import ABLATION_STEPS
 from cmcr_lite.data.pipeline import PairedScanDataset, collate_pairs
 from cmcr_lite.notebook import start_notebook
 from cmcr_lite.pretrain import build_image_encoder, pretrain
+from cmcr_lite.viz import save_figure
 
 t_start = time.time()
-run = start_notebook(preset, dataroot, version, output_dir, seed, image_weights)
-out = run.out
+session = start_notebook(preset, dataroot, version, output_dir, seed, image_weights)
+out = session.out
 
 
 def config():
     """The preset's CMCR PretrainConfig with the "+ occupancy" ablation step (no MIM: the config reads
     no image masks and no superpixels)."""
-    return run.pretrain_config("cmcr_occupancy", method="cmcr", cmcr=ABLATION_STEPS["+ occupancy"],
+    return session.pretrain_config("cmcr_occupancy", method="cmcr", cmcr=ABLATION_STEPS["+ occupancy"],
                                epochs=pretrain_epochs)
 
 
 cfg = config()
-train_kf = run.keyframes("train")
-val_kf = run.keyframes("val", nusc=train_kf.nusc)
+train_kf = session.keyframes("train")
+val_kf = session.keyframes("val", nusc=train_kf.nusc)
 print(f"{len(train_kf)} train / {len(val_kf)} val keyframes;",
       f"{cfg.pipeline.occupancy_queries} queries per scan, band {cfg.pipeline.occupancy_band} m,",
       f"radius {cfg.pipeline.occupancy_radius} m, neighbour cap {cfg.pipeline.occupancy_max_neighbours}")
@@ -165,7 +166,7 @@ bins = np.arange(0, counts.max() + 10, 10)
 for k, name in KIND_NAMES.items():
     ax.hist(counts[q["kind"] == k], bins=bins, alpha=0.6, label=name)
 ax.set_xlabel("neighbours within 1 m (points)"); ax.set_ylabel("queries"); ax.legend()
-fig.tight_layout(); fig.savefig(out / "neighbour_counts.png", dpi=80); plt.show()
+save_figure(fig, out / "neighbour_counts.png")
 
 # %% [markdown]
 # In/out queries sit on surfaces, so they always have neighbours (often hundreds on the dense
@@ -198,7 +199,7 @@ for ax, k, unit in zip(axes, ("loss", "occupancy", "intensity"), ("total", "BCE 
     ax.set_title(k); ax.set_xlabel("epoch"); ax.set_ylabel(unit)
     ax.xaxis.get_major_locator().set_params(integer=True)
 axes[1].axhline(np.log(2), ls="--", c="0.5", label="log 2 (chance)"); axes[1].legend(fontsize=8)
-fig.tight_layout(); fig.savefig(out / "pretrain_terms.png", dpi=80); plt.show()
+save_figure(fig, out / "pretrain_terms.png")
 assert all(np.isfinite(h[k]) for h in hist for k in ("loss", "occupancy", "intensity"))
 assert hist[-1]["loss"] < hist[0]["loss"]
 assert hist[-1]["occupancy"] < 0.75   # not diverged (chance is log 2 = 0.693)
@@ -274,7 +275,7 @@ if decoder_steps > 0:
     ax.plot(np.arange(len(smooth)) + len(scans) - 1, smooth, label=f"mean over {len(scans)} scans")
     ax.axhline(np.log(2), ls="--", c="0.5", label="log 2")
     ax.set_xlabel("decoder-only step"); ax.set_ylabel("L_occ (BCE, nats)"); ax.legend(fontsize=8)
-    fig.tight_layout(); fig.savefig(out / "decoder_fit.png", dpi=80); plt.show()
+    save_figure(fig, out / "decoder_fit.png")
     assert np.all(np.isfinite(occ_curve))
     pred_fit, acc_fit = accuracy_table(f"decoder fitted on frozen features ({decoder_steps} steps)", fitted_decoder)
     assert model.occupancy_decoder is not fitted_decoder     # a copy: the pretrained head is untouched

@@ -43,19 +43,20 @@ from cmcr_lite.downstream import evaluate, train_segmentation
 from cmcr_lite.metrics import summarize_confusion
 from cmcr_lite.notebook import start_notebook
 from cmcr_lite.pretrain import build_image_encoder, pretrain
+from cmcr_lite.viz import save_figure
 
-run = start_notebook(preset, dataroot, version, output_dir, seed, image_weights)
-out = run.out
+session = start_notebook(preset, dataroot, version, output_dir, seed, image_weights)
+out = session.out
 
 
 def config(method, **kw):
     """The preset's PretrainConfig for ``method``, writing into this notebook's output folder."""
-    return run.pretrain_config(method, method=method, epochs=pretrain_epochs, **kw)
+    return session.pretrain_config(method, method=method, epochs=pretrain_epochs, **kw)
 
 
-train_kf = run.keyframes("train")
-val_kf = run.keyframes("val", nusc=train_kf.nusc)
-probe_config = run.probe_config()
+train_kf = session.keyframes("train")
+val_kf = session.keyframes("val", nusc=train_kf.nusc)
+probe_config = session.probe_config()
 
 # %% [markdown]
 # ## 1 · The loss weights, and where the paper and the released code differ
@@ -86,7 +87,7 @@ fig, axes = plt.subplots(1, len(terms), figsize=(2.3 * len(terms), 2.6))
 for ax, k in zip(axes, terms):
     ax.plot([h["epoch"] + 1 for h in hist], [h[k] for h in hist], "o-")
     ax.set_title(k, fontsize=9); ax.set_xlabel("epoch", fontsize=8); ax.tick_params(labelsize=7)
-fig.tight_layout(); fig.savefig(out / "cmcr_terms.png", dpi=80); plt.show()
+save_figure(fig, out / "cmcr_terms.png")
 assert all(np.isfinite(h["loss"]) for h in hist)
 assert hist[-1]["loss"] < hist[0]["loss"]
 
