@@ -293,8 +293,8 @@ display(Markdown(
 # trunk (32-d in lite) to 64 channels, an injective linear map, so a linear probe on $G$ sees exactly
 # the trunk (asserted above); $F$ is the same up to the row normalisation. $\mathcal{L}_\text{orth}$
 # rotates the heads so that their channels decorrelate (§4), but it cannot remove information from a
-# head unless it makes $W$ rank-deficient. What the trunk separates before any training is the
-# geometry every 3D network sees, not what a head was asked to carry. In the paper's setting the trunk
+# head unless it makes $W$ rank-deficient. So with decoupling alone the probes measure the trunk, and
+# whatever the twins' scores are, no head was asked to carry anything of its own. In the paper's setting the trunk
 # is 96-d and each head 64-d, so the two heads *can* split the trunk's space; what $G$ is *for* comes
 # only from the losses that read it (MIM, occupancy), which decoupling alone does not have.
 #
