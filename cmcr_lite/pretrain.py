@@ -41,8 +41,6 @@ from cmcr_lite.runtime import atomic_path, resolve_device, save_checkpoint_atomi
 
 METHODS = ("ppkt", "slidr", "cmcr")
 CHECKPOINT_NAME = "checkpoint.pt"
-
-
 MOCO_V2_FILE = "moco_v2_800ep_pretrain.pth.tar"
 MOCO_V2_URL = f"https://dl.fbaipublicfiles.com/moco/moco_checkpoints/moco_v2_800ep/{MOCO_V2_FILE}"
 
