@@ -76,9 +76,11 @@ def test_resume_reaches_the_uninterrupted_weights(tmp_path, pretrained):
     path, _ = pretrained
     run_one_thread("--pretrained", path, "--mode", "finetune", "--epochs", 2, "--output-dir", tmp_path / "straight", "--set", *TINY)
     run_one_thread("--pretrained", path, "--mode", "finetune", "--epochs", 1, "--output-dir", tmp_path / "split", "--set", *TINY)
+    record = (tmp_path / "split" / "config.json").read_text()
     with pytest.raises(SystemExit, match=r"differ.*'lr'"):  # another config cannot resume this checkpoint ...
         run_one_thread("--pretrained", path, "--mode", "finetune", "--epochs", 2, "--output-dir", tmp_path / "split", "--resume",
             "--set", *TINY, "lr=0.5")
+    assert (tmp_path / "split" / "config.json").read_text() == record  # and leaves the run's record as it was
     run_one_thread("--pretrained", path, "--mode", "finetune", "--epochs", 2, "--output-dir", tmp_path / "split", "--resume",
         "--set", *TINY)             # ... but more epochs of the same one can, on the same cosine schedule
     a = load_segmentation_checkpoint(tmp_path / "straight" / "checkpoint.pt")

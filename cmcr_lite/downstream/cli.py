@@ -141,7 +141,9 @@ def main(argv=None) -> dict:
             run = {"downstream": config.to_dict(), "pretrained": args.pretrained,
                    "dataroot": None if dataroot is None else str(root),  # None: the embedded dataset
                    "version": version, "train_split": train_split, "val_split": val_split}
-            (out / "config.json").write_text(json.dumps(run, indent=1))
+            if not (args.resume and (out / "config.json").is_file()):  # a refused resume keeps the run's record
+                with atomic_path(out / "config.json") as tmp:
+                    tmp.write_text(json.dumps(run, indent=1))
             model, history = train_segmentation(config, train_kf, pretrained=args.pretrained,
                                                 checkpoint_path=ckpt_path, resume=args.resume,
                                                 log_dir=out / "tensorboard")
