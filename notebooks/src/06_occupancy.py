@@ -359,6 +359,6 @@ print(f"notebook runtime so far: {time.time() - t_start:.0f} s")
 # 1. Set `pretrain_epochs = 12` (and `decoder_steps = 0`): when does the pretrained head first call
 #    any in query occupied? Compare the step count with the decoder-only fit.
 # 2. In §5, set `occupancy_max_neighbours=4` in `fit_pipe`: fewer neighbours per query. Does the decoder-only fit separate in from out better or worse?
-# 3. Shrink the band to 0.05 m (`occupancy_band=0.05` in the pipeline `replace` of `config()`, with a
-#    new `output_dir`, since a cached checkpoint only resumes an identical config): is in vs out harder
-#    for the decoder-only fit?
+# 3. Shrink the band to 0.05 m (`cfg = replace(cfg, pipeline=replace(cfg.pipeline, occupancy_band=0.05),
+#    output_dir=...)` after `cfg = config()`, with a new `output_dir`, since a cached checkpoint only
+#    resumes an identical config): is in vs out harder for the decoder-only fit?
