@@ -256,5 +256,5 @@ else:
 # **Exercises**
 # 1. Set `pretrain_epochs = 60` and rerun (a few minutes): do the twins-in-features numbers of §6
 #    reach those of the 3-seed table, and for which group?
-# 2. Change `tau` with `PretrainConfig.lite(tau=0.2)` in `pretrain_config`: what happens to the PPKT loss curve?
+# 2. Change `tau`: add `tau=0.2` to the `session.pretrain_config(...)` call in `pretrain_config`: what happens to the PPKT loss curve?
 # 3. In §5, colour the points by the SLidR model's features instead: are they smoother? Why would pooling do that?
