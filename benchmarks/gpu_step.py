@@ -79,7 +79,7 @@ class SyntheticScans(torch.utils.data.Dataset):
             right = xyz[:, 0] * np.sin(yaw) - xyz[:, 1] * np.cos(yaw)
             ok = forward > 1.0
             u = focal * right[ok] / forward[ok] + W / 2
-            v = focal * -(xyz[ok, 2] - 0.0) / forward[ok] + H / 2
+            v = -focal * xyz[ok, 2] / forward[ok] + H / 2                # cameras at the sensor height
             inside = (u > 0) & (u < W - 1) & (v > 0) & (v < H - 1)
             idx = np.nonzero(ok)[0][inside]
             pair_points.append(idx)

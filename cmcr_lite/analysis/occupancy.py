@@ -58,8 +58,7 @@ def predict_queries(model, batch: dict, device="cpu", decoder=None) -> dict:
         raise ValueError("predict_queries: the batch has no 'queries'; build it with PipelineConfig(occupancy=True)")
     latents = point_latents(model, batch, device)
     points = batch["points"][:, :3].to(latents.device)
-    qi, pi = batch["neighbour_query"], batch["neighbour_point"]
-    qi, pi = qi.to(latents.device), pi.to(latents.device)
+    qi, pi = batch["neighbour_query"].to(latents.device), batch["neighbour_point"].to(latents.device)
     was_training = decoder.training
     decoder.eval()
     pred = decoder.forward_pairs(latents, batch["queries"].to(latents.device), points, qi, pi)
