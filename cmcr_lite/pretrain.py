@@ -37,7 +37,7 @@ from cmcr_lite.data.pipeline import PairedScanDataset, PipelineConfig, batch_to_
 from cmcr_lite.distillation import DistillationModel, distillation_loss
 from cmcr_lite.models.image_encoder import ResNet50Encoder
 from cmcr_lite.models.minkunet import MinkUNetConfig
-from cmcr_lite.runtime import atomic_path, resolve_device, save_checkpoint_atomic, seed_everything
+from cmcr_lite.runtime import atomic_path, check_resumable, resolve_device, save_checkpoint_atomic, seed_everything
 
 METHODS = ("ppkt", "slidr", "cmcr")
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -284,10 +284,7 @@ def pretrain(config: PretrainConfig, resume: bool = False, progress: bool = True
         saved = PretrainConfig.from_dict(state["config"])
         ignored = ({"epochs", "output_dir", "num_workers", "device", "tensorboard"}
                    | ({"cmcr"} if config.method != "cmcr" else set()))
-        differs = [f.name for f in dataclasses.fields(PretrainConfig)
-                   if f.name not in ignored and getattr(saved, f.name) != getattr(config, f.name)]
-        if differs:
-            raise ValueError(f"cannot resume {ckpt_path}: config fields differ from the checkpoint: {differs}")
+        check_resumable(saved, config, ignored, ckpt_path)
         core.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, history = state["epoch"] + 1, state["history"]

@@ -6,12 +6,14 @@ One small module that every loop (pretraining, downstream, the teacher, notebook
 * ``seed_everything(seed)`` -- Python, NumPy and torch generators;
 * ``torch_threads(n)`` -- a block on ``n`` intra-op threads, restored afterwards (tiny matrices
   are many times faster on one thread of a busy 2-core machine than spread over two);
+* ``check_resumable(saved, config, ignored, checkpoint)`` -- a resume continues the same run;
 * ``atomic_path(path)`` / ``save_checkpoint_atomic(state, path)`` -- write to a temporary file in
   the same folder, then rename: a crash never leaves a truncated file where a reader would look.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import random
 from pathlib import Path
@@ -47,6 +49,15 @@ def torch_threads(n: Optional[int]):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def check_resumable(saved, config, ignored, checkpoint) -> None:
+    """A resumed run must continue the saved one: raise ValueError naming every dataclass field of
+    ``config`` that differs from ``saved`` (the checkpoint's config), except the ``ignored`` ones."""
+    differs = [f.name for f in dataclasses.fields(config)
+               if f.name not in ignored and getattr(saved, f.name) != getattr(config, f.name)]
+    if differs:
+        raise ValueError(f"cannot resume {checkpoint}: config fields differ from the checkpoint: {differs}")
 
 
 @contextlib.contextmanager

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ from cmcr_lite.downstream.data import SegmentationScans, collate_scans, batch_to
 from cmcr_lite.downstream.evaluate import channel_moments, extract_features, iter_features
 from cmcr_lite.downstream.model import SegmentationModel, load_pretrained_trunk
 from cmcr_lite.losses.lovasz import segmentation_loss
-from cmcr_lite.runtime import resolve_device, save_checkpoint_atomic, torch_threads
+from cmcr_lite.runtime import check_resumable, resolve_device, save_checkpoint_atomic, torch_threads
 
 
 def make_optimizer(model: SegmentationModel, config: DownstreamConfig) -> torch.optim.SGD:
@@ -98,11 +97,7 @@ def train_segmentation(config: DownstreamConfig, train_keyframes, pretrained=Non
     start_epoch, resumed = 0, None
     if resume and checkpoint_path is not None and Path(checkpoint_path).is_file():
         resumed = load_segmentation_checkpoint(checkpoint_path)
-        ignored = {"epochs", "device", "num_workers"}
-        differs = [f.name for f in fields(DownstreamConfig) if f.name not in ignored
-                   and getattr(resumed["config"], f.name) != getattr(config, f.name)]
-        if differs:
-            raise ValueError(f"cannot resume {checkpoint_path}: config fields differ from the checkpoint: {differs}")
+        check_resumable(resumed["config"], config, {"epochs", "device", "num_workers"}, checkpoint_path)
         optimizer.load_state_dict(resumed["optimizer"])
         history, start_epoch = resumed["history"], resumed["epoch"] + 1
     scheduler = make_scheduler(optimizer, config, start_epoch)
