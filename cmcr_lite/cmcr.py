@@ -32,13 +32,14 @@ from cmcr_lite.losses.infonce import point_pixel_infonce
 from cmcr_lite.losses.mim import ImageDecoder, geometry_enhanced_replacement, reconstruction_loss
 from cmcr_lite.losses.occupancy import OccupancyDecoder, occupancy_losses
 from cmcr_lite.losses.orthogonality import orthogonality_loss
-from cmcr_lite.models.image_encoder import DenseHead, freeze
+from cmcr_lite.models.image_encoder import DenseHead, freeze, upsampled_at
 from cmcr_lite.models.minkunet import MinkUNet
 
 
 @dataclass
 class CMCROptions:
     """Which CMCR parts are on, and their weights. Defaults: the paper (figure + released values)."""
+    nce: bool = True                 # point-pixel InfoNCE; False only for LiDAR-only controls (occupancy_only)
     decouple: bool = True            # specific heads G^3D, G^2D and L_orth
     orth_weight: float = 0.1         # released code: 0.1 (with an internal / D^2)
     orth_2d: bool = True             # paper figure: L_orth on both branches; released code: 3D only
@@ -62,7 +63,8 @@ class CMCROptions:
                   "codebook_matches": self.codebook_matches is None or self.codebook_matches >= 2,
                   "mim_weight": self.mim_weight >= 0,
                   "occupancy_weight": self.occupancy_weight >= 0, "intensity_weight": self.intensity_weight >= 0,
-                  "geomim": not self.geomim or self.mim}
+                  "geomim": not self.geomim or self.mim,
+                  "nce": self.nce or self.occupancy or self.mim}  # something to learn from
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ValueError("CMCROptions: invalid " + ", ".join(f"{k}={getattr(self, k)!r}" for k in bad))
@@ -87,6 +89,12 @@ class CMCROptions:
     @classmethod
     def contrastive_only(cls) -> "CMCROptions":
         return cls(decouple=False, codebook=False, mim=False, geomim=False, occupancy=False)
+
+    @classmethod
+    def occupancy_only(cls) -> "CMCROptions":
+        """LiDAR-only self-supervision (ALSO-style): occupancy + intensity from the shared 3D features,
+        no image term at all. A positive control: what the reconstruction target alone teaches."""
+        return cls(nce=False, decouple=False, codebook=False, mim=False, geomim=False, occupancy=True)
 
 
 ABLATION_STEPS = {
@@ -136,18 +144,22 @@ class CMCRModel(nn.Module):
         specific = self.head3d_specific(trunk).F if self.head3d_specific is not None else None
         return shared, specific
 
+    def _heads_2d_low(self, images: torch.Tensor):
+        """The 2D heads at the trunk's resolution, before upsampling and normalisation: shared
+        (B, D, h, w) and specific (B, D, h, w) or None."""
+        enc = self.image_encoder
+        trunk = enc.trunk_features(images)
+        return enc.shared.proj(trunk), (enc.specific.proj(trunk) if enc.specific is not None else None)
+
     def features_2d(self, images: torch.Tensor):
         """Shared F^2D at full resolution (B, D, H, W) and at the trunk's resolution (B, D, h, w), both
         L2-normalised per pixel; specific G^2D at both resolutions (or None, None)."""
-        enc = self.image_encoder
-        trunk = enc.trunk_features(images)
+        shared_low, specific_low = self._heads_2d_low(images)
         size = tuple(images.shape[-2:])
         up = lambda t: F.interpolate(t, size=size, mode="bilinear", align_corners=False)  # noqa: E731
-        shared_low = enc.shared.proj(trunk)
         full, low = F.normalize(up(shared_low), dim=1), F.normalize(shared_low, dim=1)
-        if enc.specific is None:
+        if specific_low is None:
             return full, low, None, None
-        specific_low = enc.specific.proj(trunk)
         return full, low, up(specific_low), specific_low
 
     # -- objective --------------------------------------------------------------------------------
@@ -175,11 +187,21 @@ class CMCRModel(nn.Module):
         o, dev = self.opt, x.F.device
         images = batch["images"].to(dev)
         f3d, g3d = self.features_3d(x)
-        f2d, f2d_low, g2d, g2d_low = self.features_2d(images)
+        terms, weights = {}, {}
+        if not (o.nce or o.decouple or o.codebook or o.mim):  # a LiDAR-only run never reads the images
+            return self._occupancy_terms(batch, f3d, g3d, terms, weights)
         pv, pp = batch["pair_voxels"].to(dev), batch["pair_pixels"].to(dev)
-        terms = {"nce": point_pixel_infonce(f3d[pv], f2d[pp[:, 0], :, pp[:, 1], pp[:, 2]], tau=self.tau,
-                                            num_matches=self.num_matches, generator=generator)}
-        weights = {"nce": 1.0}
+        # The full-resolution 2D maps are built only where a decoder reads them (MIM): the losses on
+        # pairs read the paired pixels only, the same values as indexing the upsampled map.
+        shared_low, g2d_low = self._heads_2d_low(images)
+        size = tuple(images.shape[-2:])
+        up = lambda t: F.interpolate(t, size=size, mode="bilinear", align_corners=False)  # noqa: E731
+        f2d_low = F.normalize(shared_low, dim=1)
+        f2d_pairs = F.normalize(upsampled_at(shared_low, pp[:, 0], pp[:, 1:], size), dim=1)  # (P, D) at the paired pixels
+        if o.nce:
+            terms["nce"] = point_pixel_infonce(f3d[pv], f2d_pairs, tau=self.tau, num_matches=self.num_matches,
+                                               generator=generator)
+            weights["nce"] = 1.0
         if o.decouple:
             orth = orthogonality_loss(f3d, g3d)
             if o.orth_2d:  # over the pixels of the trunk-resolution maps
@@ -187,11 +209,11 @@ class CMCRModel(nn.Module):
                 orth = orth + orthogonality_loss(flat(f2d_low), flat(g2d_low))
             terms["orth"], weights["orth"] = orth, o.orth_weight
 
-        q3d, q2d = f3d, f2d  # without a codebook the decoders read the continuous shared features
+        q3d = f3d  # without a codebook the decoders read the continuous shared features
         if o.codebook:
             m = min(len(pv), o.codebook_matches or self.num_matches)
             sel = torch.randperm(len(pv), generator=generator, device="cpu")[:m].to(dev)
-            cb = self.codebook(f3d[pv[sel]], f2d[pp[sel, 0], :, pp[sel, 1], pp[sel, 2]])
+            cb = self.codebook(f3d[pv[sel]], f2d_pairs[sel])
             terms.update(cmcm=cb["cmcm"], commit_points=cb["commit_points"], commit_pixels=cb["commit_pixels"])
             weights.update(cmcm=1.0, commit_points=1.0, commit_pixels=1.0)
             terms["perplexity_points"], terms["perplexity_pixels"] = cb["perplexity_points"], cb["perplexity_pixels"]
@@ -199,23 +221,41 @@ class CMCRModel(nn.Module):
             q3d = self.codebook.quantize(f3d)[0]
         if o.codebook and o.mim:
             B, D, h, w = f2d_low.shape
-            q_low = self.codebook.quantize(f2d_low.permute(0, 2, 3, 1).reshape(-1, D))[0]
-            q2d = F.interpolate(q_low.reshape(B, h, w, D).permute(0, 3, 1, 2), size=images.shape[-2:],
-                                mode="bilinear", align_corners=False)
+            q2d_low = self.codebook.quantize(f2d_low.permute(0, 2, 3, 1).reshape(-1, D))[0]
+            q2d_low = q2d_low.reshape(B, h, w, D).permute(0, 3, 1, 2)
+        elif o.mim:
+            q2d_low = None  # no codebook: the decoder reads the continuous F^2D
 
         if o.mim:
             masks = batch["masks"].to(dev)
-            source = q2d
+            # decoder input G^2D + F̄^2D. Bilinear upsampling is linear, so the sum is taken at the
+            # trunk's resolution and upsampled once (one full-resolution map instead of three).
+            if q2d_low is not None:
+                decoder_in = up(q2d_low + g2d_low) if g2d_low is not None else up(q2d_low)
+            else:
+                decoder_in = F.normalize(up(shared_low), dim=1) + (up(g2d_low) if g2d_low is not None else 0)
             if o.geomim:
-                source, replaced = geometry_enhanced_replacement(
-                    q2d, q3d, batch["masked_pair_voxels"].to(dev), batch["masked_pair_pixels"].to(dev), masks)
+                # masked pixels take the mean F̄^3D of their points in place of F̄^2D; G^2D stays,
+                # so each pair brings F̄^3D(voxel) + G^2D(pixel), and their mean at a pixel is the
+                # paper's replacement plus that pixel's G^2D
+                mpv, mpp = batch["masked_pair_voxels"].to(dev), batch["masked_pair_pixels"].to(dev)
+                per_pair = q3d[mpv]
+                if g2d_low is not None:
+                    per_pair = per_pair + upsampled_at(g2d_low, mpp[:, 0], mpp[:, 1:], size)
+                decoder_in, replaced = geometry_enhanced_replacement(
+                    decoder_in, per_pair, torch.arange(len(mpv), device=dev), mpp, masks)
                 terms["geomim_pixels"] = replaced.float().sum()
-            decoder_in = source + g2d if g2d is not None else source
             pred = self.image_decoder(decoder_in)
             terms["mim"] = reconstruction_loss(pred, batch["target_images"].to(dev), masks, o.mim_masked_only)
             weights["mim"] = o.mim_weight
             self.last_reconstruction = pred.detach()
 
+        return self._occupancy_terms(batch, q3d, g3d, terms, weights)
+
+    def _occupancy_terms(self, batch: dict, q3d, g3d, terms: dict, weights: dict) -> dict:
+        """Add the occupancy and intensity terms (when switched on) from the 3D latents q3d (+ g3d),
+        and the weighted sum ``loss``."""
+        o, dev = self.opt, q3d.device
         if o.occupancy:
             if "queries" not in batch:
                 raise ValueError("CMCR occupancy needs query points: build the batch with PipelineConfig(occupancy=True)")

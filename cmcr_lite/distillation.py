@@ -50,10 +50,13 @@ class DistillationModel(nn.Module):
         """(B, feature_dim, H, W) L2-normalised shared pixel features of images in [0, 1]."""
         return self.image_encoder(images)
 
-    def forward(self, x, images: torch.Tensor):
-        """(f3d (V, C), f2d (B, C, H, W)); going through ``forward`` lets DistributedDataParallel
-        synchronise gradients."""
-        return self.features_3d(x), self.features_2d(images)
+    def forward(self, x, images: torch.Tensor, pair_pixels: torch.Tensor | None = None):
+        """(f3d (V, C), f2d (B, C, H, W)), or with ``pair_pixels`` (M, 3) (image, row, col) f2d (M, C)
+        at those pixels only (what PPKT reads; equal values, a fraction of the time). Going through
+        ``forward`` lets DistributedDataParallel synchronise gradients."""
+        f2d = (self.features_2d(images) if pair_pixels is None
+               else self.image_encoder.forward_at_pixels(images, pair_pixels))
+        return self.features_3d(x), f2d
 
 
 def gather_pixels(feats_2d: torch.Tensor, pair_pixels: torch.Tensor) -> torch.Tensor:
@@ -65,7 +68,9 @@ def distillation_loss(method: str, f3d: torch.Tensor, f2d: torch.Tensor, batch: 
                       num_matches: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """PPKT or SLidR InfoNCE for a collated batch.
 
-    f3d: (V, C) voxel features; f2d: (B*cams, C, H, W) pixel features (both L2-normalised).
+    f3d: (V, C) voxel features; f2d: (B*cams, C, H, W) pixel features (both L2-normalised), or for
+    PPKT the (M, C) features of the batch's paired pixels, already gathered (``DistillationModel``
+    with ``pair_pixels``).
     PPKT: positives are (voxel, pixel) pairs, negatives the other sampled pixels.
     SLidR: features are averaged over each superpixel (2D) and over the points falling in it (3D,
     the "superpoint"); positives are a superpixel and its superpoint.
@@ -73,7 +78,8 @@ def distillation_loss(method: str, f3d: torch.Tensor, f2d: torch.Tensor, batch: 
     device = f3d.device
     pair_voxels, pair_pixels = batch["pair_voxels"].to(device), batch["pair_pixels"].to(device)
     if method == "ppkt":
-        return point_pixel_infonce(f3d[pair_voxels], gather_pixels(f2d, pair_pixels), tau=tau,
+        pixel_feats = f2d if f2d.dim() == 2 else gather_pixels(f2d, pair_pixels)
+        return point_pixel_infonce(f3d[pair_voxels], pixel_feats, tau=tau,
                                    num_matches=num_matches, generator=generator)
     sp = batch["superpixels"].to(device)                     # (B*cams, H, W) ids per image
     n_img = sp.shape[0]

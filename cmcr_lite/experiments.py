@@ -2,6 +2,8 @@
 
     python -m cmcr_lite.experiments baseline --seeds 0 1 2     # PPKT / SLidR vs random init (60 epochs, ~25 min)
     python -m cmcr_lite.experiments ablation --seeds 0 1 2     # CMCR, one component at a time (30 epochs, ~1 h)
+    python -m cmcr_lite.experiments bench                      # the decisive benchmark (cmcr_lite.bench, ~2 h)
+    python -m cmcr_lite.experiments bench --smoke              # the same at toy size (minutes)
 
 Each run pretrains (or resumes) into ``outputs/experiments/<name>/<method>_seed<k>/``, linear-probes
 the trunk on the embedded ``train`` split, evaluates per point on ``val``, and the summary (mean ± std
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -133,9 +136,51 @@ def ablation(seeds=(0, 1, 2), output_root="outputs/experiments/ablation", result
     return run_variants(ablation_variants(only), seeds, output_root, results_name, progress, **pretrain_overrides)
 
 
+def bench_main(argv) -> dict:
+    """``python -m cmcr_lite.experiments bench [--smoke] [--seeds ...] ...``: see ``cmcr_lite.bench``."""
+    from cmcr_lite.bench import BenchPlan, bench
+
+    p = argparse.ArgumentParser(prog="python -m cmcr_lite.experiments bench",
+                                description="The benchmark that can decide the paper's claim (cmcr_lite.bench).")
+    p.add_argument("--smoke", action="store_true", help="every row at toy size (2 seeds, 1 epoch): minutes")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds of every row (default 0-4)")
+    p.add_argument("--aa-seeds", type=int, nargs="+", help="seeds of the PPKT A/A row (default 100-104)")
+    p.add_argument("--epochs", type=int, help="pretraining epochs per run")
+    p.add_argument("--ceiling-epochs", type=int, help="epochs of the supervised ceiling")
+    p.add_argument("--workers", type=int, help="jobs at once, one thread each (default 2)")
+    p.add_argument("--dataroot", help="the bench set's root (default data/nuscenes-bench, generated if missing)")
+    p.add_argument("--output-root", help="where each job's checkpoints and result.json go")
+    p.add_argument("--results-dir", help="where <name>.{json,md,png} go (default benchmarks/results)")
+    p.add_argument("--name", help="results name (default bench, or bench_smoke)")
+    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                   help="extra PretrainConfig.lite fields (JSON values) for every pretraining, e.g. num_matches=256")
+    a = p.parse_args(argv)
+    plan = BenchPlan.smoke() if a.smoke else BenchPlan()
+    changes = {k: v for k, v in {"seeds": a.seeds and tuple(a.seeds), "aa_seeds": a.aa_seeds and tuple(a.aa_seeds),
+                                 "pretrain_epochs": a.epochs, "ceiling_epochs": a.ceiling_epochs,
+                                 "workers": a.workers, "dataroot": a.dataroot, "output_root": a.output_root,
+                                 "results_name": a.name}.items() if v is not None}
+    if a.set:
+        changes["pretrain"] = {k: json.loads(v) if v[:1] in "0123456789-[{tf" else v
+                               for k, _, v in (item.partition("=") for item in a.set)}
+    if set(changes.get("aa_seeds", plan.aa_seeds)) & set(changes.get("seeds", plan.seeds)):
+        p.error("--aa-seeds must be disjoint from --seeds (the A/A row is the noise floor)")
+    plan = replace(plan, **changes)
+    report = bench(plan, results_dir=a.results_dir)
+    from cmcr_lite.bench import markdown_report
+
+    print(markdown_report(report["summary"], plan, report["minutes_this_call"]))
+    return report
+
+
 def main(argv=None):
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        return bench_main(argv[1:])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("experiment", choices=["baseline", "ablation"])
+    p.add_argument("experiment", choices=["baseline", "ablation", "bench"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=None,
                    help=f"pretraining epochs per run (lite preset: 4 steps each); default {DEFAULT_EPOCHS}")

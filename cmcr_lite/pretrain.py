@@ -200,7 +200,10 @@ def training_losses(model: nn.Module, config: PretrainConfig, batch: dict, x, ge
     (``model`` may be wrapped in DistributedDataParallel: its forward is what runs)."""
     if config.method == "cmcr":
         return model(batch, x, generator)
-    f3d, f2d = model(x, batch["images"].to(x.F.device))
+    images = batch["images"].to(x.F.device)
+    # PPKT reads only the paired pixels; SLidR pools every pixel of each superpixel
+    pairs = batch["pair_pixels"].to(x.F.device) if config.method == "ppkt" else None
+    f3d, f2d = model(x, images, pairs) if pairs is not None else model(x, images)
     return {"loss": distillation_loss(config.method, f3d, f2d, batch, config.tau, config.num_matches, generator)}
 
 

@@ -113,3 +113,40 @@ def test_pipeline_follows_the_method_and_options_in_any_order():
     lite = PretrainConfig.from_preset("lite", method="cmcr", cmcr=ABLATION_STEPS["full"])
     assert lite.pipeline.occupancy_queries == 1024 and lite.cmcr.codebook_matches is None and lite.num_matches == 1024
     assert CMCROptions.lite() == CMCROptions.full() == CMCROptions()
+
+
+def test_forward_matches_the_full_resolution_formulation(tmp_path, two_keyframes):
+    """The step reads 2D features at the paired pixels only and sums the decoder input at the trunk's
+    resolution; the loss terms must equal the plain formulation on full-resolution maps:
+    F^2D = normalise(upsample(head(trunk))), decoder(GeoMIM(upsample(F̄^2D_low), F̄^3D) + upsample(G^2D))."""
+    import torch.nn.functional as F
+
+    from cmcr_lite.data.pipeline import PairedScanDataset, batch_to_sparse_tensor, collate_pairs
+    from cmcr_lite.losses.infonce import point_pixel_infonce
+    from cmcr_lite.losses.mim import geometry_enhanced_replacement, reconstruction_loss
+    from cmcr_lite.pretrain import build_model
+
+    cfg = tiny(tmp_path, replace_small(CMCROptions()))
+    torch.manual_seed(0)
+    model = build_model(cfg, SmallImageTeacher(width=8, stride=4)).eval()  # eval: no EMA update, fixed BN
+    batch = collate_pairs([PairedScanDataset(two_keyframes, cfg.pipeline, seed=0)[i] for i in range(2)])
+    x = batch_to_sparse_tensor(batch)
+    with torch.no_grad():
+        terms = model(batch, x, torch.Generator().manual_seed(3))
+        f3d, _ = model.features_3d(x)
+        f2d, f2d_low, g2d, _ = model.features_2d(batch["images"])
+        pv, pp = batch["pair_voxels"], batch["pair_pixels"]
+        nce = point_pixel_infonce(f3d[pv], f2d[pp[:, 0], :, pp[:, 1], pp[:, 2]], tau=cfg.tau,
+                                  num_matches=cfg.num_matches, generator=torch.Generator().manual_seed(3))
+        B, D, h, w = f2d_low.shape
+        q_low = model.codebook.quantize(f2d_low.permute(0, 2, 3, 1).reshape(-1, D))[0]
+        q2d = F.interpolate(q_low.reshape(B, h, w, D).permute(0, 3, 1, 2), size=batch["images"].shape[-2:],
+                            mode="bilinear", align_corners=False)
+        source, replaced = geometry_enhanced_replacement(q2d, model.codebook.quantize(f3d)[0],
+                                                         batch["masked_pair_voxels"], batch["masked_pair_pixels"],
+                                                         batch["masks"])
+        mim = reconstruction_loss(model.image_decoder(source + g2d), batch["target_images"], batch["masks"])
+    assert replaced.sum() > 0
+    assert torch.allclose(terms["nce"], nce, atol=1e-5)
+    assert torch.allclose(terms["mim"], mim, rtol=1e-5)
+    assert float(terms["geomim_pixels"]) == float(replaced.sum())

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from cmcr_lite.models.image_encoder import (
-    CheckpointMismatchError, ResNet50, ResNet50Encoder, SmallImageTeacher, freeze, load_resnet50_weights)
+    CheckpointMismatchError, ResNet50, ResNet50Encoder, SmallImageTeacher, freeze, load_resnet50_weights,
+    upsampled_at)
 
 
 def _fake_moco_checkpoint(src: ResNet50) -> dict:
@@ -154,3 +155,28 @@ def test_small_teacher_interface():
         SmallImageTeacher(stride=6)
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         t(torch.rand(2, 1, 32, 48))
+
+
+@pytest.mark.parametrize("low_hw, size", [((14, 26), (112, 208)), ((7, 13), (224, 416)), ((5, 9), (37, 50)),
+                                          ((8, 8), (8, 8)), ((3, 4), (2, 3))])
+def test_upsampled_at_equals_indexing_the_upsampled_map(low_hw, size):
+    """Reading the paired pixels straight from the low-resolution map gives torch's own bilinear
+    upsampling (align_corners=False) at those pixels, including the clamped borders."""
+    g = torch.Generator().manual_seed(0)
+    low = torch.randn(3, 5, *low_hw, generator=g)
+    H, W = size
+    rows = torch.cat([torch.tensor([0, H - 1]), torch.randint(0, H, (300,), generator=g)])
+    cols = torch.cat([torch.tensor([W - 1, 0]), torch.randint(0, W, (300,), generator=g)])
+    pixels = torch.stack([torch.randint(0, 3, (302,), generator=g), rows, cols], 1)
+    full = F.interpolate(low, size=size, mode="bilinear", align_corners=False)
+    expected = full[pixels[:, 0], :, pixels[:, 1], pixels[:, 2]]
+    assert torch.allclose(upsampled_at(low, pixels[:, 0], pixels[:, 1:], size), expected, atol=1e-6)
+
+
+def test_encoder_features_at_pixels_match_the_full_map():
+    enc = SmallImageTeacher(out_dim=8)
+    images = torch.rand(2, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+    pixels = torch.tensor([[0, 0, 0], [1, 63, 95], [1, 10, 50], [0, 33, 7]])
+    full = enc(images)
+    assert torch.allclose(enc.forward_at_pixels(images, pixels), full[pixels[:, 0], :, pixels[:, 1], pixels[:, 2]],
+                          atol=1e-6)

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 
 from cmcr_lite.classes import APPEARANCE_ONLY_TWINS, GEOMETRY_ONLY_TWINS, class_index
 
-__all__ = ["ridge_probe", "balanced_accuracy", "twin_probe", "cross_correlation", "point_features"]
+__all__ = ["ridge_probe", "balanced_accuracy", "twin_probe", "mlp_twin_probe", "softmax_probe", "cross_correlation",
+           "point_features"]
 
 
 def ridge_probe(train_x: torch.Tensor, train_y, test_x: torch.Tensor, alpha: float = 1.0) -> np.ndarray:
@@ -93,6 +94,73 @@ def twin_probe(train_x, train_y, test_x, test_y, pairs, alpha: float = 1.0) -> d
     return out
 
 
+def _standardise(train_x, test_x):
+    x = torch.as_tensor(train_x, dtype=torch.float32)
+    t = torch.as_tensor(test_x, dtype=torch.float32)
+    mean, std = x.mean(0), x.std(0, unbiased=False)
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    return (x - mean) / std, (t - mean) / std
+
+
+def _fit_classifier(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int, steps: int,
+                    lr: float, generator: torch.Generator, batch: int = 4096) -> torch.nn.Module:
+    """Adam on class-balanced cross-entropy (each class weighs the same in total, so the fit aims at
+    balanced accuracy), minibatches drawn with ``generator``."""
+    counts = torch.bincount(y, minlength=num_classes).float()
+    weight = torch.where(counts > 0, counts.sum() / (num_classes * counts.clamp(min=1)), torch.zeros_like(counts))
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(steps):
+        idx = torch.randint(0, len(x), (min(batch, len(x)),), generator=generator)
+        loss = F.cross_entropy(model(x[idx]), y[idx], weight=weight)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model
+
+
+def mlp_twin_probe(train_x, train_y, test_x, test_y, pairs, hidden: int = 64, steps: int = 400, lr: float = 1e-2,
+                   seed: int = 0) -> dict:
+    """As :func:`twin_probe`, with a small MLP instead of a linear map: standardised features ->
+    ``hidden`` ReLU units -> 2 logits, Adam on class-balanced cross-entropy for ``steps`` minibatch
+    steps, initialised and sampled from ``seed``. What a *non-linear* read-out finds in the features:
+    a twin pair the MLP tells apart and the ridge probe does not is there, but not linearly.
+
+    Returns {(a, b): balanced accuracy on the test points of a and b} (NaN when a class is missing).
+    """
+    train_y, test_y = np.asarray(train_y), np.asarray(test_y)
+    out = {}
+    for k, (a, b) in enumerate(pairs):
+        ia, ib = class_index(a), class_index(b)
+        tr, te = np.isin(train_y, (ia, ib)), np.isin(test_y, (ia, ib))
+        if len(np.unique(train_y[tr])) < 2 or len(np.unique(test_y[te])) < 2:
+            out[(a, b)] = float("nan")
+            continue
+        x, t = _standardise(train_x[torch.from_numpy(tr)], test_x[torch.from_numpy(te)])
+        y = torch.from_numpy((train_y[tr] == ib).astype(np.int64))
+        g = torch.Generator().manual_seed(seed * 1009 + k)
+        torch.manual_seed(seed * 1009 + k)  # the layers' initialisation
+        net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 2))
+        _fit_classifier(net, x, y, 2, steps, lr, g)
+        with torch.no_grad():
+            pred = np.where(net(t).argmax(1).numpy() == 1, ib, ia)
+        out[(a, b)] = balanced_accuracy(test_y[te], pred)
+    return out
+
+
+def softmax_probe(train_x, train_y, test_x, num_classes: int, steps: int = 600, lr: float = 1e-2,
+                  seed: int = 0) -> np.ndarray:
+    """A linear softmax classifier on standardised features (Adam, class-balanced cross-entropy,
+    minibatches from ``seed``); returns the (M,) int64 predicted classes of ``test_x``. The image-only
+    reference reads the 2D teacher's features through it, as the 3D rows' linear probe does theirs."""
+    x, t = _standardise(train_x, test_x)
+    y = torch.as_tensor(np.asarray(train_y), dtype=torch.long)
+    torch.manual_seed(seed)
+    head = torch.nn.Linear(x.shape[1], num_classes)
+    _fit_classifier(head, x, y, num_classes, steps, lr, torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        return head(t).argmax(1).numpy().astype(np.int64)
+
+
 def cross_correlation(shared: torch.Tensor, specific: torch.Tensor) -> torch.Tensor:
     """|F̂ᵀĜ| / N: the (D, D) matrix whose Frobenius norm L_orth penalises, per point.
 
@@ -157,12 +225,14 @@ def point_features(model, keyframes, crop_size=(112, 208)) -> dict:
 # twin pair on the trunk's point features (train split -> val split)
 FEATURE_METRICS = {"geometry twins in features": GEOMETRY_ONLY_TWINS,
                    "appearance twins in features": APPEARANCE_ONLY_TWINS}
+MLP_FEATURE_METRICS = {"geometry twins in features (MLP)": GEOMETRY_ONLY_TWINS,
+                       "appearance twins in features (MLP)": APPEARANCE_ONLY_TWINS}
 
 
-def feature_twin_probes(model, train, val, config) -> dict:
+def feature_twin_probes(model, train, val, config, mlp_seed: int | None = None) -> dict:
     """{metric of FEATURE_METRICS: mean over its pairs of the two-class ridge probe's balanced
     accuracy} on the trunk's per-point features (``probes.twin_probe``, fitted on ``train``, scored
-    on ``val``); 0.5 = chance."""
+    on ``val``); 0.5 = chance. With ``mlp_seed``, also MLP_FEATURE_METRICS (:func:`mlp_twin_probe`)."""
     import torch
 
     from cmcr_lite.downstream import extract_features
@@ -173,5 +243,15 @@ def feature_twin_probes(model, train, val, config) -> dict:
                 np.concatenate([np.asarray(s.point_labels) for s in scans]))
 
     (xt, yt), (xv, yv) = points(train), points(val)
-    return {metric: float(np.nanmean(list(twin_probe(xt, yt, xv, yv, pairs).values())))
-            for metric, pairs in FEATURE_METRICS.items()}
+    return features_twin_summary(xt, yt, xv, yv, mlp_seed)
+
+
+def features_twin_summary(xt, yt, xv, yv, mlp_seed: int | None = None) -> dict:
+    """The FEATURE_METRICS (and with ``mlp_seed`` the MLP_FEATURE_METRICS) of per-point features
+    ``xt`` (N, C) / labels ``yt`` (N,) fitted, scored on ``xv`` / ``yv``."""
+    out = {metric: float(np.nanmean(list(twin_probe(xt, yt, xv, yv, pairs).values())))
+           for metric, pairs in FEATURE_METRICS.items()}
+    if mlp_seed is not None:
+        out.update({metric: float(np.nanmean(list(mlp_twin_probe(xt, yt, xv, yv, pairs, seed=mlp_seed).values())))
+                    for metric, pairs in MLP_FEATURE_METRICS.items()})
+    return out

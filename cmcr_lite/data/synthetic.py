@@ -2,6 +2,7 @@
 
     python -m cmcr_lite.data.synthetic --out data/nuscenes-synthetic --scenes 4 --seed 0
     python -m cmcr_lite.data.synthetic --out /tmp/nuscenes-mini --version v1.0-mini --samples-per-scene 2
+    python -m cmcr_lite.data.synthetic --out data/nuscenes-bench --preset bench --workers 2
 
 The unmodified ``nuscenes-devkit`` loads the result (``NuScenes('v1.0-synthetic', root)``), with
 lidarseg labels in the 32 fine classes, so ``LidarsegClassMapper`` gives the usual 16 classes.
@@ -106,13 +107,25 @@ def _write_json(folder: Path, name: str, records: list):
         json.dump(records, f, indent=0)
 
 
-def write_dataset(root: Path, n_scenes: int, seed: int, samples_per_scene: int, version: str, progress: bool = True):
-    """Write all tables and files of the dataset under ``root`` (which must be empty)."""
-    rng = np.random.default_rng(seed)
-    tok = _Tokens(np.random.default_rng(seed + 7919))
-    tables = {k: [] for k in ("category", "attribute", "visibility", "instance", "sensor", "calibrated_sensor",
-                              "ego_pose", "log", "scene", "sample", "sample_data", "sample_annotation", "map",
-                              "lidarseg")}
+# Named sizes. "notebook": the embedded set the notebooks read (cmcr_lite.paths). "bench": the
+# experiment's set (python -m cmcr_lite.experiments bench): 30 scenes split 6 teacher / 6 val / 18
+# train (assign_splits), so val holds 18 scans of 6 independent streets and train 54 scans.
+PRESETS = {
+    "notebook": {"n_scenes": 5, "samples_per_scene": 3, "seed": 0},
+    "bench": {"n_scenes": 30, "samples_per_scene": 3, "seed": 1},
+}
+TABLES = ("category", "attribute", "visibility", "instance", "sensor", "calibrated_sensor", "ego_pose", "log",
+          "scene", "sample", "sample_data", "sample_annotation", "map", "lidarseg")
+
+
+def write_dataset(root: Path, n_scenes: int, seed: int, samples_per_scene: int, version: str, progress: bool = True,
+                  workers: int = 1):
+    """Write all tables and files of the dataset under ``root`` (which must be empty).
+
+    Every scene draws from its own generators, seeded by (seed, scene index), so scenes can be made
+    in ``workers`` processes and the bytes written do not depend on how many there are."""
+    tok = _Tokens(np.random.default_rng([seed, 7919]))
+    tables = {k: [] for k in TABLES}
     for i, name in enumerate(LIDARSEG_CATEGORIES):
         tables["category"].append({"token": tok(), "name": name, "description": f"nuScenes-lidarseg class {i}",
                                    "index": i})
@@ -132,98 +145,124 @@ def write_dataset(root: Path, n_scenes: int, seed: int, samples_per_scene: int, 
     tables["map"].append({"token": map_token, "category": "semantic_prior", "filename": f"maps/{map_token}.png",
                           "log_tokens": []})
 
-    bar = tqdm(total=n_scenes * samples_per_scene, desc="synthetic nuScenes", unit="sample", disable=not progress)
     names = mini_scene_names() if version == MINI_VERSION else [f"scene-s{s:04d}" for s in range(n_scenes)]
-    scene_names = []
-    for s in range(n_scenes):
-        scene_name = names[s]
-        scene_names.append(scene_name)
-        log_token, scene_token = tok(), tok()
-        tables["map"][0]["log_tokens"].append(log_token)
-        tables["log"].append({"token": log_token, "logfile": f"synthetic-{seed}-{s:04d}", "vehicle": "synth",
-                              "date_captured": "2026-01-01", "location": "synthetic-street"})
-        # Per-scene calibration, slightly perturbed as real rigs are between logs.
-        calib = {}
-        R_ego_lidar = rotz(np.deg2rad(-90.0 + rng.normal(0, 0.3)))
-        calib["LIDAR_TOP"] = (R_ego_lidar, np.array(LIDAR_TRANSLATION) + rng.normal(0, 0.01, 3), None)
-        for cam, (yaw_deg, pos, focal) in CAMERA_RIG.items():
-            R = rotz(np.deg2rad(yaw_deg + rng.normal(0, 0.3))) @ CAM_AXES_IN_EGO
-            f = focal * 0.4 * (1 + rng.normal(0, 0.002))
-            K = np.array([[f, 0, 326.5 + rng.normal(0, 2)], [0, f, 196.6 + rng.normal(0, 2)], [0, 0, 1]])
-            calib[cam] = (R, np.array(pos) + rng.normal(0, 0.01, 3), K)
-        calib_token = {}
-        for channel, (R, t, K) in calib.items():
-            calib_token[channel] = tok()
-            tables["calibrated_sensor"].append({
-                "token": calib_token[channel], "sensor_token": sensor_token[channel],
-                "translation": [float(v) for v in t], "rotation": quaternion_wxyz(R),
-                "camera_intrinsic": [] if K is None else [[float(v) for v in row] for row in K]})
+    jobs = [(root, s, names[s], seed, samples_per_scene, version, sensor_token) for s in range(n_scenes)]
+    bar = tqdm(total=n_scenes, desc="synthetic nuScenes", unit="scene", disable=not progress)
+    if workers > 1 and n_scenes > 1:
+        import multiprocessing
 
-        # The road frame sits somewhere in the global frame; the ego drives along the road.
-        R_global_road = rotz(rng.uniform(-np.pi, np.pi))
-        t_global_road = np.array([rng.uniform(300, 2000), rng.uniform(300, 2000), 0.0])
-        road_length = EGO_SPEED * KEYFRAME_PERIOD * (samples_per_scene - 1)
-        world = build_world(rng, -SCENE_MARGIN, road_length + SCENE_MARGIN)
-        ego_y = -world.road_half / 2
-
-        def ego_pose_at(time_s: float):
-            """Ego pose in the road frame at a time (s): rotation (3,3), translation (3,)."""
-            return rotz(0.015 * np.sin(1.3 * time_s)), np.array([EGO_SPEED * time_s, ego_y, 0.0])
-
-        t0_us = 1_533_151_600_000_000 + s * 3_600_000_000
-        sample_tokens = [tok() for _ in range(samples_per_scene)]
-        prev_sd = {ch: "" for ch in calib}
-        for k, sample_token in enumerate(sample_tokens):
-            t_lidar = k * KEYFRAME_PERIOD
-            ts_lidar = t0_us + int(round(t_lidar * 1e6))
-            tables["sample"].append({"token": sample_token, "timestamp": ts_lidar, "scene_token": scene_token,
-                                     "prev": sample_tokens[k - 1] if k else "",
-                                     "next": sample_tokens[k + 1] if k + 1 < samples_per_scene else ""})
-            for channel, (R_es, t_es, K) in calib.items():
-                t_s = t_lidar + (0.0 if K is None else CAMERA_DELAY[channel])
-                ts = t0_us + int(round(t_s * 1e6))
-                R_re, t_re = ego_pose_at(t_s)
-                ego_token, sd_token = tok(), tok()
-                tables["ego_pose"].append({"token": ego_token, "timestamp": ts,
-                                           "rotation": quaternion_wxyz(R_global_road @ R_re),
-                                           "translation": [float(v) for v in R_global_road @ t_re + t_global_road]})
-                origin, R_road_sensor = R_re @ t_es + t_re, R_re @ R_es
-                stem = f"{scene_name}__{channel}__{ts}"
-                if K is None:
-                    points, labels = lidar_scan(world, origin, R_road_sensor, rng)
-                    filename = f"samples/{channel}/{stem}.pcd.bin"
-                    points.tofile(root / filename)
-                    label_file = f"lidarseg/{version}/{sd_token}_lidarseg.bin"
-                    labels.tofile(root / label_file)
-                    tables["lidarseg"].append({"token": sd_token, "sample_data_token": sd_token,
-                                               "filename": label_file})
-                    width = height = 0
-                    fileformat = "pcd"
-                else:
-                    image = render_camera(world, origin, R_road_sensor, K, IMAGE_WIDTH, IMAGE_HEIGHT)
-                    filename = f"samples/{channel}/{stem}.jpg"
-                    Image.fromarray(image).save(root / filename, quality=90)
-                    width, height, fileformat = IMAGE_WIDTH, IMAGE_HEIGHT, "jpg"
-                tables["sample_data"].append({
-                    "token": sd_token, "sample_token": sample_token, "ego_pose_token": ego_token,
-                    "calibrated_sensor_token": calib_token[channel], "timestamp": ts, "fileformat": fileformat,
-                    "is_key_frame": True, "height": height, "width": width, "filename": filename,
-                    "prev": prev_sd[channel], "next": ""})
-                if prev_sd[channel]:
-                    # link the previous record of this channel forward (records are dicts in the table)
-                    next(r for r in reversed(tables["sample_data"]) if r["token"] == prev_sd[channel])["next"] = sd_token
-                prev_sd[channel] = sd_token
+        with multiprocessing.get_context("spawn").Pool(min(workers, n_scenes)) as pool:
+            scenes = []
+            for part in pool.imap(_write_scene_job, jobs):  # in scene order
+                scenes.append(part)
+                bar.update(1)
+    else:
+        scenes = []
+        for job in jobs:
+            scenes.append(_write_scene_job(job))
             bar.update(1)
-        tables["scene"].append({"token": scene_token, "log_token": log_token, "nbr_samples": samples_per_scene,
-                                "first_sample_token": sample_tokens[0], "last_sample_token": sample_tokens[-1],
-                                "name": scene_name,
-                                "description": f"synthetic street, seed {seed}, road half-width {world.road_half:.1f} m"})
     bar.close()
+    for part in scenes:
+        tables["map"][0]["log_tokens"].append(part["log"][0]["token"])
+        for name, records in part.items():
+            tables[name].extend(records)
     for name, records in tables.items():
         _write_json(root / version, name, records)
     if version != MINI_VERSION:  # a mini stand-in is split by the devkit, as the real download
         with open(root / SPLITS_FILE, "w") as f:
-            json.dump(assign_splits(scene_names), f, indent=1)
+            json.dump(assign_splits(names[:n_scenes]), f, indent=1)
+
+
+def _write_scene_job(job: tuple) -> dict:
+    return write_scene(*job)
+
+
+def write_scene(root: Path, s: int, scene_name: str, seed: int, samples_per_scene: int, version: str,
+                sensor_token: dict) -> dict:
+    """Build scene ``s``'s world, write its LiDAR scans, labels and images under ``root``, and return
+    its table records ``{table name: [records]}`` (log, scene, sample, sample_data, ego_pose, ...)."""
+    rng = np.random.default_rng([seed, s])
+    tok = _Tokens(np.random.default_rng([seed, s, 7919]))
+    tables = {k: [] for k in ("calibrated_sensor", "ego_pose", "log", "scene", "sample", "sample_data", "lidarseg")}
+    log_token, scene_token = tok(), tok()
+    tables["log"].append({"token": log_token, "logfile": f"synthetic-{seed}-{s:04d}", "vehicle": "synth",
+                          "date_captured": "2026-01-01", "location": "synthetic-street"})
+    # Per-scene calibration, slightly perturbed as real rigs are between logs.
+    calib = {}
+    R_ego_lidar = rotz(np.deg2rad(-90.0 + rng.normal(0, 0.3)))
+    calib["LIDAR_TOP"] = (R_ego_lidar, np.array(LIDAR_TRANSLATION) + rng.normal(0, 0.01, 3), None)
+    for cam, (yaw_deg, pos, focal) in CAMERA_RIG.items():
+        R = rotz(np.deg2rad(yaw_deg + rng.normal(0, 0.3))) @ CAM_AXES_IN_EGO
+        f = focal * 0.4 * (1 + rng.normal(0, 0.002))
+        K = np.array([[f, 0, 326.5 + rng.normal(0, 2)], [0, f, 196.6 + rng.normal(0, 2)], [0, 0, 1]])
+        calib[cam] = (R, np.array(pos) + rng.normal(0, 0.01, 3), K)
+    calib_token = {}
+    for channel, (R, t, K) in calib.items():
+        calib_token[channel] = tok()
+        tables["calibrated_sensor"].append({
+            "token": calib_token[channel], "sensor_token": sensor_token[channel],
+            "translation": [float(v) for v in t], "rotation": quaternion_wxyz(R),
+            "camera_intrinsic": [] if K is None else [[float(v) for v in row] for row in K]})
+
+    # The road frame sits somewhere in the global frame; the ego drives along the road.
+    R_global_road = rotz(rng.uniform(-np.pi, np.pi))
+    t_global_road = np.array([rng.uniform(300, 2000), rng.uniform(300, 2000), 0.0])
+    road_length = EGO_SPEED * KEYFRAME_PERIOD * (samples_per_scene - 1)
+    world = build_world(rng, -SCENE_MARGIN, road_length + SCENE_MARGIN)
+    ego_y = -world.road_half / 2
+
+    def ego_pose_at(time_s: float):
+        """Ego pose in the road frame at a time (s): rotation (3,3), translation (3,)."""
+        return rotz(0.015 * np.sin(1.3 * time_s)), np.array([EGO_SPEED * time_s, ego_y, 0.0])
+
+    t0_us = 1_533_151_600_000_000 + s * 3_600_000_000
+    sample_tokens = [tok() for _ in range(samples_per_scene)]
+    prev_sd = {ch: "" for ch in calib}
+    for k, sample_token in enumerate(sample_tokens):
+        t_lidar = k * KEYFRAME_PERIOD
+        ts_lidar = t0_us + int(round(t_lidar * 1e6))
+        tables["sample"].append({"token": sample_token, "timestamp": ts_lidar, "scene_token": scene_token,
+                                 "prev": sample_tokens[k - 1] if k else "",
+                                 "next": sample_tokens[k + 1] if k + 1 < samples_per_scene else ""})
+        for channel, (R_es, t_es, K) in calib.items():
+            t_s = t_lidar + (0.0 if K is None else CAMERA_DELAY[channel])
+            ts = t0_us + int(round(t_s * 1e6))
+            R_re, t_re = ego_pose_at(t_s)
+            ego_token, sd_token = tok(), tok()
+            tables["ego_pose"].append({"token": ego_token, "timestamp": ts,
+                                       "rotation": quaternion_wxyz(R_global_road @ R_re),
+                                       "translation": [float(v) for v in R_global_road @ t_re + t_global_road]})
+            origin, R_road_sensor = R_re @ t_es + t_re, R_re @ R_es
+            stem = f"{scene_name}__{channel}__{ts}"
+            if K is None:
+                points, labels = lidar_scan(world, origin, R_road_sensor, rng)
+                filename = f"samples/{channel}/{stem}.pcd.bin"
+                points.tofile(root / filename)
+                label_file = f"lidarseg/{version}/{sd_token}_lidarseg.bin"
+                labels.tofile(root / label_file)
+                tables["lidarseg"].append({"token": sd_token, "sample_data_token": sd_token,
+                                           "filename": label_file})
+                width = height = 0
+                fileformat = "pcd"
+            else:
+                image = render_camera(world, origin, R_road_sensor, K, IMAGE_WIDTH, IMAGE_HEIGHT)
+                filename = f"samples/{channel}/{stem}.jpg"
+                Image.fromarray(image).save(root / filename, quality=90)
+                width, height, fileformat = IMAGE_WIDTH, IMAGE_HEIGHT, "jpg"
+            tables["sample_data"].append({
+                "token": sd_token, "sample_token": sample_token, "ego_pose_token": ego_token,
+                "calibrated_sensor_token": calib_token[channel], "timestamp": ts, "fileformat": fileformat,
+                "is_key_frame": True, "height": height, "width": width, "filename": filename,
+                "prev": prev_sd[channel], "next": ""})
+            if prev_sd[channel]:
+                # link the previous record of this channel forward (records are dicts in the table)
+                next(r for r in reversed(tables["sample_data"]) if r["token"] == prev_sd[channel])["next"] = sd_token
+            prev_sd[channel] = sd_token
+    tables["scene"].append({"token": scene_token, "log_token": log_token, "nbr_samples": samples_per_scene,
+                            "first_sample_token": sample_tokens[0], "last_sample_token": sample_tokens[-1],
+                            "name": scene_name,
+                            "description": f"synthetic street, seed {seed}, road half-width {world.road_half:.1f} m"})
+    return tables
 
 
 def mini_scene_names() -> list:
@@ -236,13 +275,14 @@ def mini_scene_names() -> list:
 
 
 def generate(out: str | os.PathLike, n_scenes: int | None = None, seed: int = 0, samples_per_scene: int = 4,
-             version: str = DEFAULT_VERSION, overwrite: bool = False, progress: bool = True) -> Path:
+             version: str = DEFAULT_VERSION, overwrite: bool = False, progress: bool = True, workers: int = 1) -> Path:
     """Generate the dataset at ``out`` atomically (temporary folder, then one rename).
 
     ``n_scenes`` None: 4 scenes, or for ``version="v1.0-mini"`` the devkit's 10 mini scenes. A mini set
     is a stand-in for the real nuScenes-mini download: its scenes carry the devkit's mini names and it
     has no ``cmcr_splits.json``, so the loader splits it with ``create_splits_scenes()`` (mini_train /
-    mini_val), the code path of real nuScenes."""
+    mini_val), the code path of real nuScenes. ``workers`` processes make the scenes in parallel
+    (the same bytes for any number)."""
     out = Path(out)
     if version == MINI_VERSION:
         n_mini = len(mini_scene_names())
@@ -257,7 +297,7 @@ def generate(out: str | os.PathLike, n_scenes: int | None = None, seed: int = 0,
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        write_dataset(tmp, n_scenes, seed, samples_per_scene, version, progress)
+        write_dataset(tmp, n_scenes, seed, samples_per_scene, version, progress, workers)
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             out.rename(old)
@@ -272,29 +312,45 @@ def generate(out: str | os.PathLike, n_scenes: int | None = None, seed: int = 0,
 
 
 def ensure_dataset(root: str | os.PathLike, n_scenes: int | None = None, seed: int = 0, samples_per_scene: int = 4,
-                   version: str = DEFAULT_VERSION) -> Path:
+                   version: str = DEFAULT_VERSION, workers: int = 1) -> Path:
     """Return ``root``, generating the synthetic dataset there first if it is missing (``n_scenes`` as
     :func:`generate`: None = 4, or the 10 mini scenes for ``v1.0-mini``)."""
     root = Path(root)
     if not (root / version).is_dir():
         generate(root, n_scenes=n_scenes, seed=seed, samples_per_scene=samples_per_scene, version=version,
-                 overwrite=True)
+                 overwrite=True, workers=workers)
     return root
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="dataset root to create (the nuScenes 'dataroot')")
+    p.add_argument("--preset", choices=sorted(PRESETS),
+                   help="a named size: " + "; ".join(f"{k}: {v['n_scenes']} scenes x {v['samples_per_scene']} "
+                                                     f"keyframes, seed {v['seed']}" for k, v in PRESETS.items())
+                        + " (--scenes, --samples-per-scene and --seed then must not be given)")
     p.add_argument("--scenes", type=int, help=f"number of scenes (default 4; {MINI_VERSION}: the devkit's 10)")
-    p.add_argument("--samples-per-scene", type=int, default=4, help="keyframes per scene (default 4)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--samples-per-scene", type=int, help="keyframes per scene (default 4)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--workers", type=int, default=1, help="processes making scenes in parallel (same bytes for any)")
     p.add_argument("--version", default=DEFAULT_VERSION,
                    help=f"version folder name (default {DEFAULT_VERSION}; {MINI_VERSION}: the devkit's mini scene "
                         f"names and splits, a stand-in for the real nuScenes-mini)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
     a = p.parse_args(argv)
+    if a.preset is not None:
+        given = [f for f, v in (("--scenes", a.scenes), ("--samples-per-scene", a.samples_per_scene),
+                                ("--seed", a.seed)) if v is not None]
+        if given:
+            p.error(f"--preset {a.preset} fixes the size and seed; do not also give {', '.join(given)}")
+        size = PRESETS[a.preset]
+        a.scenes, a.samples_per_scene, a.seed = size["n_scenes"], size["samples_per_scene"], size["seed"]
+    a.samples_per_scene = 4 if a.samples_per_scene is None else a.samples_per_scene
+    a.seed = 0 if a.seed is None else a.seed
+    if a.workers < 1:
+        p.error(f"--workers must be >= 1, got {a.workers}")
     try:
-        out = generate(a.out, a.scenes, a.seed, a.samples_per_scene, a.version, a.overwrite)
+        out = generate(a.out, a.scenes, a.seed, a.samples_per_scene, a.version, a.overwrite, workers=a.workers)
     except (FileExistsError, ValueError) as e:
         sys.exit(f"error: {e}")
     n = len(json.loads((out / a.version / "scene.json").read_text()))

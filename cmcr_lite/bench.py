@@ -1,0 +1,435 @@
+"""The benchmark that can decide the paper's claim on the embedded world, with its ceilings and controls.
+
+    python -m cmcr_lite.experiments bench            # every row x 5 seeds on the bench set (resumable)
+    python -m cmcr_lite.experiments bench --smoke    # the same pipeline at toy size, minutes
+
+Question: does contrastive distillation (PPKT) miss what only the LiDAR sees, and do CMCR's
+reconstruction tasks bring it back? The bench set (``synthetic.PRESETS["bench"]``) has twins of
+classes that only the LiDAR (geometry twins) or only the cameras (appearance twins) tell apart. The
+rows, all on the same seeds so that differences are paired:
+
+* ``random init``: linear probe of an untrained trunk (what the architecture alone gives);
+* ``supervised ceiling``: the same trunk trained from scratch on every label; it shows the twins
+  *can* be learned from the LiDAR, so a pretraining that does not separate them has missed them;
+* ``image-only reference``: the frozen 2D teacher's features at each point's pixel, probed
+  linearly; it shows what the teacher can hand down (appearance twins yes, geometry twins no);
+* ``PPKT`` and ``PPKT (A/A)``: the same method on two disjoint seed sets, the noise floor;
+* ``occupancy only``: LiDAR-only self-supervision (CMCR with every other term off, ALSO-style), the
+  positive control for "a reconstruction target teaches geometry";
+* ``CMCR``: the full method.
+
+Every pretrained trunk is read out the same way: the lite linear probe (frozen trunk, standardised
+features, 16-class head) on the train split, scored per point on val; plus two-class probes per twin
+pair on the trunk's features, linear (ridge) and a small MLP. Jobs run one per core on one thread
+each (bit-identical when repeated) and each writes its ``result.json`` atomically, so a rerun skips
+what is done. Output: ``benchmarks/results/bench.{json,md,png}``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from cmcr_lite.metrics import GROUPS, TWIN_METRICS, summarize_confusion, twin_separation
+
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+ROWS = ("random init", "supervised ceiling", "image-only reference", "PPKT", "PPKT (A/A)", "occupancy only", "CMCR")
+PRETRAINED = ("PPKT", "PPKT (A/A)", "occupancy only", "CMCR")
+COLUMNS = ("miou",) + tuple(GROUPS) + tuple(TWIN_METRICS) + (
+    "geometry twins in features", "appearance twins in features",
+    "geometry twins in features (MLP)", "appearance twins in features (MLP)")
+# paired differences reported with a 95 % interval: (row, minus row)
+DIFFERENCES = (("CMCR", "PPKT"), ("occupancy only", "PPKT"))
+
+
+@dataclass
+class BenchPlan:
+    """What the bench runs. Defaults: the full bench (about 2 hours on 2 cores); :meth:`smoke`."""
+    seeds: tuple = (0, 1, 2, 3, 4)
+    aa_seeds: tuple = (100, 101, 102, 103, 104)  # PPKT again, on seeds disjoint from ``seeds``
+    pretrain_epochs: int = 16                    # lite pretraining epochs (27 steps each on the bench set)
+    ceiling_epochs: int = 60                     # supervised ceiling epochs
+    ceiling: dict = field(default_factory=lambda: {"lr": 0.05, "lr_head": None, "batch_size": 4})
+    dataroot: str | None = None                  # None: the bench set (paths.ensure_bench_dataset)
+    version: str = "v1.0-synthetic"
+    output_root: str = "outputs/experiments/bench"
+    results_name: str = "bench"
+    workers: int = 2                             # jobs at once, one thread each
+    pretrain: dict = field(default_factory=dict)  # extra PretrainConfig.lite fields (the smoke sizes)
+
+    @classmethod
+    def smoke(cls, **overrides) -> "BenchPlan":
+        """Every row on 2 seeds, 1 pretraining epoch, a 2-epoch ceiling: checks the pipeline end to
+        end in a few minutes; the numbers mean nothing."""
+        return replace(cls(seeds=(0, 1), aa_seeds=(100, 101), pretrain_epochs=1, ceiling_epochs=2,
+                           output_root="outputs/experiments/bench_smoke", results_name="bench_smoke"), **overrides)
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))
+
+
+# ------------------------------------------------------------------------------------------ jobs
+def _slug(row: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in row).strip("_").lower()
+
+
+def bench_jobs(plan: BenchPlan) -> list:
+    """[(row, seed)] for every row and seed, the slowest first (so two workers finish together)."""
+    jobs = [(row, s) for row in ("CMCR", "occupancy only", "PPKT") for s in plan.seeds]
+    jobs += [("PPKT (A/A)", s) for s in plan.aa_seeds]
+    jobs += [(row, s) for row in ("supervised ceiling", "random init", "image-only reference") for s in plan.seeds]
+    return jobs
+
+
+def pretrain_fields(row: str) -> dict:
+    """The ``PretrainConfig`` fields of a pretrained row."""
+    from cmcr_lite.cmcr import CMCROptions
+
+    if row in ("PPKT", "PPKT (A/A)"):
+        return {"method": "ppkt"}
+    if row == "occupancy only":
+        return {"method": "cmcr", "cmcr": CMCROptions.occupancy_only()}
+    if row == "CMCR":
+        return {"method": "cmcr", "cmcr": CMCROptions()}
+    raise ValueError(f"bench: {row!r} is not a pretrained row")
+
+
+def _per_pair(conf) -> dict:
+    return {f"{a}|{b}": twin_separation(conf, a, b) for pairs in TWIN_METRICS.values() for a, b in pairs}
+
+
+def _probe_trunk(model, train, val, config, seed: int) -> dict:
+    """The readout every trunk row shares: summary of ``model`` on val, plus feature twin probes."""
+    from cmcr_lite.analysis.probes import feature_twin_probes
+    from cmcr_lite.downstream import evaluate
+
+    conf = evaluate(model, val, config, progress=False)
+    out = summarize_confusion(conf)
+    out["per_pair"] = _per_pair(conf)
+    out.update(feature_twin_probes(model, train, val, config, mlp_seed=seed))
+    return out
+
+
+def run_job(plan_dict: dict, root: str, row: str, seed: int) -> dict:
+    """Run one (row, seed) job on one thread; reuse its result.json when it is there."""
+    import torch
+
+    from cmcr_lite.data.nuscenes_loader import NuScenesKeyframes
+    from cmcr_lite.downstream import DownstreamConfig, train_segmentation
+    from cmcr_lite.runtime import atomic_path
+
+    plan = BenchPlan(**{k: tuple(v) if k in ("seeds", "aa_seeds") else v for k, v in plan_dict.items()})
+    run_dir = Path(plan.output_root) / f"{_slug(row)}_seed{seed}"
+    done = run_dir / "result.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    torch.set_num_threads(1)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    train = NuScenesKeyframes(root, plan.version, split="train")
+    val = NuScenesKeyframes(root, plan.version, split="val")
+    t0 = time.time()
+    result = {"row": row, "seed": seed}
+    from cmcr_lite.pretrain import PretrainConfig, pretrain
+
+    # every row reads out the same trunk architecture: the pretraining's (lite, unless plan.pretrain
+    # changes it), with the downstream BatchNorm momentum of DownstreamConfig.lite
+    trunk = replace(PretrainConfig.lite(**plan.pretrain).backbone, bn_momentum=0.1)
+    lite = lambda mode, **kw: DownstreamConfig.lite(mode, seed=seed, backbone=trunk, **kw)  # noqa: E731
+    if row in PRETRAINED:
+
+        cfg = PretrainConfig.lite(**{**plan.pretrain, **pretrain_fields(row), "dataroot": root,
+                                     "version": plan.version, "epochs": plan.pretrain_epochs, "seed": seed,
+                                     "output_dir": str(run_dir / "pretrain"), "tensorboard": False})
+        out = pretrain(cfg, resume=True, progress=False, keyframes=train)
+        steps = sum(h["steps"] for h in out["history"])
+        result["history"] = out["history"]
+        result["pretrain_seconds_per_step"] = (time.time() - t0) / max(steps, 1)
+        probe_cfg = lite("linear_probe")
+        model, _ = train_segmentation(probe_cfg, train, pretrained=str(out["checkpoint"]), progress=False)
+        result.update(_probe_trunk(model, train, val, probe_cfg, seed))
+    elif row == "random init":
+        probe_cfg = lite("linear_probe")
+        model, _ = train_segmentation(probe_cfg, train, pretrained=None, progress=False)
+        result.update(_probe_trunk(model, train, val, probe_cfg, seed))
+    elif row == "supervised ceiling":
+        cfg = lite("finetune", epochs=plan.ceiling_epochs, **plan.ceiling)
+        model, history = train_segmentation(cfg, train, pretrained=None, progress=False)
+        result["history"] = history
+        result.update(_probe_trunk(model, train, val, cfg, seed))
+    elif row == "image-only reference":
+        result.update(image_reference(root, plan.version, train, val, seed))
+    else:
+        raise ValueError(f"bench: unknown row {row!r}; rows are {ROWS}")
+    result["seconds"] = time.time() - t0
+    result.pop("confusion", None)
+    with atomic_path(done) as tmp:
+        tmp.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def image_reference(root, version: str, train, val, seed: int) -> dict:
+    """The frozen 2D teacher's features at each paired point's pixel (centre crop, lite size), read
+    by a linear softmax probe (16 classes) and by the twin probes. Only points seen by a camera
+    count, each once per camera that sees it."""
+    import torch
+
+    from cmcr_lite.analysis.probes import features_twin_summary, softmax_probe
+    from cmcr_lite.classes import IGNORE_INDEX, NUM_CLASSES_16
+    from cmcr_lite.metrics import confusion_matrix
+    from cmcr_lite.teacher import keyframe_pixel_features, load_or_train_teacher
+
+    teacher = load_or_train_teacher(root, version, progress=False)
+
+    def rows(keyframes):
+        feats, labels = [], []
+        for i in range(len(keyframes)):
+            f, y = keyframe_pixel_features(teacher, keyframes[i])
+            feats.append(f), labels.append(np.asarray(y))
+        x, y = torch.cat(feats), np.concatenate(labels).astype(np.int64)
+        keep = y != IGNORE_INDEX
+        return x[torch.from_numpy(keep)], y[keep]
+
+    (xt, yt), (xv, yv) = rows(train), rows(val)
+    pred = softmax_probe(xt, yt, xv, NUM_CLASSES_16, seed=seed)
+    conf = confusion_matrix(pred, yv, NUM_CLASSES_16, ignore_index=IGNORE_INDEX)
+    out = summarize_confusion(conf)
+    out["per_pair"] = _per_pair(conf)
+    out.update(features_twin_summary(xt, yt, xv, yv, mlp_seed=seed))
+    out["points"] = {"train": int(len(yt)), "val": int(len(yv))}
+    return out
+
+
+# ------------------------------------------------------------------------------------------ summary
+def t_interval(diffs) -> tuple:
+    """(mean, low, high): the mean of ``diffs`` and its two-sided 95 % Student-t interval."""
+    from scipy import stats
+
+    d = np.asarray(diffs, dtype=float)
+    if len(d) < 2:
+        return float(d.mean()), float("nan"), float("nan")
+    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+    return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
+
+
+def welch_interval(a, b) -> tuple:
+    """(mean(a) - mean(b), low, high): Welch's 95 % interval for a difference of two independent means."""
+    from scipy import stats
+
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    diff = float(a.mean() - b.mean())
+    if va + vb == 0:
+        return diff, diff, diff
+    dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    half = stats.t.ppf(0.975, dof) * np.sqrt(va + vb)
+    return diff, float(diff - half), float(diff + half)
+
+
+def summarize(results: list, plan: BenchPlan) -> dict:
+    """{"rows": {row: {column: {"mean", "std", "values"}}}, "differences": ..., "checks": ...}."""
+    by_row = {row: sorted([r for r in results if r["row"] == row], key=lambda r: r["seed"]) for row in ROWS}
+    rows = {}
+    for row, runs in by_row.items():
+        if not runs:
+            continue
+        rows[row] = {"seeds": [r["seed"] for r in runs]}
+        for col in COLUMNS:
+            vals = [float(r.get(col, float("nan"))) for r in runs]
+            rows[row][col] = {"mean": float(np.nanmean(vals)), "std": float(np.nanstd(vals)), "values": vals}
+        pairs = sorted(runs[0].get("per_pair", {}))
+        rows[row]["per_pair"] = {p: float(np.mean([r["per_pair"][p] for r in runs])) for p in pairs}
+        rows[row]["per_class"] = {c: float(np.mean([r["per_class"].get(c, np.nan) for r in runs]))
+                                  for c in runs[0]["per_class"]}
+        steps = [r["pretrain_seconds_per_step"] for r in runs if "pretrain_seconds_per_step" in r]
+        if steps:
+            rows[row]["seconds_per_step"] = float(np.mean(steps))
+    diffs = {}
+    for a, b in DIFFERENCES:
+        if a in rows and b in rows:
+            va, vb = {r["seed"]: r for r in by_row[a]}, {r["seed"]: r for r in by_row[b]}
+            common = sorted(set(va) & set(vb))
+            diffs[f"{a} - {b}"] = {col: dict(zip(("mean", "low", "high"),
+                                                 t_interval([va[s][col] - vb[s][col] for s in common])))
+                                   for col in COLUMNS}
+    if "PPKT" in rows and "PPKT (A/A)" in rows:
+        diffs["PPKT (A/A) - PPKT"] = {col: dict(zip(("mean", "low", "high"),
+                                                    welch_interval(rows["PPKT (A/A)"][col]["values"],
+                                                                   rows["PPKT"][col]["values"])))
+                                      for col in COLUMNS}
+    return {"rows": rows, "differences": diffs, "checks": threshold_checks(rows)}
+
+
+def threshold_checks(rows: dict) -> dict:
+    """The issue's conditions for the bench to mean something, each {"value", "needed", "holds"}."""
+    from cmcr_lite.classes import GEOMETRY_ONLY
+
+    checks = {}
+    if "supervised ceiling" in rows:
+        c = rows["supervised ceiling"]
+        for pair in ("car|truck", "terrain|vegetation"):
+            v = c["per_pair"].get(pair, float("nan"))
+            checks[f"ceiling tells {pair.replace('|', ' vs ')} apart"] = {"value": v, "needed": ">= 0.90", "holds": bool(v >= 0.9)}
+        for name in GEOMETRY_ONLY:
+            v = c["per_class"].get(name, float("nan"))
+            checks[f"ceiling {name} IoU"] = {"value": v, "needed": ">= 0.60", "holds": bool(v >= 0.6)}
+    if "image-only reference" in rows:
+        c = rows["image-only reference"]
+        for pair in ("driveable_surface|sidewalk", "bus|construction_vehicle"):
+            v = c["per_pair"].get(pair, float("nan"))
+            checks[f"image-only tells {pair.replace('|', ' vs ')} apart"] = {"value": v, "needed": ">= 0.90", "holds": bool(v >= 0.9)}
+        v = c["geometry twins told apart"]["mean"]
+        checks["image-only geometry twins near chance"] = {"value": v, "needed": "<= 0.65", "holds": bool(v <= 0.65)}
+    if "PPKT" in rows and "PPKT (A/A)" in rows:
+        v = abs(rows["PPKT (A/A)"]["miou"]["mean"] - rows["PPKT"]["miou"]["mean"])
+        checks["A/A mIoU difference"] = {"value": v, "needed": "<= 0.010", "holds": bool(v <= 0.01)}
+        for row in PRETRAINED:
+            if row in rows:
+                v = rows[row]["miou"]["std"]
+                checks[f"{row} mIoU std"] = {"value": v, "needed": "<= 0.015", "holds": bool(v <= 0.015)}
+    return checks
+
+
+COLUMN_TITLES = {"miou": "mIoU", "geometry-only": "geometry-only IoU", "appearance-only": "appearance-only IoU",
+                 "both": "both IoU", "geometry twins told apart": "geometry twins told apart",
+                 "appearance twins told apart": "appearance twins told apart",
+                 "geometry twins in features": "geometry twins in features (linear)",
+                 "appearance twins in features": "appearance twins in features (linear)",
+                 "geometry twins in features (MLP)": "geometry twins in features (MLP)",
+                 "appearance twins in features (MLP)": "appearance twins in features (MLP)"}
+
+
+def markdown_report(summary: dict, plan: BenchPlan, minutes: float) -> str:
+    rows, diffs = summary["rows"], summary["differences"]
+    n = len(plan.seeds)
+    lines = [f"# The bench: {n} seeds per row ({list(plan.seeds)}; A/A row {list(plan.aa_seeds)}), "
+             f"{plan.pretrain_epochs} pretraining epochs, {minutes:.0f} min", "",
+             "Values in %, mean ± std over seeds. mIoU and IoU columns: the 16-class read-out on the val "
+             "split (linear probe of the frozen trunk; the supervised ceiling's own predictions; the image-only "
+             "reference's linear probe on the teacher's features at the points' pixels). 'Told apart': balanced "
+             "accuracy of each twin against its twin in that confusion matrix (50 = chance). 'In features': a "
+             "two-class probe per twin pair on the features themselves, linear (ridge) or a small MLP.", "",
+             "| row | " + " | ".join(COLUMN_TITLES[c] for c in COLUMNS) + " | s / step |",
+             "|---" * (len(COLUMNS) + 2) + "|"]
+    for row in ROWS:
+        if row not in rows:
+            continue
+        cells = [f"{100 * rows[row][c]['mean']:.1f} ± {100 * rows[row][c]['std']:.1f}" for c in COLUMNS]
+        sps = rows[row].get("seconds_per_step")
+        lines.append(f"| {row} | " + " | ".join(cells) + f" | {'' if sps is None else f'{sps:.2f}'} |")
+    lines += ["", "## Differences (points of %, mean and 95 % interval)", "",
+              "Paired over the same seeds (Student t); the A/A row is PPKT on other seeds (Welch), the noise floor.", "",
+              "| difference | " + " | ".join(COLUMN_TITLES[c] for c in COLUMNS) + " |",
+              "|---" * (len(COLUMNS) + 1) + "|"]
+    for name, d in diffs.items():
+        cells = [f"{100 * d[c]['mean']:+.1f} [{100 * d[c]['low']:+.1f}, {100 * d[c]['high']:+.1f}]" for c in COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "## Do the ceilings and the power hold?", "", "| condition | value | needed | holds |",
+              "|---|---|---|---|"]
+    for name, c in summary["checks"].items():
+        lines.append(f"| {name} | {c['value']:.3f} | {c['needed']} | {'yes' if c['holds'] else '**no**'} |")
+    return "\n".join(lines) + "\n"
+
+
+def bench_figure(results: list, summary: dict, path: Path):
+    """2 x 4: pretraining loss per epoch for each pretrained row (every seed), then per-seed dots of
+    mIoU and of the geometry / appearance twins told apart, and the paired differences with their
+    95 % intervals next to the A/A floor."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cmcr_lite.runtime import atomic_path
+
+    fig, axes = plt.subplots(2, 4, figsize=(18, 8), constrained_layout=True)
+    for ax, row in zip(axes[0], PRETRAINED):
+        for r in (r for r in results if r["row"] == row):
+            h = r.get("history", [])
+            ax.plot([e["epoch"] + 1 for e in h], [e["loss"] for e in h], marker=".", lw=1, label=f"seed {r['seed']}")
+        ax.set(title=f"{row}: pretraining loss", xlabel="epoch", ylabel="mean loss of the epoch")
+        ax.legend(fontsize=7)
+    rows = [r for r in ROWS if r in summary["rows"]]
+    for ax, col, title in zip(axes[1][:3], ("miou", "geometry twins told apart", "appearance twins told apart"),
+                              ("linear-probe mIoU (%)", "geometry twins told apart (%)",
+                               "appearance twins told apart (%)")):
+        for i, row in enumerate(rows):
+            vals = 100 * np.asarray(summary["rows"][row][col]["values"])
+            ax.scatter(vals, np.full(len(vals), i) + np.linspace(-0.15, 0.15, len(vals)), s=18)
+            ax.plot([vals.mean()] * 2, [i - 0.3, i + 0.3], color="k", lw=2)
+        ax.set_yticks(range(len(rows)), rows)
+        ax.invert_yaxis()
+        ax.set(title=title, xlabel="% (one dot per seed, bar = mean)")
+        if col != "miou":
+            ax.axvline(50, color="grey", ls=":", lw=1)
+    ax = axes[1][3]
+    names = list(summary["differences"])
+    for i, name in enumerate(names):
+        for j, (col, colour) in enumerate((("miou", "C0"), ("geometry twins told apart", "C1"),
+                                           ("appearance twins told apart", "C2"))):
+            d = summary["differences"][name][col]
+            y = i + (j - 1) * 0.22
+            ax.errorbar(100 * d["mean"], y, xerr=[[100 * (d["mean"] - d["low"])], [100 * (d["high"] - d["mean"])]],
+                        fmt="o", color=colour, capsize=3, label=COLUMN_TITLES[col] if i == 0 else None)
+    ax.axvline(0, color="k", lw=1)
+    ax.set_yticks(range(len(names)), names)
+    ax.invert_yaxis()
+    ax.set(title="differences, 95 % interval", xlabel="points of %")
+    ax.legend(fontsize=7)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------ driver
+def bench(plan: BenchPlan | None = None, progress: bool = True, results_dir: Path | None = None) -> dict:
+    """Run (or resume) every job of ``plan`` and write ``<results_dir>/<results_name>.{json,md,png}``."""
+    from tqdm.auto import tqdm
+
+    from cmcr_lite.paths import ensure_bench_dataset
+    from cmcr_lite.runtime import atomic_path
+    from cmcr_lite.teacher import load_or_train_teacher
+
+    plan = plan or BenchPlan()
+    results_dir = Path(results_dir) if results_dir is not None else RESULTS_DIR
+    t0 = time.time()
+    root = str(ensure_bench_dataset(plan.dataroot, workers=plan.workers))
+    load_or_train_teacher(root, plan.version, progress=progress)  # once, before the workers share it
+    jobs = bench_jobs(plan)
+    results = []
+    bar = tqdm(total=len(jobs), desc="bench jobs", unit="job", disable=not progress)
+    before = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the workers: MinkowskiEngine's OpenMP on one thread
+    try:
+        if plan.workers > 1:
+            import multiprocessing
+
+            with multiprocessing.get_context("spawn").Pool(plan.workers) as pool:
+                pending = [pool.apply_async(run_job, (plan.to_dict(), root, row, seed)) for row, seed in jobs]
+                for p in pending:
+                    results.append(p.get())
+                    bar.update(1)
+                    bar.set_postfix(last=f"{results[-1]['row']} seed {results[-1]['seed']}")
+        else:
+            for row, seed in jobs:
+                results.append(run_job(plan.to_dict(), root, row, seed))
+                bar.update(1)
+    finally:
+        if before is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = before
+    bar.close()
+    minutes = (time.time() - t0) / 60
+    summary = summarize(results, plan)
+    report = {"plan": plan.to_dict(), "minutes_this_call": minutes, "summary": summary, "runs": results}
+    results_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(results_dir / f"{plan.results_name}.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=1))
+    with atomic_path(results_dir / f"{plan.results_name}.md") as tmp:
+        tmp.write_text(markdown_report(summary, plan, minutes))
+    bench_figure(results, summary, results_dir / f"{plan.results_name}.png")
+    return report

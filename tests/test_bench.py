@@ -1,0 +1,93 @@
+"""The decisive benchmark (cmcr_lite.bench): its statistics by closed form, its probes on data with a
+known answer, and the whole pipeline end to end at toy size (every row, resumable)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from cmcr_lite.analysis.probes import mlp_twin_probe, softmax_probe, twin_probe
+from cmcr_lite.bench import ROWS, BenchPlan, bench, bench_jobs, t_interval, welch_interval
+from cmcr_lite.classes import class_index
+
+
+def test_t_interval_by_hand():
+    d = np.array([1.0, 2.0, 4.0, 3.0, 5.0])
+    mean, lo, hi = t_interval(d)
+    half = 2.7764451051977987 * np.std(d, ddof=1) / np.sqrt(5)  # t(0.975, 4)
+    assert mean == 3.0 and np.isclose(lo, 3.0 - half) and np.isclose(hi, 3.0 + half)
+
+
+def test_welch_interval_matches_scipy_welch_test():
+    a, b = np.array([0.30, 0.32, 0.35, 0.31, 0.33]), np.array([0.28, 0.36, 0.25, 0.31, 0.29])
+    diff, lo, hi = welch_interval(a, b)
+    assert np.isclose(diff, a.mean() - b.mean())
+    # the 95 % interval excludes 0 exactly when Welch's two-sided test has p < 0.05
+    p = stats.ttest_ind(a, b, equal_var=False).pvalue
+    assert (lo > 0 or hi < 0) == (p < 0.05)
+    res = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert np.isclose(lo, res.low) and np.isclose(hi, res.high)
+
+
+def _ring_twins(n=4000, seed=0):
+    """car inside a circle, truck outside (radius at the median, so half each): a radially symmetric
+    label that no linear probe can read, and an MLP can."""
+    g = np.random.default_rng(seed)
+    x = g.normal(size=(n, 2)).astype(np.float32)
+    y = np.where((x ** 2).sum(1) > 2 * np.log(2), class_index("truck"), class_index("car"))
+    return torch.from_numpy(x), y
+
+
+def test_mlp_probe_reads_what_a_linear_probe_cannot():
+    (xt, yt), (xv, yv) = _ring_twins(seed=0), _ring_twins(seed=1)
+    pair = [("car", "truck")]
+    linear = twin_probe(xt, yt, xv, yv, pair)[("car", "truck")]
+    mlp = mlp_twin_probe(xt, yt, xv, yv, pair, seed=0)[("car", "truck")]
+    assert linear < 0.65 and mlp > 0.9  # a linear cut through a ring is near chance, whichever it is
+    assert mlp == mlp_twin_probe(xt, yt, xv, yv, pair, seed=0)[("car", "truck")]  # seeded
+
+
+def test_softmax_probe_separates_linear_classes():
+    g = np.random.default_rng(0)
+    centres = g.normal(scale=4, size=(5, 8))
+    y = g.integers(0, 5, 3000)
+    x = torch.from_numpy((centres[y] + g.normal(size=(3000, 8))).astype(np.float32))
+    pred = softmax_probe(x[:2000], y[:2000], x[2000:], num_classes=5, seed=0)
+    assert np.mean(pred == y[2000:]) > 0.95
+
+
+def test_jobs_cover_every_row_and_seed():
+    plan = BenchPlan()
+    jobs = bench_jobs(plan)
+    assert len(jobs) == len(set(jobs)) == len(ROWS) * 5
+    assert {r for r, _ in jobs} == set(ROWS)
+    assert {s for r, s in jobs if r == "PPKT (A/A)"}.isdisjoint({s for r, s in jobs if r == "PPKT"})
+
+
+def test_bench_end_to_end_at_toy_size(tmp_path, synthetic_root):
+    tiny = {"num_matches": 64, "backbone": {"layers": [1] * 8, "planes": [8] * 8, "init_dim": 8},
+            "pipeline": {"crop_size": [56, 104], "crop_min_pairs": 50, "occupancy_queries": 64}}
+    plan = BenchPlan.smoke(seeds=(0,), aa_seeds=(100,), ceiling_epochs=1, workers=1, dataroot=str(synthetic_root),
+                           output_root=str(tmp_path / "runs"), results_name="toy", pretrain=tiny)
+    report = bench(plan, progress=False, results_dir=tmp_path)
+    written = json.loads((tmp_path / "toy.json").read_text())
+    assert set(written["summary"]["rows"]) == set(ROWS)
+    for row in ROWS:
+        r = written["summary"]["rows"][row]
+        assert r["seeds"] == ([100] if row == "PPKT (A/A)" else [0])
+        assert 0 <= r["miou"]["mean"] <= 1 and 0 <= r["geometry twins in features (MLP)"]["mean"] <= 1
+    for row in ("PPKT", "CMCR", "occupancy only"):
+        run = next(x for x in written["runs"] if x["row"] == row)
+        assert len(run["history"]) == 1 and run["pretrain_seconds_per_step"] > 0
+    occupancy = next(x for x in written["runs"] if x["row"] == "occupancy only")
+    assert {"occupancy", "intensity"} <= set(occupancy["history"][0]) and "nce" not in occupancy["history"][0]
+    md = (tmp_path / "toy.md").read_text()
+    assert all(f"| {row} |" in md for row in ROWS) and "CMCR - PPKT" in md
+    assert (tmp_path / "toy.png").stat().st_size > 10_000
+    # a rerun reuses every job's result.json
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/result.json")}
+    assert len(stamps) == len(ROWS)
+    again = bench(plan, progress=False, results_dir=tmp_path)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert again["summary"]["rows"]["CMCR"]["miou"] == report["summary"]["rows"]["CMCR"]["miou"]
