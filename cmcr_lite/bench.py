@@ -433,3 +433,59 @@ def bench(plan: BenchPlan | None = None, progress: bool = True, results_dir: Pat
         tmp.write_text(markdown_report(summary, plan, minutes))
     bench_figure(results, summary, results_dir / f"{plan.results_name}.png")
     return report
+
+
+# ------------------------------------------------------------------------------------------ reading
+def load_report(name: str = "bench", results_dir: Path | None = None) -> dict | None:
+    """The written ``<name>.json`` report, or None when the bench has not been run."""
+    path = (Path(results_dir) if results_dir is not None else RESULTS_DIR) / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _significant(d: dict) -> bool:
+    return d["low"] > 0 or d["high"] < 0
+
+
+def bench_verdict(summary: dict) -> str:
+    """What the bench shows, in plain words, every number read from ``summary`` (a report's
+    ``"summary"``): the ceilings, the noise floor, CMCR − PPKT and occupancy − PPKT on the twins."""
+    rows, diffs, checks = summary["rows"], summary["differences"], summary["checks"]
+    pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
+    out = []
+    ceiling = [k for k in checks if k.startswith("ceiling")]
+    failed = [k for k in ceiling if not checks[k]["holds"]]
+    if ceiling:
+        out.append("**The ceilings.** " + (
+            "The supervised LiDAR-only ceiling meets every threshold: both geometry twin pairs are told apart "
+            f"(car vs truck {pct(rows['supervised ceiling']['per_pair']['car|truck'])} %, terrain vs vegetation "
+            f"{pct(rows['supervised ceiling']['per_pair']['terrain|vegetation'])} %), so what separates them *can* "
+            "be learned from the LiDAR." if not failed else
+            "The supervised LiDAR-only ceiling misses " + ", ".join(
+                f"{k.removeprefix('ceiling ')} ({checks[k]['value']:.2f}, needed {checks[k]['needed']})" for k in failed)
+            + ": on those, a pretraining that fails may be failing a task the LiDAR cannot do at this size."))
+    if "image-only reference" in rows:
+        r = rows["image-only reference"]
+        out.append(f"The image-only reference tells the appearance twins apart at "
+                   f"{pct(r['appearance twins told apart']['mean'])} % and the geometry twins at "
+                   f"{pct(r['geometry twins told apart']['mean'])} % (50 = chance): the teacher can hand down "
+                   "the first and has nothing to hand down for the second.")
+    aa = diffs.get("PPKT (A/A) - PPKT")
+    if aa:
+        out.append(f"**The noise floor.** PPKT on a second, disjoint seed set differs from PPKT by "
+                   f"{100 * aa['miou']['mean']:+.1f} mIoU points (95 % interval {100 * aa['miou']['low']:+.1f} to "
+                   f"{100 * aa['miou']['high']:+.1f}); the per-seed std of PPKT's mIoU is "
+                   f"{pct(rows['PPKT']['miou']['std'])} points.")
+    for name, label in (("CMCR - PPKT", "CMCR"), ("occupancy only - PPKT", "Occupancy alone")):
+        d = diffs.get(name)
+        if not d:
+            continue
+        g, a, m = d["geometry twins told apart"], d["appearance twins told apart"], d["miou"]
+        gf = d["geometry twins in features"]
+
+        def says(x):
+            return (f"{100 * x['mean']:+.1f} points ({100 * x['low']:+.1f} to {100 * x['high']:+.1f}, "
+                    + ("an interval that excludes 0" if _significant(x) else "an interval that includes 0") + ")")
+        out.append(f"**{label} vs PPKT**, paired over the same seeds: geometry twins told apart {says(g)}; "
+                   f"geometry twins in the features (linear probe) {says(gf)}; appearance twins told apart "
+                   f"{says(a)}; mIoU {says(m)}.")
+    return "\n\n".join(out)

@@ -136,6 +136,13 @@ def ablation(seeds=(0, 1, 2), output_root="outputs/experiments/ablation", result
     return run_variants(ablation_variants(only), seeds, output_root, results_name, progress, **pretrain_overrides)
 
 
+def _json_or_text(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def bench_main(argv) -> dict:
     """``python -m cmcr_lite.experiments bench [--smoke] [--seeds ...] ...``: see ``cmcr_lite.bench``."""
     from cmcr_lite.bench import BenchPlan, bench
@@ -161,8 +168,7 @@ def bench_main(argv) -> dict:
                                  "workers": a.workers, "dataroot": a.dataroot, "output_root": a.output_root,
                                  "results_name": a.name}.items() if v is not None}
     if a.set:
-        changes["pretrain"] = {k: json.loads(v) if v[:1] in "0123456789-[{tf" else v
-                               for k, _, v in (item.partition("=") for item in a.set)}
+        changes["pretrain"] = {k: _json_or_text(v) for k, _, v in (item.partition("=") for item in a.set)}
     if set(changes.get("aa_seeds", plan.aa_seeds)) & set(changes.get("seeds", plan.seeds)):
         p.error("--aa-seeds must be disjoint from --seeds (the A/A row is the noise floor)")
     plan = replace(plan, **changes)

@@ -3,13 +3,13 @@ known answer, and the whole pipeline end to end at toy size (every row, resumabl
 import json
 
 import numpy as np
-import pytest
 import torch
 from scipy import stats
 
 from cmcr_lite.analysis.probes import mlp_twin_probe, softmax_probe, twin_probe
-from cmcr_lite.bench import ROWS, BenchPlan, bench, bench_jobs, t_interval, welch_interval
+from cmcr_lite.bench import ROWS, BenchPlan, bench, bench_jobs, bench_verdict, t_interval, welch_interval
 from cmcr_lite.classes import class_index
+from cmcr_lite.experiments import main as experiments_main
 
 
 def test_t_interval_by_hand():
@@ -70,7 +70,12 @@ def test_bench_end_to_end_at_toy_size(tmp_path, synthetic_root):
             "pipeline": {"crop_size": [56, 104], "crop_min_pairs": 50, "occupancy_queries": 64}}
     plan = BenchPlan.smoke(seeds=(0,), aa_seeds=(100,), ceiling_epochs=1, workers=1, dataroot=str(synthetic_root),
                            output_root=str(tmp_path / "runs"), results_name="toy", pretrain=tiny)
-    report = bench(plan, progress=False, results_dir=tmp_path)
+    # the command line, as the README prints it, with toy sizes
+    report = experiments_main(["bench", "--smoke", "--seeds", "0", "--aa-seeds", "100", "--ceiling-epochs", "1",
+                               "--workers", "1", "--dataroot", str(synthetic_root), "--output-root",
+                               str(tmp_path / "runs"), "--results-dir", str(tmp_path), "--name", "toy", "--set"]
+                              + [f"{k}={json.dumps(v)}" for k, v in tiny.items()])
+    assert report["plan"] == plan.to_dict()
     written = json.loads((tmp_path / "toy.json").read_text())
     assert set(written["summary"]["rows"]) == set(ROWS)
     for row in ROWS:
@@ -85,6 +90,9 @@ def test_bench_end_to_end_at_toy_size(tmp_path, synthetic_root):
     md = (tmp_path / "toy.md").read_text()
     assert all(f"| {row} |" in md for row in ROWS) and "CMCR - PPKT" in md
     assert (tmp_path / "toy.png").stat().st_size > 10_000
+    verdict = bench_verdict(written["summary"])
+    ppkt_std = written["summary"]["rows"]["PPKT"]["miou"]["std"]
+    assert "noise floor" in verdict and f"{100 * ppkt_std:.1f} points" in verdict and "CMCR vs PPKT" in verdict
     # a rerun reuses every job's result.json
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/result.json")}
     assert len(stamps) == len(ROWS)

@@ -270,15 +270,20 @@ assert len(np.unique(buggy)) <= 2 and 0.3 < keep.mean() < 0.7
 # misses what only one of them carries. The embedded dataset makes that measurable with *twins*:
 #
 # * **geometry-only twins** render identically in the cameras (same paint, texture and coarse shape)
-#   and differ only in a fine relief that the LiDAR resolves: car | truck (the truck's panels are
-#   ribbed, 15 cm deep), terrain | vegetation (planted beds are shrubby, up to 30 cm high). What tells
-#   them apart is *LiDAR-specific*: an image teacher cannot pass it on.
+#   and differ only in a relief that the LiDAR resolves: car | truck (the truck's panels are ribbed,
+#   30 cm deep every 1.2 m, three voxels), terrain | vegetation (planted beds are shrubby, up to 30 cm
+#   high). What tells them apart is *LiDAR-specific*: an image teacher cannot pass it on.
 # * **appearance-only twins** have the same shape and differ in colour/texture: driveable surface |
 #   sidewalk, bus | construction vehicle. In the LiDAR they differ only through intensity (paint
 #   reflectance), shifted by about two spreads so the distributions overlap. What tells them apart
 #   is *shared*: obvious in the images, faint in the points. This is what contrastive distillation
 #   should transfer.
 # * pedestrian, traffic cone, barrier and manmade differ from everything in both.
+#
+# Classes that are *not* twins are kept apart in the LiDAR too (grass is brighter than paving, long
+# vehicles brighter than blue paint): otherwise a LiDAR-only network confuses a car with a bus, and
+# the twins would measure that instead of the relief. That the twins *can* be learned from the LiDAR
+# alone is measured, not assumed: the supervised ceiling of `benchmarks/results/bench.md` (notebook 07).
 #
 # Left: the mean colour of the pixels paired with each class (camera). Middle: the roughness of each
 # point, the spread of its 12 nearest neighbours off their best plane (LiDAR geometry). Right: the
