@@ -93,8 +93,8 @@ def test_bench_end_to_end_at_toy_size(tmp_path, synthetic_root):
     verdict = bench_verdict(written["summary"])
     ppkt_std = written["summary"]["rows"]["PPKT"]["miou"]["std"]
     assert "noise floor" in verdict and f"{100 * ppkt_std:.1f} points" in verdict and "CMCR vs PPKT" in verdict
-    # a rerun reuses every job's result.json
-    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/result.json")}
+    # a rerun reuses every job's result
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "toy_runs").glob("*.json")}
     assert len(stamps) == len(ROWS)
     again = bench(plan, progress=False, results_dir=tmp_path)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
