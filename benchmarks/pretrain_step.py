@@ -109,6 +109,7 @@ def main(argv=None):
     print(text)
     if a.out:
         Path(a.out).write_text(text)
+    return rows
 
 
 if __name__ == "__main__":

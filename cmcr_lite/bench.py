@@ -57,7 +57,8 @@ class BenchPlan:
     # fine-tuning rates (0.02, head 2.0) at the lite batch of 2 for 480 steps left car at IoU 0.
     ceiling_epochs: int = 60
     ceiling: dict = field(default_factory=lambda: {"lr": 0.05, "lr_head": None, "batch_size": 4})
-    dataroot: str | None = None                  # None: the bench set (paths.ensure_bench_dataset)
+    dataroot: str | None = None                  # None: the set named by ``dataset``, generated if missing
+    dataset: str = "bench"                       # "bench" (paths.ensure_bench_dataset) or "notebook" (the embedded set)
     version: str = "v1.0-synthetic"
     output_root: str = "outputs/experiments/bench"
     results_name: str = "bench"
@@ -66,9 +67,9 @@ class BenchPlan:
 
     @classmethod
     def smoke(cls, **overrides) -> "BenchPlan":
-        """Every row on 2 seeds, 1 pretraining epoch, a 2-epoch ceiling: checks the pipeline end to
-        end in a few minutes; the numbers mean nothing."""
-        return replace(cls(seeds=(0, 1), aa_seeds=(100, 101), pretrain_epochs=1, ceiling_epochs=2,
+        """Every row on 2 seeds, 1 pretraining epoch, a 2-epoch ceiling, on the notebook-size set:
+        checks the pipeline end to end in a few minutes; the numbers mean nothing."""
+        return replace(cls(seeds=(0, 1), aa_seeds=(100, 101), pretrain_epochs=1, ceiling_epochs=2, dataset="notebook",
                            output_root="outputs/experiments/bench_smoke", results_name="bench_smoke"), **overrides)
 
     def to_dict(self) -> dict:
@@ -394,14 +395,17 @@ def bench(plan: BenchPlan | None = None, progress: bool = True, results_dir: Pat
     """Run (or resume) every job of ``plan`` and write ``<results_dir>/<results_name>.{json,md,png}``."""
     from tqdm.auto import tqdm
 
-    from cmcr_lite.paths import ensure_bench_dataset
+    from cmcr_lite.paths import ensure_bench_dataset, ensure_embedded_dataset
     from cmcr_lite.runtime import atomic_path
     from cmcr_lite.teacher import load_or_train_teacher
 
     plan = plan or BenchPlan()
     results_dir = Path(results_dir) if results_dir is not None else RESULTS_DIR
     t0 = time.time()
-    root = str(ensure_bench_dataset(plan.dataroot, workers=plan.workers))
+    if plan.dataset not in ("bench", "notebook"):
+        raise ValueError(f"BenchPlan: dataset must be 'bench' or 'notebook', got {plan.dataset!r}")
+    root = str(ensure_bench_dataset(plan.dataroot, workers=plan.workers) if plan.dataset == "bench"
+               else ensure_embedded_dataset(plan.dataroot))
     load_or_train_teacher(root, plan.version, progress=progress)  # once, before the workers share it
     jobs = bench_jobs(plan)
     runs_dir = str(results_dir / f"{plan.results_name}_runs")

@@ -149,13 +149,15 @@ def bench_main(argv) -> dict:
 
     p = argparse.ArgumentParser(prog="python -m cmcr_lite.experiments bench",
                                 description="The benchmark that can decide the paper's claim (cmcr_lite.bench).")
-    p.add_argument("--smoke", action="store_true", help="every row at toy size (2 seeds, 1 epoch): minutes")
+    p.add_argument("--smoke", action="store_true",
+                   help="every row at toy size (2 seeds, 1 epoch, the notebook-size set): minutes")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds of every row (default 0-4)")
     p.add_argument("--aa-seeds", type=int, nargs="+", help="seeds of the PPKT A/A row (default 100-104)")
     p.add_argument("--epochs", type=int, help="pretraining epochs per run")
     p.add_argument("--ceiling-epochs", type=int, help="epochs of the supervised ceiling")
     p.add_argument("--workers", type=int, help="jobs at once, one thread each (default 2)")
-    p.add_argument("--dataroot", help="the bench set's root (default data/nuscenes-bench, generated if missing)")
+    p.add_argument("--dataroot", help="the data's root (default data/nuscenes-bench, or with --smoke the embedded "
+                                      "set; generated if missing)")
     p.add_argument("--output-root", help="where each job's checkpoints and result.json go")
     p.add_argument("--results-dir", help="where <name>.{json,md,png} go (default benchmarks/results)")
     p.add_argument("--name", help="results name (default bench, or bench_smoke)")

@@ -27,3 +27,16 @@ def test_synthetic_scans_pair_points_inside_the_images(tmp_path):
     cam, row, col = kf.pair_pixels.T
     assert cam.min() == 0 and cam.max() == 5 and (row >= 0).all() and (row < 900).all() and (col < 1600).all()
     assert 0.2 < len(kf.pair_points) / len(kf.points) < 1.0  # six 70-degree cameras see most of the ring
+
+
+def test_pretrain_step_profile_runs_and_its_parts_add_up(tmp_path):
+    """benchmarks/pretrain_step.py (the CPU profile of a lite step) at one step per row."""
+    spec = importlib.util.spec_from_file_location("pretrain_step", REPO_ROOT / "benchmarks" / "pretrain_step.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "pretrain_step.md"
+    rows = bench.main(["--steps", "1", "--methods", "ppkt", "occupancy only", "--out", str(out)])
+    for r in rows.values():
+        parts = sum(r[k] for k in bench.PARTS if k != "step")
+        assert all(r[k] >= 0 for k in bench.PARTS) and math.isclose(parts, r["step"], rel_tol=0.05)
+    assert "| occupancy only |" in out.read_text()

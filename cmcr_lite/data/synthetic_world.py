@@ -50,15 +50,16 @@ BASE_RGB = np.array([
     (232, 232, 228),   # barrier white, red stripes
 ], dtype=np.float32)
 # Mean and spread of LiDAR intensity (nuScenes raw units, 0..255). Appearance twins differ by about
-# two spreads (asphalt 8 vs paving 14, bus 95 vs construction 113): the distributions overlap, so one
+# two spreads (asphalt 8 vs paving 14, bus 95 vs construction 125, measured after the incidence
+# scaling below, which widens a bright paint's spread): the distributions overlap, so one
 # point is ambiguous, and nothing but the intensity in the LiDAR tells the twins apart. Geometry twins
 # share their material, so their intensity too. Classes that are not twins are kept apart in the
-# LiDAR as well (grass 32 vs paving 14; long vehicles 95-113 vs blue paint 50): otherwise the LiDAR
+# LiDAR as well (grass 32 vs paving 14; long vehicles 95-125 vs blue paint 50): otherwise the LiDAR
 # alone confuses a car with a bus, or grass with paving, and the geometry twins' ceiling measures
 # that confusion instead of the relief (measured: supervised car IoU 0.04, 80 % of car points
 # called bus, with bus at 48 and grass at 18).
 INTENSITY = np.array([
-    (8, 3), (14, 3), (32, 5), (35, 8), (50, 10), (95, 9), (113, 9), (25, 6), (150, 20), (200, 15),
+    (8, 3), (14, 3), (32, 5), (35, 8), (50, 10), (95, 9), (125, 9), (25, 6), (150, 20), (200, 15),
 ], dtype=np.float32)
 RIB_DEPTH, RIB_PERIOD = 0.30, 1.2        # m: the truck's ribbed panels (LiDAR only), 3 voxels deep
 SHRUB_HEIGHT, SHRUB_CELL = 0.30, 0.45    # m: relief of planted vegetation beds (LiDAR only)
