@@ -131,14 +131,23 @@ def run_job(plan_dict: dict, root: str, row: str, seed: int, runs_dir: str) -> d
     plan = BenchPlan(**{k: tuple(v) if k in ("seeds", "aa_seeds") else v for k, v in plan_dict.items()})
     run_dir = Path(plan.output_root) / f"{_slug(row)}_seed{seed}"
     done = Path(runs_dir) / f"{_slug(row)}_seed{seed}.json"
+    # a result is reused when it was made with this plan's sizes; with more epochs the pretraining
+    # resumes from its checkpoint and continues (the loop's resume ignores ``epochs``)
+    sizes = {"pretrain": plan.pretrain}  # the trunk's architecture, read by every row
+    if row in PRETRAINED:
+        sizes["pretrain_epochs"] = plan.pretrain_epochs
+    elif row == "supervised ceiling":
+        sizes.update(ceiling_epochs=plan.ceiling_epochs, ceiling=plan.ceiling)
     if done.is_file():
-        return json.loads(done.read_text())
+        previous = json.loads(done.read_text())
+        if previous.get("sizes", sizes) == sizes:
+            return previous
     torch.set_num_threads(1)
     run_dir.mkdir(parents=True, exist_ok=True)
     train = NuScenesKeyframes(root, plan.version, split="train")
     val = NuScenesKeyframes(root, plan.version, split="val")
     t0 = time.time()
-    result = {"row": row, "seed": seed}
+    result = {"row": row, "seed": seed, "sizes": sizes}
     from cmcr_lite.pretrain import PretrainConfig, pretrain
 
     # every row reads out the same trunk architecture: the pretraining's (lite, unless plan.pretrain

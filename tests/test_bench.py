@@ -1,6 +1,7 @@
 """The decisive benchmark (cmcr_lite.bench): its statistics by closed form, its probes on data with a
 known answer, and the whole pipeline end to end at toy size (every row, resumable)."""
 import json
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -99,3 +100,10 @@ def test_bench_end_to_end_at_toy_size(tmp_path, synthetic_root):
     again = bench(plan, progress=False, results_dir=tmp_path)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert again["summary"]["rows"]["CMCR"]["miou"] == report["summary"]["rows"]["CMCR"]["miou"]
+    # more pretraining epochs: the pretrained rows resume their checkpoints and go on, the others are reused
+    longer = bench(replace(plan, pretrain_epochs=2), progress=False, results_dir=tmp_path)
+    cmcr = next(x for x in longer["runs"] if x["row"] == "CMCR")
+    assert [h["epoch"] for h in cmcr["history"]] == [0, 1]
+    assert cmcr["history"][0] == next(x for x in report["runs"] if x["row"] == "CMCR")["history"][0]
+    changed = {p.name for p, t in stamps.items() if p.stat().st_mtime_ns != t}
+    assert changed == {"ppkt_seed0.json", "ppkt__a_a_seed100.json", "occupancy_only_seed0.json", "cmcr_seed0.json"}
