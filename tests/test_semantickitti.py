@@ -3,7 +3,8 @@ split, clear errors for broken files, SLidR's frame-fraction rule, and the synth
 import numpy as np
 import pytest
 
-from cmcr_lite.data.semantickitti import (CLASS_NAMES_19, LEARNING_MAP, NUM_CLASSES_19, SemanticKittiError, load_scan,
+from cmcr_lite.data.semantickitti import (CLASS_NAMES_19, LEARNING_MAP, NUM_CLASSES_19, SemanticKittiError,
+                                          SemanticKittiScans, load_scan,
                                           map_labels, select_frames_by_fraction, split_frames, write_synthetic)
 
 # raw label -> class, copied from PRBonn/semantic-kitti-api config/semantic-kitti.yaml (learning_map)
@@ -71,3 +72,20 @@ def test_synthetic_set_loads_with_every_class_in_range(tmp_path):
     assert (raw >> 16).max() > 0 and ((raw & 0xFFFF) == 252).any()  # instances, and moving cars
     names = {CLASS_NAMES_19[c] for c in np.unique(labels)}
     assert {"car", "truck", "road", "sidewalk", "terrain", "vegetation", "building"} <= names
+
+
+def test_scans_feed_the_downstream_voxeliser_with_slidr_features(tmp_path):
+    """SemanticKittiScans is what the downstream code reads: SLidR's feature reflectance + 1, labels
+    per voxel, and the label fraction chosen by frame."""
+    from cmcr_lite.downstream import SegmentationScans, keyframe_indices_for_fraction
+
+    root = write_synthetic(tmp_path / "kitti", sequences=(0, 1), frames_per_sequence=3)
+    scans = SemanticKittiScans(root, "train")
+    assert len(scans) == 6
+    raw, _ = load_scan(*scans.frames[0])
+    points, labels = scans.load_scan(0)
+    np.testing.assert_allclose(points[:, 3], raw[:, 3] + 1)
+    assert keyframe_indices_for_fraction(scans, 0.5) == [0, 2, 4]
+    item = SegmentationScans(scans, intensity_scale=1.0)[0]
+    assert item["feats"].min() >= 1 and item["feats"].max() <= 2
+    np.testing.assert_array_equal(item["point_labels"], labels)

@@ -113,6 +113,33 @@ def select_frames_by_fraction(frames: list, fraction: float) -> list:
     return sorted(frames)[::max(1, round(1 / fraction))]
 
 
+class SemanticKittiScans:
+    """A SemanticKITTI split as the downstream code reads scans: ``len``, ``load_scan(i) -> (points
+    (N, 4) float32, labels (N,) int64)`` and ``indices_for_fraction(fraction)`` (the frames SLidR's
+    rule keeps). Column 3 of the points is SLidR's voxel feature, reflectance + 1 (in [1, 2]), so a
+    ``DownstreamConfig`` reads it with ``intensity_scale=1``."""
+
+    def __init__(self, root, split: str = "train"):
+        self.root, self.split = Path(root), split
+        self.frames = split_frames(root, split)
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __repr__(self) -> str:
+        return f"SemanticKittiScans({self.root}, split={self.split!r}: {len(self)} scans)"
+
+    def load_scan(self, i: int):
+        points, labels = load_scan(*self.frames[i])
+        points = points.copy()
+        points[:, 3] += 1.0  # SLidR's downstream feature for SemanticKITTI
+        return points, labels
+
+    def indices_for_fraction(self, fraction: float) -> list:
+        keep = {f for f, _ in select_frames_by_fraction(self.frames, fraction)}
+        return [i for i, (f, _) in enumerate(self.frames) if f in keep]
+
+
 # ------------------------------------------------------------------------------------------ synthetic
 # nuScenes fine labels of the synthetic world -> raw SemanticKITTI labels
 _FROM_NUSCENES = {0: 1, 2: 30, 9: 51, 12: 99, 16: 13, 17: 10, 18: 20, 23: 18, 24: 40, 26: 48, 27: 72, 28: 50, 30: 70}

@@ -49,8 +49,12 @@ def keyframe_indices_for_fraction(keyframes, fraction: float) -> list:
     the scenes taken in ``nusc.scene`` table order.
 
     ``keyframes`` is a :class:`~cmcr_lite.data.nuscenes_loader.NuScenesKeyframes` (it needs ``.nusc``
-    and ``.sample_tokens``); with ``fraction == 1`` any sequence with ``load_scan`` is accepted.
+    and ``.sample_tokens``); with ``fraction == 1`` any sequence with ``load_scan`` is accepted. A
+    dataset split by frame instead of scene (``SemanticKittiScans``) brings its own
+    ``indices_for_fraction``, which is used.
     """
+    if hasattr(keyframes, "indices_for_fraction"):
+        return keyframes.indices_for_fraction(fraction)
     if fraction == 1:
         return list(range(len(keyframes)))
     if not hasattr(keyframes, "nusc") or not hasattr(keyframes, "sample_tokens"):
