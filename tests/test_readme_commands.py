@@ -111,7 +111,11 @@ def toy_world(tmp_path_factory, synthetic_root):
     weights = tmp / "moco_v2_800ep_pretrain.pth.tar"
     torch.save(moco, weights)
     mini = generate(tmp / "nuscenes-mini", seed=2, samples_per_scene=1, version="v1.0-mini", progress=False)
-    return {"/data/sets/nuscenes-mini": str(mini), "/data/sets/nuscenes": str(root),
+    from cmcr_lite.data.semantickitti import write_synthetic
+
+    kitti = write_synthetic(tmp / "semantickitti", sequences=(0, 1, 8), frames_per_sequence=2)
+    return {"/data/sets/semantickitti/dataset": str(kitti),
+            "/data/sets/nuscenes-mini": str(mini), "/data/sets/nuscenes": str(root),
             "/weights/moco_v2_800ep_pretrain.pth.tar": str(weights),
             "/scratch/": f"{tmp}/scratch/", "runs/": f"{tmp}/runs/"}, tmp
 

@@ -119,8 +119,11 @@ class SemanticKittiScans:
     rule keeps). Column 3 of the points is SLidR's voxel feature, reflectance + 1 (in [1, 2]), so a
     ``DownstreamConfig`` reads it with ``intensity_scale=1``."""
 
+    version = "semantickitti"  # what a results record names as the dataset version
+
     def __init__(self, root, split: str = "train"):
         self.root, self.split = Path(root), split
+        self.dataroot = self.root
         self.frames = split_frames(root, split)
 
     def __len__(self) -> int:

@@ -22,6 +22,10 @@ def _config_from_args(args) -> DownstreamConfig:
                                    ("seed", args.seed)) if v is not None}
     preset = DownstreamConfig.lite if args.config == "lite" else DownstreamConfig.full
     base = preset(args.mode, **overrides).to_dict()
+    if getattr(args, "dataset", "nuscenes") == "semantickitti":
+        # the paper's nuScenes -> SemanticKITTI transfer: a 20-logit head (19 classes + ignore) on the
+        # pretrained trunk; the voxel feature is SLidR's reflectance + 1 (SemanticKittiScans), unscaled
+        base.update(num_classes=20, intensity_scale=1.0)
     for item in args.set or []:
         key, sep, text = item.partition("=")
         target, (*parents, leaf) = base, key.split(".")
@@ -45,7 +49,12 @@ def _config_from_args(args) -> DownstreamConfig:
 def _class_names(config: DownstreamConfig) -> list:
     from cmcr_lite.classes import CLASS_NAMES_16
 
-    return list(CLASS_NAMES_16) if config.num_classes == len(CLASS_NAMES_16) else [str(k) for k in range(config.num_classes)]
+    from cmcr_lite.data.semantickitti import CLASS_NAMES_19
+
+    for names in (CLASS_NAMES_16, CLASS_NAMES_19):
+        if config.num_classes == len(names):
+            return list(names)
+    return [str(k) for k in range(config.num_classes)]
 
 
 def _results(conf: np.ndarray, config: DownstreamConfig, train_kf, val_kf, train_indices, pretrained) -> dict:
@@ -90,6 +99,9 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int)
     p.add_argument("--set", nargs="*", metavar="FIELD=VALUE", help="override DownstreamConfig fields (JSON values), "
                                                                    "e.g. batch_size=8 backbone.planes=[32,...]")
+    p.add_argument("--dataset", choices=("nuscenes", "semantickitti"), default=None,
+                   help="nuscenes (default) or semantickitti: --dataroot then holds sequences/NN/velodyne, labels; "
+                        "train 00-10 without 08, val 08, label fractions by frame")
     p.add_argument("--dataroot", help="nuScenes root (default: the embedded synthetic dataset)")
     p.add_argument("--version", help="dataset version (default v1.0-trainval, or the embedded set's)")
     p.add_argument("--train-split", help="split to train on (default train; --evaluate: the training run's)")
@@ -99,8 +111,14 @@ def main(argv=None) -> dict:
     p.add_argument("--evaluate", action="store_true", help="no training: evaluate the saved model")
     p.add_argument("--model", help="with --evaluate: the downstream checkpoint (default <output-dir>/checkpoint.pt)")
     args = p.parse_args(argv)
-
     out = Path(args.output_dir)
+    if args.dataset is None:  # --evaluate: the training run's dataset
+        previous = out / "config.json"
+        args.dataset = (json.loads(previous.read_text()).get("dataset", "nuscenes")
+                        if args.evaluate and previous.is_file() else "nuscenes")
+    if args.dataset == "semantickitti" and not (args.dataroot or args.evaluate):
+        raise SystemExit("error: --dataset semantickitti needs --dataroot (the folder holding sequences/)")
+
     ckpt_path = out / "checkpoint.pt"
     if args.pretrained and not Path(args.pretrained).is_file():
         raise SystemExit(f"error: --pretrained {args.pretrained}: no such file")
@@ -123,9 +141,14 @@ def main(argv=None) -> dict:
     train_split = args.train_split or run.get("train_split") or "train"
     val_split = args.val_split or run.get("val_split") or "val"
     try:
-        train_kf = NuScenesKeyframes(root, version, split=train_split)
-        val_kf = NuScenesKeyframes(root, version, split=val_split, nusc=train_kf.nusc)
-    except DatasetError as e:
+        if args.dataset == "semantickitti":
+            from cmcr_lite.data.semantickitti import SemanticKittiScans
+
+            train_kf, val_kf = SemanticKittiScans(root, train_split), SemanticKittiScans(root, val_split)
+        else:
+            train_kf = NuScenesKeyframes(root, version, split=train_split)
+            val_kf = NuScenesKeyframes(root, version, split=val_split, nusc=train_kf.nusc)
+    except (DatasetError, ValueError) as e:
         raise SystemExit(f"error: {e}")
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -140,7 +163,8 @@ def main(argv=None) -> dict:
         else:
             run = {"downstream": config.to_dict(), "pretrained": args.pretrained,
                    "dataroot": None if dataroot is None else str(root),  # None: the embedded dataset
-                   "version": version, "train_split": train_split, "val_split": val_split}
+                   "version": version, "train_split": train_split, "val_split": val_split,
+                   "dataset": args.dataset}
             if not (args.resume and (out / "config.json").is_file()):  # a refused resume keeps the run's record
                 with atomic_path(out / "config.json") as tmp:
                     tmp.write_text(json.dumps(run, indent=1))
