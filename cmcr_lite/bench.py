@@ -180,7 +180,7 @@ def run_job(plan_dict: dict, root: str, row: str, seed: int, runs_dir: str) -> d
     else:
         raise ValueError(f"bench: unknown row {row!r}; rows are {ROWS}")
     result["seconds"] = time.time() - t0
-    result.pop("confusion", None)
+    # the confusion matrix stays in the result (17 x 17 counts), so summaries can be recomputed
     with atomic_path(done) as tmp:
         tmp.write_text(json.dumps(result, indent=1))
     return result
@@ -508,3 +508,141 @@ def bench_verdict(summary: dict) -> str:
                    f"geometry twins in the features (linear probe) {says(gf)}; appearance twins told apart "
                    f"{says(a)}; mIoU {says(m)}.")
     return "\n\n".join(out)
+
+
+# ------------------------------------------------------------------------------------------ label efficiency
+# On the bench set's 18 training scenes SLidR's rule keeps 1, 3, 9 and 18 scenes at these fractions
+# (the smallest fraction that keeps a scene is 1/18; nuScenes' 1 % would keep none).
+BENCH_FRACTIONS = (1 / 18, 1 / 6, 1 / 2, 1.0)
+PAPER_FRACTIONS = (0.01, 0.05, 0.1, 0.25, 1.0)
+
+
+@dataclass
+class LabelEfficiencyPlan:
+    """Fine-tune and linear-probe each pretraining at each label fraction, over seeds. The pretrained
+    trunks are the bench's (same configs and folders: a bench run's checkpoints are reused)."""
+    seeds: tuple = (0, 1, 2)
+    fractions: tuple = BENCH_FRACTIONS
+    pretrainings: tuple = ("random init", "PPKT", "CMCR")
+    modes: tuple = ("finetune", "linear_probe")
+    finetune_steps: int = 300        # fine-tuning epochs = ceil(steps / steps per epoch): the same
+    #                                  number of optimizer steps at every fraction (few labels, more epochs)
+    bench: BenchPlan = field(default_factory=BenchPlan)
+    results_name: str = "label_efficiency"
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))
+
+
+def _le_job(plan_dict: dict, root: str, pretraining: str, fraction: float, mode: str, seed: int, runs_dir: str):
+    import math
+
+    import torch
+
+    from cmcr_lite.data.nuscenes_loader import NuScenesKeyframes
+    from cmcr_lite.downstream import DownstreamConfig, evaluate, keyframe_indices_for_fraction, train_segmentation
+    from cmcr_lite.pretrain import PretrainConfig
+    from cmcr_lite.runtime import atomic_path
+
+    bench_dict = dict(plan_dict["bench"])
+    bench_plan = BenchPlan(**{k: tuple(v) if k in ("seeds", "aa_seeds") else v for k, v in bench_dict.items()})
+    done = Path(runs_dir) / f"{_slug(pretraining)}_{mode}_f{fraction:.4f}_seed{seed}.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    torch.set_num_threads(1)
+    train = NuScenesKeyframes(root, bench_plan.version, split="train")
+    val = NuScenesKeyframes(root, bench_plan.version, split="val", nusc=train.nusc)
+    trunk = replace(PretrainConfig.lite(**bench_plan.pretrain).backbone, bn_momentum=0.1)
+    checkpoint = None
+    if pretraining != "random init":
+        checkpoint = Path(bench_plan.output_root) / f"{_slug(pretraining)}_seed{seed}" / "pretrain" / "checkpoint.pt"
+    extra = {}
+    if mode == "finetune":
+        scans = len(keyframe_indices_for_fraction(train, fraction))
+        steps_per_epoch = max(1, scans // 2)  # the lite batch of 2, last partial batch dropped
+        extra["epochs"] = max(1, math.ceil(plan_dict["finetune_steps"] / steps_per_epoch))
+    cfg = DownstreamConfig.lite(mode, seed=seed, backbone=trunk, label_fraction=fraction, **extra)
+    t0 = time.time()
+    model, history = train_segmentation(cfg, train, pretrained=None if checkpoint is None else str(checkpoint),
+                                        progress=False)
+    conf = evaluate(model, val, cfg, progress=False)
+    result = {"pretraining": pretraining, "fraction": fraction, "mode": mode, "seed": seed,
+              "train_scans": len(history["train_indices"]), "epochs": cfg.epochs, "seconds": time.time() - t0}
+    result.update(summarize_confusion(conf))
+    with atomic_path(done) as tmp:
+        tmp.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _pool_map(fn, jobs: list, workers: int, desc: str, progress: bool) -> list:
+    """``[fn(*job) for job in jobs]`` in ``workers`` spawned processes on one OpenMP thread each."""
+    from tqdm.auto import tqdm
+
+    before = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    out = []
+    try:
+        with tqdm(total=len(jobs), desc=desc, unit="job", disable=not progress) as bar:
+            if workers > 1 and len(jobs) > 1:
+                import multiprocessing
+
+                with multiprocessing.get_context("spawn").Pool(workers) as pool:
+                    for p in [pool.apply_async(fn, job) for job in jobs]:
+                        out.append(p.get())
+                        bar.update(1)
+            else:
+                for job in jobs:
+                    out.append(fn(*job))
+                    bar.update(1)
+    finally:
+        if before is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = before
+    return out
+
+
+def label_efficiency(plan: LabelEfficiencyPlan | None = None, progress: bool = True,
+                     results_dir: Path | None = None) -> dict:
+    """Pretrain (or reuse the bench's trunks), then fine-tune and linear-probe at every fraction and
+    seed; write ``<results_dir>/<results_name>.{json,md}``. Resumable: every job's result is kept."""
+    from cmcr_lite.paths import ensure_bench_dataset, ensure_embedded_dataset
+    from cmcr_lite.runtime import atomic_path
+    from cmcr_lite.teacher import load_or_train_teacher
+
+    plan = plan or LabelEfficiencyPlan()
+    b = plan.bench
+    results_dir = Path(results_dir) if results_dir is not None else RESULTS_DIR
+    t0 = time.time()
+    root = str(ensure_bench_dataset(b.dataroot, workers=b.workers) if b.dataset == "bench"
+               else ensure_embedded_dataset(b.dataroot))
+    load_or_train_teacher(root, b.version, progress=progress)
+    bench_runs = str(results_dir / f"{b.results_name}_runs")
+    pre = [(b.to_dict(), root, row, s, bench_runs) for row in plan.pretrainings if row != "random init"
+           for s in plan.seeds]
+    _pool_map(run_job, pre, b.workers, "pretrainings (bench jobs)", progress)  # the trunks, probed as in the bench
+    runs_dir = str(results_dir / f"{plan.results_name}_runs")
+    jobs = [(plan.to_dict(), root, p, f, m, s, runs_dir) for p in plan.pretrainings for m in plan.modes
+            for f in plan.fractions for s in plan.seeds]
+    results = _pool_map(_le_job, jobs, b.workers, "label-efficiency jobs", progress)
+    table = {}
+    for r in results:
+        table.setdefault(r["pretraining"], {}).setdefault(r["mode"], {}).setdefault(f"{r['fraction']:.4f}", []).append(r["miou"])
+    lines = [f"# Label efficiency: mIoU (%) on val, mean ± std over seeds {list(plan.seeds)}", "",
+             "Fractions of the training scenes by SLidR's rule (scans used in parentheses). Fine-tuning runs "
+             f"{plan.finetune_steps} optimizer steps at every fraction; the linear probe is the lite one.", "",
+             "| pretraining | mode | " + " | ".join(
+                 f"{f:.3g} ({next(r['train_scans'] for r in results if abs(r['fraction'] - f) < 1e-9)} scans)"
+                 for f in plan.fractions) + " |", "|---|---|" + "---|" * len(plan.fractions)]
+    for p in plan.pretrainings:
+        for m in plan.modes:
+            cells = [f"{100 * np.mean(v):.1f} ± {100 * np.std(v):.1f}" for v in
+                     (table[p][m][f"{f:.4f}"] for f in plan.fractions)]
+            lines.append(f"| {p} | {m} | " + " | ".join(cells) + " |")
+    report = {"plan": plan.to_dict(), "minutes_this_call": (time.time() - t0) / 60, "runs": results}
+    results_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(results_dir / f"{plan.results_name}.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=1))
+    with atomic_path(results_dir / f"{plan.results_name}.md") as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    return report

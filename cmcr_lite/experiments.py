@@ -4,6 +4,7 @@
     python -m cmcr_lite.experiments ablation --seeds 0 1 2     # CMCR, one component at a time (30 epochs, ~1 h)
     python -m cmcr_lite.experiments bench                      # the decisive benchmark (cmcr_lite.bench, ~2 h)
     python -m cmcr_lite.experiments bench --smoke              # the same at toy size (minutes)
+    python -m cmcr_lite.experiments label-efficiency           # fine-tune / probe at few labels (bench trunks)
 
 Each run pretrains (or resumes) into ``outputs/experiments/<name>/<method>_seed<k>/``, linear-probes
 the trunk on the embedded ``train`` split, evaluates per point on ``val``, and the summary (mean ± std
@@ -181,14 +182,51 @@ def bench_main(argv) -> dict:
     return report
 
 
+def label_efficiency_main(argv) -> dict:
+    """``python -m cmcr_lite.experiments label-efficiency [--smoke] ...``: see ``bench.label_efficiency``."""
+    from cmcr_lite.bench import BenchPlan, LabelEfficiencyPlan, label_efficiency
+
+    p = argparse.ArgumentParser(prog="python -m cmcr_lite.experiments label-efficiency",
+                                description="Fine-tuning and linear probing at several label fractions, per "
+                                            "pretraining (random init, PPKT, CMCR), over seeds.")
+    p.add_argument("--smoke", action="store_true", help="toy size on the notebook-size set (1/3 and all scenes)")
+    p.add_argument("--seeds", type=int, nargs="+", help="default 0 1 2")
+    p.add_argument("--fractions", type=float, nargs="+", help="label fractions (default: the bench set's 1/18 1/6 1/2 1)")
+    p.add_argument("--finetune-steps", type=int, help="optimizer steps of every fine-tuning run (default 300)")
+    p.add_argument("--workers", type=int, help="jobs at once, one thread each (default 2)")
+    p.add_argument("--dataroot", help="the data's root (default data/nuscenes-bench; --smoke: the embedded set)")
+    p.add_argument("--output-root", help="the pretraining checkpoints' folder (default: the bench's, reused)")
+    p.add_argument("--results-dir", help="where <name>.{json,md} go (default benchmarks/results)")
+    p.add_argument("--name", help="results name (default label_efficiency)")
+    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="extra PretrainConfig.lite fields")
+    a = p.parse_args(argv)
+    bench_plan = BenchPlan.smoke() if a.smoke else BenchPlan()
+    bench_changes = {k: v for k, v in {"workers": a.workers, "dataroot": a.dataroot, "output_root": a.output_root,
+                                       "seeds": a.seeds and tuple(a.seeds)}.items() if v is not None}
+    if a.set:
+        bench_changes["pretrain"] = {k: _json_or_text(v) for k, _, v in (item.partition("=") for item in a.set)}
+    plan = LabelEfficiencyPlan(bench=replace(bench_plan, **bench_changes))
+    if a.smoke:
+        plan = replace(plan, seeds=(0, 1), fractions=(1 / 3, 1.0), finetune_steps=20,
+                       results_name="label_efficiency_smoke")
+    changes = {k: v for k, v in {"seeds": a.seeds and tuple(a.seeds), "fractions": a.fractions and tuple(a.fractions),
+                                 "finetune_steps": a.finetune_steps, "results_name": a.name}.items() if v is not None}
+    plan = replace(plan, **changes)
+    report = label_efficiency(plan, results_dir=a.results_dir)
+    print((Path(a.results_dir or RESULTS_DIR) / f"{plan.results_name}.md").read_text())
+    return report
+
+
 def main(argv=None):
     import sys
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:
         return bench_main(argv[1:])
+    if argv[:1] == ["label-efficiency"]:
+        return label_efficiency_main(argv[1:])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("experiment", choices=["baseline", "ablation", "bench"])
+    p.add_argument("experiment", choices=["baseline", "ablation", "bench", "label-efficiency"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=None,
                    help=f"pretraining epochs per run (lite preset: 4 steps each); default {DEFAULT_EPOCHS}")

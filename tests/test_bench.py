@@ -107,3 +107,24 @@ def test_bench_end_to_end_at_toy_size(tmp_path, synthetic_root):
     assert cmcr["history"][0] == next(x for x in report["runs"] if x["row"] == "CMCR")["history"][0]
     changed = {p.name for p, t in stamps.items() if p.stat().st_mtime_ns != t}
     assert changed == {"ppkt_seed0.json", "ppkt__a_a_seed100.json", "occupancy_only_seed0.json", "cmcr_seed0.json"}
+
+
+def test_label_efficiency_at_toy_size(tmp_path, synthetic_root):
+    """Every pretraining x mode x fraction x seed, through the command line; the 1/3 fraction keeps one
+    of the three training scenes (its three scans), fine-tuning gets the same steps at each fraction."""
+    tiny = {"num_matches": 64, "backbone": {"layers": [1] * 8, "planes": [8] * 8, "init_dim": 8},
+            "pipeline": {"crop_size": [56, 104], "crop_min_pairs": 50, "occupancy_queries": 64}}
+    report = experiments_main(["label-efficiency", "--smoke", "--seeds", "0", "--finetune-steps", "2", "--workers", "1",
+                               "--dataroot", str(synthetic_root), "--output-root", str(tmp_path / "runs"),
+                               "--results-dir", str(tmp_path), "--set"]
+                              + [f"{k}={json.dumps(v)}" for k, v in tiny.items()])
+    runs = report["runs"]
+    assert len(runs) == 3 * 2 * 2
+    assert {(r["pretraining"], r["mode"]) for r in runs} == {(p, m) for p in ("random init", "PPKT", "CMCR")
+                                                               for m in ("finetune", "linear_probe")}
+    few = [r for r in runs if r["fraction"] < 0.5]
+    assert {r["train_scans"] for r in few} == {3} and {r["train_scans"] for r in runs if r["fraction"] == 1} == {9}
+    ft = {r["fraction"]: r["epochs"] for r in runs if r["mode"] == "finetune" and r["pretraining"] == "PPKT"}
+    assert ft[1.0] == 1 and ft[min(ft)] == 2  # 2 steps: one epoch of 4 batches, or two of 1
+    md = (tmp_path / "label_efficiency_smoke.md").read_text()
+    assert "| CMCR | finetune |" in md and "(3 scans)" in md
