@@ -400,48 +400,32 @@ def bench_figure(results: list, summary: dict, path: Path):
 
 
 # ------------------------------------------------------------------------------------------ driver
-def bench(plan: BenchPlan | None = None, progress: bool = True, results_dir: Path | None = None) -> dict:
-    """Run (or resume) every job of ``plan`` and write ``<results_dir>/<results_name>.{json,md,png}``."""
-    from tqdm.auto import tqdm
-
+def prepare_data(plan: BenchPlan, progress: bool = True) -> str:
+    """The root of the plan's dataset (generated if missing) with its small teacher trained once, in
+    this process, before worker processes share it."""
     from cmcr_lite.paths import ensure_bench_dataset, ensure_embedded_dataset
-    from cmcr_lite.runtime import atomic_path
     from cmcr_lite.teacher import load_or_train_teacher
 
-    plan = plan or BenchPlan()
-    results_dir = Path(results_dir) if results_dir is not None else RESULTS_DIR
-    t0 = time.time()
     if plan.dataset not in ("bench", "notebook"):
         raise ValueError(f"BenchPlan: dataset must be 'bench' or 'notebook', got {plan.dataset!r}")
     root = str(ensure_bench_dataset(plan.dataroot, workers=plan.workers) if plan.dataset == "bench"
                else ensure_embedded_dataset(plan.dataroot))
-    load_or_train_teacher(root, plan.version, progress=progress)  # once, before the workers share it
+    load_or_train_teacher(root, plan.version, progress=progress)
+    return root
+
+
+def bench(plan: BenchPlan | None = None, progress: bool = True, results_dir: Path | None = None) -> dict:
+    """Run (or resume) every job of ``plan`` and write ``<results_dir>/<results_name>.{json,md,png}``."""
+    from cmcr_lite.runtime import atomic_path
+
+    plan = plan or BenchPlan()
+    results_dir = Path(results_dir) if results_dir is not None else RESULTS_DIR
+    t0 = time.time()
+    root = prepare_data(plan, progress)
     jobs = bench_jobs(plan)
     runs_dir = str(results_dir / f"{plan.results_name}_runs")
-    results = []
-    bar = tqdm(total=len(jobs), desc="bench jobs", unit="job", disable=not progress)
-    before = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the workers: MinkowskiEngine's OpenMP on one thread
-    try:
-        if plan.workers > 1:
-            import multiprocessing
-
-            with multiprocessing.get_context("spawn").Pool(plan.workers) as pool:
-                pending = [pool.apply_async(run_job, (plan.to_dict(), root, row, seed, runs_dir)) for row, seed in jobs]
-                for p in pending:
-                    results.append(p.get())
-                    bar.update(1)
-                    bar.set_postfix(last=f"{results[-1]['row']} seed {results[-1]['seed']}")
-        else:
-            for row, seed in jobs:
-                results.append(run_job(plan.to_dict(), root, row, seed, runs_dir))
-                bar.update(1)
-    finally:
-        if before is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-        else:
-            os.environ["OMP_NUM_THREADS"] = before
-    bar.close()
+    results = _pool_map(run_job, [(plan.to_dict(), root, row, seed, runs_dir) for row, seed in jobs], plan.workers,
+                        "bench jobs", progress)
     minutes = (time.time() - t0) / 60
     summary = summarize(results, plan)
     report = {"plan": plan.to_dict(), "minutes_this_call": minutes, "summary": summary, "runs": results}
@@ -606,17 +590,13 @@ def label_efficiency(plan: LabelEfficiencyPlan | None = None, progress: bool = T
                      results_dir: Path | None = None) -> dict:
     """Pretrain (or reuse the bench's trunks), then fine-tune and linear-probe at every fraction and
     seed; write ``<results_dir>/<results_name>.{json,md}``. Resumable: every job's result is kept."""
-    from cmcr_lite.paths import ensure_bench_dataset, ensure_embedded_dataset
     from cmcr_lite.runtime import atomic_path
-    from cmcr_lite.teacher import load_or_train_teacher
 
     plan = plan or LabelEfficiencyPlan()
     b = plan.bench
     results_dir = Path(results_dir) if results_dir is not None else RESULTS_DIR
     t0 = time.time()
-    root = str(ensure_bench_dataset(b.dataroot, workers=b.workers) if b.dataset == "bench"
-               else ensure_embedded_dataset(b.dataroot))
-    load_or_train_teacher(root, b.version, progress=progress)
+    root = prepare_data(b, progress)
     bench_runs = str(results_dir / f"{b.results_name}_runs")
     pre = [(b.to_dict(), root, row, s, bench_runs) for row in plan.pretrainings if row != "random init"
            for s in plan.seeds]

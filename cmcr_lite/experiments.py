@@ -137,16 +137,10 @@ def ablation(seeds=(0, 1, 2), output_root="outputs/experiments/ablation", result
     return run_variants(ablation_variants(only), seeds, output_root, results_name, progress, **pretrain_overrides)
 
 
-def _json_or_text(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def bench_main(argv) -> dict:
     """``python -m cmcr_lite.experiments bench [--smoke] [--seeds ...] ...``: see ``cmcr_lite.bench``."""
     from cmcr_lite.bench import BenchPlan, bench
+    from cmcr_lite.pretrain import _parse_value  # --set values: JSON, else the text
 
     p = argparse.ArgumentParser(prog="python -m cmcr_lite.experiments bench",
                                 description="The benchmark that can decide the paper's claim (cmcr_lite.bench).")
@@ -171,7 +165,7 @@ def bench_main(argv) -> dict:
                                  "workers": a.workers, "dataroot": a.dataroot, "output_root": a.output_root,
                                  "results_name": a.name}.items() if v is not None}
     if a.set:
-        changes["pretrain"] = {k: _json_or_text(v) for k, _, v in (item.partition("=") for item in a.set)}
+        changes["pretrain"] = {k: _parse_value(v) for k, _, v in (item.partition("=") for item in a.set)}
     if set(changes.get("aa_seeds", plan.aa_seeds)) & set(changes.get("seeds", plan.seeds)):
         p.error("--aa-seeds must be disjoint from --seeds (the A/A row is the noise floor)")
     plan = replace(plan, **changes)
@@ -185,6 +179,7 @@ def bench_main(argv) -> dict:
 def label_efficiency_main(argv) -> dict:
     """``python -m cmcr_lite.experiments label-efficiency [--smoke] ...``: see ``bench.label_efficiency``."""
     from cmcr_lite.bench import BenchPlan, LabelEfficiencyPlan, label_efficiency
+    from cmcr_lite.pretrain import _parse_value
 
     p = argparse.ArgumentParser(prog="python -m cmcr_lite.experiments label-efficiency",
                                 description="Fine-tuning and linear probing at several label fractions, per "
@@ -204,7 +199,7 @@ def label_efficiency_main(argv) -> dict:
     bench_changes = {k: v for k, v in {"workers": a.workers, "dataroot": a.dataroot, "output_root": a.output_root,
                                        "seeds": a.seeds and tuple(a.seeds)}.items() if v is not None}
     if a.set:
-        bench_changes["pretrain"] = {k: _json_or_text(v) for k, _, v in (item.partition("=") for item in a.set)}
+        bench_changes["pretrain"] = {k: _parse_value(v) for k, _, v in (item.partition("=") for item in a.set)}
     plan = LabelEfficiencyPlan(bench=replace(bench_plan, **bench_changes))
     if a.smoke:
         plan = replace(plan, seeds=(0, 1), fractions=(1 / 3, 1.0), finetune_steps=20,
