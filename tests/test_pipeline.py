@@ -71,7 +71,7 @@ def dataset(synthetic_root):
 
 def test_item_pairs_point_to_the_right_voxels_and_pixels(dataset):
     it = dataset[0]
-    V, N = len(it["coords"]), len(it["points"])
+    V = len(it["coords"])
     assert it["feats"].shape == (V, 1) and it["images"].shape[1:] == (3, 112, 208)
     assert np.array_equal(it["pair_voxels"], it["voxel_of_point"][it["pair_points"]])
     grid = grid_coordinates(it["points"][it["pair_points"], :3], 0.1)

@@ -147,18 +147,49 @@ def mlp_twin_probe(train_x, train_y, test_x, test_y, pairs, hidden: int = 64, st
     return out
 
 
-def softmax_probe(train_x, train_y, test_x, num_classes: int, steps: int = 600, lr: float = 1e-2,
-                  seed: int = 0) -> np.ndarray:
-    """A linear softmax classifier on standardised features (Adam, class-balanced cross-entropy,
-    minibatches from ``seed``); returns the (M,) int64 predicted classes of ``test_x``. The image-only
-    reference reads the 2D teacher's features through it, as the 3D rows' linear probe does theirs."""
+def softmax_probe(train_x, train_y, test_x, num_classes: int, l2: float = 1e-4, max_rows: int = 200_000,
+                  max_iter: int = 300) -> np.ndarray:
+    """A linear softmax classifier fitted to its optimum; returns the (M,) int64 classes of ``test_x``.
+
+    Args:
+        train_x: (N, C) float features; train_y: (N,) int labels in [0, num_classes); test_x: (M, C).
+            Only the classes present in ``train_y`` can be predicted.
+        l2: weight of ``l2 * ||W||^2`` (not on the bias), added to the mean cross-entropy.
+        max_rows: at most this many training rows, an evenly spaced subset when N is larger (a linear
+            map of C inputs needs far fewer rows than a scan set holds; this bounds the cost).
+        max_iter: L-BFGS iterations (it stops earlier once the gradient is below 1e-6).
+
+    Features are standardised with the training rows' statistics. The objective is convex, so
+    full-batch L-BFGS reaches the same optimum from any start and in any data order: the probe has no
+    seed and adds no noise of its own to a comparison of trunks. (An SGD probe run for a fixed number
+    of epochs does: on one bench trunk, two probe seeds gave mIoU 53.3 and 49.3.) The objective is
+    scikit-learn's multinomial ``LogisticRegression`` with ``C = 1 / (2 * l2 * N)`` (the test checks).
+    """
     x, t = _standardise(train_x, test_x)
-    y = torch.as_tensor(np.asarray(train_y), dtype=torch.long)
-    torch.manual_seed(seed)
-    head = torch.nn.Linear(x.shape[1], num_classes)
-    _fit_classifier(head, x, y, num_classes, steps, lr, torch.Generator().manual_seed(seed))
+    # logits only for the classes the training rows hold: an absent class (the ignore label) would
+    # have its bias driven to minus infinity, and the optimum would not exist
+    present, y = np.unique(np.asarray(train_y), return_inverse=True)
+    if present.min() < 0 or present.max() >= num_classes:
+        raise ValueError(f"softmax_probe: labels must be in [0, {num_classes}), got {present.min()}..{present.max()}")
+    y = torch.from_numpy(y.astype(np.int64))
+    if len(x) > max_rows:
+        keep = torch.from_numpy(np.linspace(0, len(x) - 1, max_rows).round().astype(np.int64))
+        x, y = x[keep], y[keep]
+    w = torch.zeros(x.shape[1], len(present), dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(len(present), dtype=torch.float64, requires_grad=True)
+    x64 = x.double()
+    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
+                            tolerance_grad=1e-6, tolerance_change=1e-10)
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(x64 @ w + b, y) + l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
     with torch.no_grad():
-        return head(t).argmax(1).numpy().astype(np.int64)
+        return present[(t.double() @ w + b).argmax(1).numpy()].astype(np.int64)
 
 
 def cross_correlation(shared: torch.Tensor, specific: torch.Tensor) -> torch.Tensor:
