@@ -320,7 +320,12 @@ def _sample_std(values) -> float:
 
 
 def summarize(results: list, plan: BenchPlan) -> dict:
-    """{"rows": {row: {column: {"mean", "std", "values"}}}, "differences": ..., "checks": ...}."""
+    """{"rows": {row: {column: {"mean", "std", "values"}}}, "differences": ..., "checks": ...}.
+
+    The confusion-matrix columns are recomputed from each result's matrix, so a change of the metric's
+    rules (``metrics``) reaches results written before it without rerunning their jobs."""
+    results = [{**r, **summarize_confusion(np.asarray(r["confusion"])), "per_pair": _per_pair(np.asarray(r["confusion"]))}
+               if "confusion" in r else r for r in results]
     by_row = {row: sorted([r for r in results if r["row"] == row], key=lambda r: r["seed"]) for row in ROWS}
     rows = {}
     for row, runs in by_row.items():

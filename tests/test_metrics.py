@@ -59,9 +59,23 @@ def test_iou_and_miou_known_values():
     assert mean_iou(HAND) == pytest.approx((0.5 + 0.5 + 1 / 3) / 3)
     # the official rule (empty union -> 1) counts class 4 as perfect and inflates the mean
     assert mean_iou(HAND, empty_value=1.0) == pytest.approx((0.5 + 0.5 + 1 / 3 + 1.0) / 4)
-    # including the ignore class would change it
-    assert mean_iou(HAND, ignore_index=None) == pytest.approx((0.0 + 0.5 + 0.5 + 1 / 3) / 4)
+    # without an ignore index, class 0 still does not count: it has predictions but no true point
+    assert mean_iou(HAND, ignore_index=None) == pytest.approx((0.5 + 0.5 + 1 / 3) / 3)
     assert math.isnan(mean_iou(np.zeros((3, 3), dtype=np.int64)))
+
+
+def test_miou_counts_the_classes_present_in_the_ground_truth():
+    """One stray prediction of a class absent from the targets: the mean stays over the true classes
+    (only the victim's IoU drops), while the official rule adds a 0 for the stray class."""
+    stray = HAND.copy()
+    stray[3, 3] -= 1
+    stray[3, 4] += 1                      # one class-3 point predicted as the absent class 4
+    iou3 = 0 / (1 + 1 + 1 - 0)            # TP 0, row 2, column 1
+    assert iou_per_class(stray)[4] == 0.0  # class 4 now has a union, and IoU 0
+    assert mean_iou(stray) == pytest.approx((0.5 + 0.5 + iou3) / 3)
+    assert mean_iou(stray, empty_value=1.0) == pytest.approx((0.5 + 0.5 + iou3 + 0.0) / 4)
+    assert format_iou_report(iou_report(stray, ("ignore", "a", "b", "c", "d"))).splitlines()[-1].split()[1] == \
+        f"{100 * (0.5 + 0.5 + iou3) / 3:.1f}"
 
 
 def test_miou_against_per_class_counting():
