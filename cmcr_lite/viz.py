@@ -221,3 +221,61 @@ def group_iou_figure(rows: dict, title: str = ""):
     axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def label_efficiency_figure(table: dict, title: str = ""):
+    """mIoU (%) against the labelled fraction of the training scenes (log x), one panel per mode
+    (fine-tuning, linear probe), one line per pretraining; error bars = sample std over seeds, drawn
+    only where there are two seeds or more. ``table``: ``bench.label_efficiency_summary``."""
+    import matplotlib.pyplot as plt
+
+    modes = [m for m in ("finetune", "linear_probe") if any(m in t for t in table.values())]
+    fig, axes = plt.subplots(1, len(modes), figsize=(5.2 * len(modes), 3.6), squeeze=False, sharey=True)
+    names = {"finetune": "fine-tuning (every weight)", "linear_probe": "linear probe (frozen trunk)"}
+    for ax, mode in zip(axes[0], modes):
+        for pretraining, by_mode in table.items():
+            cells = sorted(by_mode.get(mode, {}).values(), key=lambda c: c["fraction"])
+            if not cells:
+                continue
+            x = [c["fraction"] for c in cells]
+            y = [100 * c["mean"] for c in cells]
+            err = [100 * c["std"] if len(c["values"]) > 1 else 0.0 for c in cells]
+            ax.errorbar(x, y, yerr=err if any(err) else None, marker="o", capsize=3, label=pretraining)
+        ax.set_xscale("log")
+        ax.set_xticks(x)
+        ax.set_xticklabels([f"1/{round(1 / f)}" if f < 1 else "all" for f in x])
+        ax.minorticks_off()
+        ax.set_xlabel("labelled fraction of the training scenes")
+        ax.set_title(names[mode], fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("val mIoU (%)")
+    axes[0, 0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def bev_prediction_figure(points: np.ndarray, truth: np.ndarray, predicted: np.ndarray, titles=("ground truth", "prediction"),
+                          extent: float = 40.0, max_points: int = 40000, seed: int = 0):
+    """Bird's-eye view of one scan twice, coloured by ``truth`` and by ``predicted`` (N,) 16-class
+    indices, with one shared class legend; points (N, >=2) metres, within ``extent`` of the sensor."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(points))[:max_points]
+    xy, colours = points[idx, :2], class_colours()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.6), sharex=True, sharey=True)
+    for ax, labels, title in zip(axes, (truth[idx], predicted[idx]), titles):
+        ax.scatter(xy[:, 0], xy[:, 1], s=0.4, c=colours[labels], linewidths=0)
+        ax.set_title(title)
+        ax.set_aspect("equal")
+        ax.set_xlim(-extent, extent), ax.set_ylim(-extent, extent)
+        ax.set_xlabel("x (m)")
+    axes[0].set_ylabel("y (m)")
+    present = np.unique(np.concatenate([truth, predicted]))
+    fig.legend([Patch(color=colours[k]) for k in present], [CLASS_NAMES_16[k] for k in present],
+               loc="center right", fontsize=8)
+    fig.tight_layout(rect=(0, 0, 0.86, 1))
+    return fig

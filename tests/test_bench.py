@@ -4,11 +4,13 @@ import json
 from dataclasses import replace
 
 import numpy as np
+import pytest
 import torch
 from scipy import stats
 
 from cmcr_lite.analysis.probes import mlp_twin_probe, softmax_probe, twin_probe
-from cmcr_lite.bench import PROBE, ROWS, BenchPlan, bench, bench_jobs, bench_verdict, t_interval, welch_interval
+from cmcr_lite.bench import (PROBE, ROWS, BenchPlan, bench, bench_jobs, bench_verdict, label_efficiency_summary,
+                             t_interval, welch_interval)
 from cmcr_lite.classes import class_index
 from cmcr_lite.experiments import main as experiments_main
 
@@ -68,6 +70,21 @@ def test_softmax_probe_is_the_logistic_regression_optimum():
     assert np.mean(pred == expected) >= 0.998
     assert 0 not in set(pred)           # a class without training rows is never predicted
     assert 0.6 < np.mean(pred == y[2000:]) < 0.99  # overlapping classes: good, not perfect
+
+
+def test_label_efficiency_summary_from_confusion_matrices():
+    """Means and sample std of the mIoU per (pretraining, mode, fraction), recomputed from each run's
+    confusion matrix: a diagonal matrix is 100 %, one with class 1's points all called 2 is 25 %."""
+    perfect = np.diag([0] + [10] * 16)
+    half = perfect.copy()
+    half[1, 1], half[1, 2] = 0, 10           # class 1: IoU 0; class 2: 10 / 20
+    runs = [{"pretraining": "PPKT", "mode": "finetune", "fraction": 0.5, "seed": s, "confusion": c.tolist()}
+            for s, c in ((0, perfect), (1, half))]
+    cell = label_efficiency_summary(runs)["PPKT"]["finetune"]["0.5000"]
+    values = [1.0, (14 + 0 + 0.5) / 16]
+    assert cell["values"] == pytest.approx(values) and cell["seeds"] == [0, 1]
+    assert cell["mean"] == pytest.approx(np.mean(values)) and cell["std"] == pytest.approx(np.std(values, ddof=1))
+    assert cell["per_class"]["barrier"] == pytest.approx(0.5) and cell["per_class"]["bicycle"] == pytest.approx(0.75)
 
 
 def test_jobs_cover_every_row_and_seed():

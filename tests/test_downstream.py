@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from cmcr_lite.data.nuscenes_loader import NuScenesKeyframes
-from cmcr_lite.downstream import (DownstreamConfig, PretrainedWeightsError, SegmentationModel, SegmentationScans,
+from cmcr_lite.downstream import (DownstreamConfig, predict_scan, PretrainedWeightsError, SegmentationModel, SegmentationScans,
                                   batch_to_sparse, collate_scans, evaluate, keyframe_indices_for_fraction,
                                   load_pretrained_trunk, make_optimizer, make_scheduler, point_predictions,
                                   scan_confusion, select_scenes_by_fraction, train_segmentation)
@@ -281,6 +281,11 @@ def test_evaluate_matches_an_independent_per_point_lookup():
         expected += confusion_matrix(pred, labels, 17, ignore_index=0)
     assert np.array_equal(conf, expected)
     assert conf[:, 0].sum() == 0 and conf[0].sum() == 0
+    # one scan's picture (predict_scan) holds the same per-point predictions as the evaluation
+    points, labels, predicted = predict_scan(model, scans, 1)
+    assert np.array_equal(points, scans.load_scan(1)[0]) and len(predicted) == len(labels)
+    assert np.array_equal(confusion_matrix(predicted, labels, 17, ignore_index=0),
+                          evaluate(model, scans, indices=[1], progress=False))
 
 
 # ------------------------------------------------------------------------------------------ pretrained

@@ -107,6 +107,22 @@ def scan_confusion(voxel_logits: torch.Tensor, voxel_of_point: torch.Tensor, poi
 
 
 @torch.no_grad()
+def predict_scan(model: SegmentationModel, keyframes, index: int, config: Optional[DownstreamConfig] = None):
+    """One scan's per-point prediction, for pictures: ``(points (N, 4) float32 metres + intensity,
+    labels (N,) int64, predicted (N,) int64)``, the model in eval mode, without augmentation."""
+    config = config or DownstreamConfig()
+    was_training = model.training
+    model.eval()
+    item = SegmentationScans.from_config(keyframes, config, [index], train=False)[0]
+    batch = collate_scans([item])
+    logits = model(batch_to_sparse(batch, next(model.parameters()).device))
+    predicted = point_predictions(logits, batch["voxel_of_point"][0], config.ignore_index).cpu().numpy()
+    model.train(was_training)
+    points, labels = keyframes.load_scan(index)
+    return points, np.asarray(labels, np.int64), predicted
+
+
+@torch.no_grad()
 def evaluate(model: SegmentationModel, keyframes, config: Optional[DownstreamConfig] = None,
              indices: Optional[Sequence[int]] = None, progress: bool = True) -> np.ndarray:
     """Confusion matrix over every point of ``keyframes`` (no augmentation, model in eval mode).
