@@ -191,12 +191,13 @@ def points_rgb_figure(points: np.ndarray, rgb: np.ndarray, max_points: int = 200
 def group_iou_figure(rows: dict, title: str = ""):
     """Bar chart of IoU per twin group; ``rows`` maps a method name to
     {'geometry-only': (mean, std), 'appearance-only': ..., 'both': ..., 'miou': ...} (fractions, or
-    plain floats). When every row also has 'geometry twins in features' and 'appearance twins in
+    plain floats for a single run, drawn without error bars). When every row also has 'geometry twins in features' and 'appearance twins in
     features' (``experiments.feature_twin_probes``), a second panel shows them against chance (50 %)."""
     import matplotlib.pyplot as plt
 
     def mean_std(value):
-        return (100 * value[0], 100 * value[1]) if isinstance(value, (tuple, list)) else (100 * value, 0.0)
+        # a plain float is one run: no error bar (a zero-width bar would suggest a measured spread)
+        return (100 * value[0], 100 * value[1]) if isinstance(value, (tuple, list)) else (100 * value, np.nan)
 
     panels = [(["miou", "geometry-only", "appearance-only", "both"],
                ["mIoU (all)", "geometry-only twins", "appearance-only twins", "both"], "IoU (%)")]
@@ -209,7 +210,8 @@ def group_iou_figure(rows: dict, title: str = ""):
     for ax, (keys, labels, ylabel) in zip(axes[0], panels):
         for i, (method, r) in enumerate(rows.items()):
             means, stds = zip(*(mean_std(r[k]) for k in keys))
-            ax.bar(np.arange(len(keys)) + i * width, means, width, yerr=stds, capsize=3, label=method)
+            spread = None if all(np.isnan(stds)) else [0 if np.isnan(v) else v for v in stds]
+            ax.bar(np.arange(len(keys)) + i * width, means, width, yerr=spread, capsize=3, label=method)
         ax.set_xticks(np.arange(len(keys)) + width * (len(rows) - 1) / 2)
         ax.set_xticklabels(labels, fontsize=8)
         ax.set_ylabel(ylabel)
