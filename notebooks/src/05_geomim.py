@@ -41,6 +41,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from IPython.display import Markdown, display
+
 from cmcr_lite.cmcr import ABLATION_STEPS, CMCRModel
 from cmcr_lite.data.pipeline import PairedScanDataset, batch_to_sparse_tensor, collate_pairs
 from cmcr_lite.notebook import start_notebook
@@ -58,7 +60,9 @@ def config(variant):
 
     Neither ablation step reads superpixels or occupancy queries, so the config leaves them out."""
     opts = replace(ABLATION_STEPS[VARIANTS[variant]], mim_masked_only=mim_masked_only)
-    slug = variant.replace(" ", "_").replace("-", "_")
+    # one output folder per configuration, so a rerun with mim_masked_only changed does not meet the
+    # resume guard (a checkpoint of another configuration)
+    slug = variant.replace(" ", "_").replace("-", "_") + ("_masked_only" if mim_masked_only else "")
     return session.pretrain_config(slug, method="cmcr", cmcr=opts, epochs=pretrain_epochs)
 
 
@@ -206,6 +210,7 @@ fig.tight_layout(); fig.savefig(out / "geomim_overlay.png", dpi=90); plt.show()
 # %%
 teacher = build_image_encoder(cfg_geo)
 train_batch = collate_pairs([PairedScanDataset(train_kf, cfg_geo.pipeline, seed=seed)[i] for i in range(2)])
+grad_norms = {}
 for variant in VARIANTS:
     cfg = config(variant)
     torch.manual_seed(seed)
@@ -219,12 +224,17 @@ for variant in VARIANTS:
         grads = torch.autograd.grad(terms["mim"], params, retain_graph=True, allow_unused=True) if params else []
         norm = float(sum((g ** 2).sum() for g in grads if g is not None) ** 0.5) if params else 0.0
         line.append(f"{name} {norm:.1e}")
+        grad_norms[(variant, name)] = norm
         if name == "3D network":
             assert (norm > 0) == (variant == "geometry-enhanced"), (variant, norm)
         if name == "2D trunk (frozen)":
             assert not params
     print(f"{variant:18s} |grad L_rec|: " + ", ".join(line))
     del model, terms
+ratio = grad_norms[("geometry-enhanced", "2D heads")] / grad_norms[("geometry-enhanced", "3D network")]
+assert ratio > 10  # the 3D path is a small side channel (the text below and §6 rely on it)
+display(Markdown(f"With geometry enhancement the reconstruction gradient reaching the 3D network is "
+                 f"{ratio:.0f}× smaller than the one reaching the 2D heads."))
 
 # %% [markdown]
 # ## 5 · Pretraining both variants
@@ -243,16 +253,19 @@ hist = {v: r["history"] for v, r in runs.items()}
 assert "geomim_pixels" in hist["geometry-enhanced"][0] and "geomim_pixels" not in hist["plain MIM"][0]
 print(f"pixels fed 3D features per step (geometry-enhanced): {[round(e['geomim_pixels']) for e in hist['geometry-enhanced']]}")
 
+# the two variants' curves lie almost on top of each other, so the right panel shows their difference
 fig, ax = plt.subplots(1, 2, figsize=(10, 3.2))
+ep = [e["epoch"] + 1 for e in hist["plain MIM"]]
 for variant, h in hist.items():
-    ep = [e["epoch"] + 1 for e in h]
     ax[0].plot(ep, [e["mim"] for e in h], "o-", label=variant)
-    ax[1].plot(ep, [e["nce"] for e in h], "o-", label=variant)
-    ax[0].set_xticks(ep); ax[1].set_xticks(ep)
+diff_terms = {k: [g[k] - p[k] for g, p in zip(hist["geometry-enhanced"], hist["plain MIM"])] for k in ("mim", "nce")}
+ax[1].plot(ep, diff_terms["mim"], "o-", label="$\\mathcal{L}_{rec}$ (MSE)")
+ax[1].plot(ep, diff_terms["nce"], "s-", label="InfoNCE (nats)")
+ax[1].axhline(0, color="k", lw=0.8)
 ax[0].set_ylabel("$\\mathcal{L}_{rec}$ (MSE, [0,1] RGB)" + (" masked px" if mim_masked_only else " all px"))
-ax[1].set_ylabel("point–pixel InfoNCE (nats)")
+ax[1].set_ylabel("geometry-enhanced − plain")
 for a in ax:
-    a.set_xlabel("epoch"); a.legend(fontsize=8)
+    a.set_xlabel("epoch"); a.set_xticks(ep); a.legend(fontsize=8)
 fig.tight_layout(); fig.savefig(out / "mim_loss.png", dpi=90); plt.show()
 for h in hist.values():
     assert all(np.isfinite(e["loss"]) and np.isfinite(e["mim"]) for e in h)
@@ -305,27 +318,35 @@ fig.tight_layout(); fig.savefig(out / "reconstructions.png", dpi=90); plt.show()
 print(f"notebook runtime so far: {time.time() - t_start:.0f} s")
 
 # %% [markdown]
-# **What the small run shows.** Printed numbers vary a little between machines; on the lite
-# defaults (3 epochs = 12 steps, seed 0, 2-core CPU) we observed:
-#
-# * Both variants learn: the MIM loss falls every epoch (about 0.049 → 0.023). After 12 steps the
-#   reconstructions are blurry *everywhere* — the decoder reads the encoder's stride-8 features,
-#   upsampled, through a 7×7-pixel receptive field — and masked pixels have about twice the error of
-#   visible ones (≈0.037 vs ≈0.015).
-# * The two variants are practically indistinguishable: the MIM and InfoNCE curves lie on top of
-#   each other and the validation errors differ by a few 1e-4 — the same size as the jitter between
-#   two executions of this notebook (CPU training is not bit-reproducible here; which variant comes
-#   out ahead flipped between our runs). This run gives **no evidence that geometry enhancement
-#   helps**, nor that it hurts. It is what the set-up predicts: only ~9 % of the masked pixels receive
-#   3D features (§3), the all-pixel MSE gives them under 2 % of the loss, and the direct gradient into
-#   the 3D network is a few hundred times smaller than the one into the 2D heads (§4).
-# * Masked pixels fed 3D features have a lower error than the other masked pixels in **both** models
-#   (≈0.020 vs ≈0.038). That is not the replacement at work — plain MIM never sees 3D features and
-#   shows the same gap: LiDAR points land on the road and nearby surfaces in the lower half of the
-#   image, while the unreached masked pixels include the sky and the far edges.
-# * The difference map is not concentrated on the replaced pixels: the two runs' weights drift apart
-#   from the first step, so every pixel changes a little.
-#
+# **What the small run shows**, rendered from the numbers above (one seed of a few steps: a
+# mechanics check, and CPU runs are not bit-reproducible, so differences of the size of the ones
+# between the variants can flip between executions):
+
+# %%
+mim = {v: [e["mim"] for e in h] for v, h in hist.items()}
+e_p, e_g = errors["plain MIM"], errors["geometry-enhanced"]
+all_pixels = batch["masks"].numel()
+fed_lower = all(e["masked, fed 3D"] < e["masked, no 3D"] for e in errors.values())
+display(Markdown("\n".join([
+    f"* Both variants learn: over {len(ep)} epochs the MIM loss goes {mim['plain MIM'][0]:.4f} → "
+    f"{mim['plain MIM'][-1]:.4f} (plain) and {mim['geometry-enhanced'][0]:.4f} → {mim['geometry-enhanced'][-1]:.4f} "
+    f"(geometry-enhanced). Masked pixels have {e_p['masked'] / e_p['visible']:.1f}× the val error of visible ones "
+    f"in the plain model ({e_p['masked']:.4f} vs {e_p['visible']:.4f}): the decoder reads stride-8 features "
+    f"through a 7×7-pixel receptive field, so the reconstructions are blurry everywhere.",
+    f"* The variants differ by at most {max(abs(v) for v in diff_terms['mim']):.1e} in the MIM loss of an epoch and "
+    f"by at most {max(abs(v) for v in gap.values()):.1e} in a val error. The replacement touches few pixels: "
+    f"{int(replaced.sum())} of the {int(batch['masks'].sum())} masked pixels ({share:.1%}) receive 3D features, "
+    f"{float(replaced.sum()) / all_pixels:.1%} of all pixels, which is their share of the all-pixel MSE; and the "
+    f"direct gradient into the 3D network is {ratio:.0f}× smaller than the one into the 2D heads (§4).",
+    f"* Masked pixels fed 3D features have val error {e_p['masked, fed 3D']:.4f} vs {e_p['masked, no 3D']:.4f} for "
+    f"the other masked pixels in plain MIM, and {e_g['masked, fed 3D']:.4f} vs {e_g['masked, no 3D']:.4f} with "
+    f"geometry enhancement. " + ("The gap is there in **both** models, and plain MIM never sees 3D features: it "
+                                 "is where the LiDAR lands (the road and near surfaces in the lower image), not the "
+                                 "replacement at work." if fed_lower else
+                                 "The pixels the LiDAR reaches are not easier in both models here."),
+])))
+
+# %% [markdown]
 # ## Summary
 #
 # * MIM masks half of the 16-px patches in half of the images and rebuilds the image from
@@ -339,10 +360,23 @@ print(f"notebook runtime so far: {time.time() - t_start:.0f} s")
 #   path into it (§4). In this short run neither variant changes the 3D-side losses visibly.
 #
 # **Exercises**
-# 1. Set `mim_masked_only = True` and rerun: the loss now only counts hidden pixels — does the gap
-#    between the two variants in §6 grow?
-# 2. Set `pretrain_epochs = 10`: do the codebook perplexities (`runs[v]["history"][-1]["perplexity_points"]`)
-#    rise, and does the error on "masked, fed 3D" pixels fall faster for the geometry-enhanced model?
-# 3. Build the geometry-enhanced model's reconstruction *without* the replacement at test time
-#    (call `model.image_decoder` on `G^2D + F̄^2D` yourself, see `CMCRModel.forward`): how much of its
-#    output in the masked area depends on the 3D features it was trained with?
+# 1. *Implement it yourself*: the MAE-style loss over masked pixels only,
+#    $\frac{\sum_p M_p \lVert \hat I_p - I_p\rVert^2}{3\sum_p M_p}$, in two lines on the plain model's
+#    val reconstruction of §6 (`recon["plain MIM"]`, `batch["target_images"]`, `batch["masks"]`), checked
+#    against `reconstruction_loss(..., masked_only=True)`. Hint: broadcast the mask over the channel axis
+#    with `masks[:, None]`. The check cell below holds a solution; replace it with yours.
+# 2. Set `mim_masked_only = True` and rerun (its runs get their own output folders). Expected: the loss is
+#    now about the masked error of §6 (larger numbers), and the replaced pixels' share of it grows from
+#    their share of all pixels to their share of the masked ones (§3's percentage): does the gap between
+#    the variants in §6 grow?
+# 3. Set `pretrain_epochs = 10` (the runs continue from their checkpoints). Hint: compare
+#    `runs[v]["history"][-1]["perplexity_points"]` and the "masked, fed 3D" errors. Expected: the MIM
+#    loss keeps falling for both; whether the geometry-enhanced error on fed pixels falls faster is
+#    what to look for, and one seed will not settle it.
+
+# %%
+# Check for exercise 1 (a solution; replace it with yours)
+m = batch["masks"][:, None].float()
+mine = (m * (recon["plain MIM"] - batch["target_images"]) ** 2).sum() / (3 * m.sum())
+assert torch.isclose(mine, reconstruction_loss(recon["plain MIM"], batch["target_images"], batch["masks"],
+                                               masked_only=True))
