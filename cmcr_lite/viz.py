@@ -281,3 +281,78 @@ def bev_prediction_figure(points: np.ndarray, truth: np.ndarray, predicted: np.n
                loc="center right", fontsize=8)
     fig.tight_layout(rect=(0, 0, 0.86, 1))
     return fig
+
+
+def cmcr_terms_figure(history: list, num_matches: int, title: str = ""):
+    """CMCR's loss terms per epoch in a 2 x 4 grid grouped by objective, each with its unit. The two
+    InfoNCE terms are drawn as log M − L (nats; the notebook-01 bound, 0 = chance, M pairs), since
+    their raw values sit near log M and hide their change; occupancy has its log 2 chance line.
+    ``history``: ``pretrain``'s per-epoch records (terms absent from a run are left blank)."""
+    import matplotlib.pyplot as plt
+
+    log_m = float(np.log(num_matches))
+    panels = [  # (title, [(key, label)], y label, transform)
+        ("contrastive: $\\log M - \\mathcal{L}_{NCE}$", [("nce", None)], "nats", lambda v: log_m - v),
+        ("code matching: $\\log M - \\mathcal{L}_{CMCM}$", [("cmcm", None)], "nats", lambda v: log_m - v),
+        ("decoupling: $\\mathcal{L}_{orth}$", [("orth", None)], "$N\\|C\\|_F/D^2$", None),
+        ("codebook commitment", [("commit_points", "points"), ("commit_pixels", "pixels")], "squared distance", None),
+        ("codebook perplexity", [("perplexity_points", "points"), ("perplexity_pixels", "pixels")], "codes in use", None),
+        ("masked image modelling: $\\mathcal{L}_{MIM}$", [("mim", None)], "MSE (RGB in [0, 1])", None),
+        ("occupancy: $\\mathcal{L}_{occ}$", [("occupancy", None)], "BCE (nats)", None),
+        ("intensity: $\\mathcal{L}_{int}$", [("intensity", None)], "L1 (intensity / 255)", None),
+    ]
+    epochs = [h["epoch"] + 1 for h in history]
+    fig, axes = plt.subplots(2, 4, figsize=(15, 5.6))
+    for ax, (name, keys, unit, transform) in zip(axes.flat, panels):
+        for key, label in keys:
+            if key in history[0]:
+                values = [h[key] for h in history]
+                ax.plot(epochs, [transform(v) for v in values] if transform else values, "o-", ms=3, label=label)
+        if key == "occupancy" and key in history[0]:
+            ax.axhline(np.log(2), color="0.5", ls="--", lw=0.8, label="log 2 (chance)")
+        if transform is not None:
+            ax.axhline(0, color="0.5", ls="--", lw=0.8, label="chance")
+        ax.set_title(name, fontsize=9)
+        ax.set_ylabel(unit, fontsize=8)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.tick_params(labelsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def paired_differences_figure(runs: dict, reference: str, noise_row: str | None = None,
+                              metrics=("miou", "geometry twins in features", "appearance twins in features"),
+                              title: str = ""):
+    """Dot plot of per-seed paired differences to ``reference`` (percentage points), one panel per
+    metric, one row per method, a dot per seed and a bar at the mean. ``runs`` maps a method to its
+    per-seed result dicts, seeds in the same order for every method. ``noise_row``: a method that runs
+    the reference's own objective (an A/A pair); the range of its differences is shaded as the noise band."""
+    import matplotlib.pyplot as plt
+
+    methods = [m for m in runs if m != reference]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 0.45 * len(methods) + 1.6), sharey=True,
+                             squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for y, method in enumerate(methods):
+            diffs = [100 * (a[metric] - b[metric]) for a, b in zip(runs[method], runs[reference])]
+            ax.scatter(diffs, [y] * len(diffs), s=16, color="C0" if method != noise_row else "0.4", zorder=3)
+            ax.plot([np.mean(diffs)] * 2, [y - 0.3, y + 0.3], color="k", lw=2, zorder=4)
+            if method == noise_row:
+                ax.axvspan(min(diffs), max(diffs), color="0.85", zorder=1, label=f"A/A range ({noise_row})")
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_title(metric, fontsize=9)
+        ax.set_xlabel(f"− {reference} (points)", fontsize=8)
+        ax.set_yticks(range(len(methods)))
+        ax.set_yticklabels(methods, fontsize=8)
+        ax.invert_yaxis()
+    if noise_row is not None:
+        axes[0, 0].legend(fontsize=7, loc="lower right")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

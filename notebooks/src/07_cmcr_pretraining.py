@@ -35,6 +35,8 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
+from IPython.display import Image, Markdown, display
+
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -44,7 +46,7 @@ from cmcr_lite.downstream import evaluate, train_segmentation
 from cmcr_lite.metrics import summarize_confusion
 from cmcr_lite.notebook import start_notebook
 from cmcr_lite.pretrain import build_image_encoder, pretrain
-from cmcr_lite.viz import save_figure
+from cmcr_lite.viz import cmcr_terms_figure, paired_differences_figure, save_figure
 
 session = start_notebook(preset, dataroot, version, output_dir, seed, image_weights)
 out = session.out
@@ -83,11 +85,9 @@ teacher = build_image_encoder(config("ppkt"))
 runs = {"ppkt": pretrain(config("ppkt"), resume=True, keyframes=train_kf, image_trunk=teacher, progress=False)}
 runs["cmcr"] = pretrain(config("cmcr"), resume=True, keyframes=train_kf, image_trunk=teacher, progress=False)
 hist = runs["cmcr"]["history"]
-terms = [k for k in hist[0] if k not in ("epoch", "steps", "geomim_pixels")]
-fig, axes = plt.subplots(1, len(terms), figsize=(2.3 * len(terms), 2.6))
-for ax, k in zip(axes, terms):
-    ax.plot([h["epoch"] + 1 for h in hist], [h[k] for h in hist], "o-")
-    ax.set_title(k, fontsize=9); ax.set_xlabel("epoch", fontsize=8); ax.tick_params(labelsize=7)
+cmcr_config = config("cmcr")
+matches = cmcr_config.cmcr.codebook_matches or cmcr_config.num_matches  # M of both InfoNCE terms
+fig = cmcr_terms_figure(hist, matches, title=f"full CMCR, {len(hist)} lite epochs (seed {seed})")
 save_figure(fig, out / "cmcr_terms.png")
 assert all(np.isfinite(h["loss"]) for h in hist)
 assert hist[-1]["loss"] < hist[0]["loss"]
@@ -106,6 +106,13 @@ for name, checkpoint in {"random init": None, "PPKT": runs["ppkt"]["checkpoint"]
           f"appearance-only {100 * s['appearance-only']:5.1f}   | twins in features: geometry "
           f"{100 * s['geometry twins in features']:4.1f}  appearance {100 * s['appearance twins in features']:4.1f}")
 (out / "linear_probe.json").write_text(json.dumps(summaries, indent=1))
+d = {k: 100 * (summaries["CMCR"][k] - summaries["PPKT"][k]) for k in ("miou", "geometry-only", "appearance-only",
+                                                                      "geometry twins in features")}
+display(Markdown(f"**This seed, {len(hist)} epochs** (a mechanics check): CMCR − PPKT = {d['miou']:+.1f} mIoU, "
+                 f"{d['geometry-only']:+.1f} geometry-only IoU, {d['appearance-only']:+.1f} appearance-only IoU, "
+                 f"{d['geometry twins in features']:+.1f} points on the geometry twins in features. One short run "
+                 f"cannot rank the two: §4 shows how far two runs of the *same* objective land apart, and §5 "
+                 f"decides the question over five seeds."))
 
 # %% [markdown]
 # ## 4 · The ablation, three seeds
@@ -127,17 +134,19 @@ from cmcr_lite.viz import group_iou_figure
 path = Path(results_file)
 if path.is_file():
     report = json.loads(path.read_text())
-    summary = report["summary"]
     print(path.with_suffix(".md").read_text() if path.with_suffix(".md").is_file() else "")
-    fig = group_iou_figure(summary, title=f"linear probe, mean ± std over seeds {report['seeds']}")
-    fig.savefig(out / "ablation_groups.png", dpi=80); plt.show()
-    if "PPKT" in summary and "CMCR full" in summary:
-        for metric in ("miou", "geometry-only", "appearance-only", "geometry twins in features",
-                       "appearance twins in features"):
-            if metric in summary["PPKT"]:
-                d = 100 * (summary["CMCR full"][metric][0] - summary["PPKT"][metric][0])
-                unit = "IoU points" if "twins" not in metric else "points of balanced accuracy"
-                print(f"full CMCR - PPKT, {metric}: {d:+.1f} {unit}")
+    runs_by_variant = {k: v for k, v in report["runs"].items() if k != "random init"}
+    fig = paired_differences_figure(runs_by_variant, "PPKT", noise_row="CMCR contrastive only",
+                                    title=f"ablation: per-seed differences to PPKT, seeds {report['seeds']}")
+    save_figure(fig, out / "ablation_differences.png")
+    aa = [100 * (a["miou"] - b["miou"]) for a, b in zip(report["runs"]["CMCR contrastive only"], report["runs"]["PPKT"])]
+    full = [100 * (a["miou"] - b["miou"]) for a, b in zip(report["runs"]["CMCR full"], report["runs"]["PPKT"])]
+    display(Markdown(
+        f"PPKT and \"CMCR contrastive only\" optimise the same objective: their per-seed mIoU differences "
+        f"({', '.join(f'{v:+.1f}' for v in aa)}) are the noise of this table, the grey band. Full CMCR − PPKT: "
+        f"{', '.join(f'{v:+.1f}' for v in full)} (mean {np.mean(full):+.1f}). "
+        + ("Every full-CMCR difference lies outside the A/A range." if min(full) > max(aa) or max(full) < min(aa)
+           else "The full-CMCR differences overlap the A/A range: this table cannot rank the two.")))
 else:
     print(f"{path} not found: run `python -m cmcr_lite.experiments ablation` to produce it")
 
@@ -172,8 +181,6 @@ else:
 # rendered from them.
 
 # %%
-from IPython.display import Image, Markdown, display
-
 from cmcr_lite.bench import RESULTS_DIR, bench_verdict, load_report
 
 bench_report = load_report(bench_name)
@@ -196,9 +203,26 @@ else:
 #   occupancy − PPKT on the geometry twins.
 #
 # **Exercises**
-# 1. Rerun §2 with `CMCROptions.released_code()` (pass `cmcr=CMCROptions.released_code()` to `config`): does
-#    dropping the geometry-enhanced replacement change the probe?
-# 2. Set the occupancy weight to 0 (`CMCROptions(occupancy_weight=0)`): which group loses IoU?
-# 3. Run the bench's pipeline at toy size, `python -m cmcr_lite.experiments bench --smoke` (minutes),
-#    and open `benchmarks/results/bench_smoke.md`: which rows' differences have intervals that
-#    include 0, and why is that expected at this size?
+# 1. *Implement it yourself*: rebuild the full objective of the formula at the top from the logged
+#    terms of §2 (`hist`: per-epoch means of each term, unweighted) with the weights of
+#    `CMCROptions()`, and check it against the logged `loss`. Hint: only $\mathcal L_\text{orth}$ has a
+#    weight other than 1 (`orth_weight` = 0.1); a mean of sums is the sum of the means. The check cell
+#    below holds a solution; replace it with yours.
+# 2. Pretrain with the released code's options, in its own output folder so the resume guard does not
+#    refuse it: `pretrain(session.pretrain_config("cmcr_released", method="cmcr",
+#    cmcr=CMCROptions.released_code(), epochs=pretrain_epochs), resume=True, keyframes=train_kf,
+#    image_trunk=teacher)`, then probe it as in §3. Hint: §1's table lists what differs. Expected: at
+#    this length its numbers land within the A/A spread of §4 of the paper-option run: short runs
+#    cannot tell the two apart.
+# 3. Run the bench's pipeline at toy size, `python -m cmcr_lite.experiments bench --smoke` (minutes), and
+#    open `benchmarks/results/bench_smoke.md`. Expected: intervals of every difference that include 0 —
+#    two seeds of one epoch have no power, which is why the full bench runs five seeds of twelve.
+
+# %%
+# Check for exercise 1 (a solution; replace it with yours)
+opts = CMCROptions()
+weights = {"nce": 1, "orth": opts.orth_weight, "cmcm": 1, "commit_points": 1, "commit_pixels": 1,
+           "mim": opts.mim_weight, "occupancy": opts.occupancy_weight, "intensity": opts.intensity_weight}
+for h in hist:
+    mine = sum(w * h[k] for k, w in weights.items())
+    assert abs(mine - h["loss"]) < 1e-3 * abs(h["loss"]), (mine, h["loss"])
