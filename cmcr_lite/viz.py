@@ -75,6 +75,13 @@ def projections_figure(images: np.ndarray, pair_pixels: np.ndarray, values: np.n
         ax.tick_params(labelsize=7)
     if colours is None:
         fig.colorbar(sc, ax=axes, label="depth (m)", shrink=0.8)
+    else:  # one shared key for the classes drawn
+        from matplotlib.patches import Patch
+
+        present = np.unique(values)
+        names = CLASS_NAMES_16 if len(colours) == len(CLASS_NAMES_16) else [str(k) for k in range(len(colours))]
+        fig.legend([Patch(color=colours[k]) for k in present], [names[k] for k in present], loc="outside right center",
+                   fontsize=8, title="class")
     fig.suptitle(title)
     return fig
 

@@ -54,7 +54,7 @@ print(keyframes)
 # ## 1 · The nuScenes format, table by table
 #
 # A nuScenes version folder holds JSON tables of records linked by `token`s. A **scene** is a
-# 20-second drive; it points to its first **sample** (a *keyframe*, every 0.5 s); a sample's `data`
+# drive (20 seconds on nuScenes; the synthetic scenes are shorter, see the durations below); it points to its first **sample** (a *keyframe*, every 0.5 s); a sample's `data`
 # maps each sensor channel to a **sample_data** record (one file: a `.pcd.bin` sweep or a `.jpg`
 # image), which points to its **calibrated_sensor** (sensor → ego transform, camera intrinsics)
 # and its **ego_pose** (ego → global transform *at that sensor's timestamp*). Labels for LiDAR
@@ -162,7 +162,8 @@ for c, cam_token in enumerate(kf.camera_tokens):
 # ## 4 · Superpixels
 #
 # SLidR pools features over **superpixels** instead of single pixels: SLIC segments each image into
-# about 150 regions of similar colour (compactness 6, Gaussian smoothing σ = 3, the paper's values).
+# regions of similar colour, aiming at 150 (`n_segments` is a target, not a count; compactness 6,
+# Gaussian smoothing σ = 3, the paper's values).
 # Points whose pixels fall in one superpixel form a *superpoint*. They are computed once and cached
 # next to the dataset (`<dataroot>/superpixels/slic_150_6_3/<camera token>.png`), or in the folder
 # `pipeline.superpixel_cache` names when the dataset folder is read-only; on real nuScenes,
@@ -181,7 +182,7 @@ fig = superpixels_figure(kf.images[[0, 3]], segments, [kf.camera_names[0], kf.ca
 fig.savefig(out / "superpixels.png", dpi=80)
 plt.show()
 sp_of_pair = segments[0][pair_pixels[pair_pixels[:, 0] == 0, 1], pair_pixels[pair_pixels[:, 0] == 0, 2]]
-print(f"CAM_FRONT: {len(np.unique(segments[0]))} superpixels, {len(np.unique(sp_of_pair))} of them hold at least one point")
+print(f"CAM_FRONT: {len(np.unique(segments[0]))} superpixels (target 150), {len(np.unique(sp_of_pair))} of them hold at least one point")
 
 # %% [markdown]
 # ## 5 · Sparse voxels
@@ -235,11 +236,17 @@ for c in range(6):
     axes[0, c].imshow(item["images"][c].transpose(1, 2, 0))
     axes[0, c].scatter(item["pair_pixels"][sel, 2], item["pair_pixels"][sel, 1], s=0.5,
                        c=class_colours()[item["labels"][item["pair_points"][sel]]])
-    axes[0, c].set_title(f"input {c}: {sel.sum()} pairs", fontsize=8)
+    axes[0, c].set_title(f"{kf.camera_names[c]} input: {sel.sum()} pairs", fontsize=8)
     axes[1, c].imshow(item["target_images"][c].transpose(1, 2, 0))
     axes[1, c].set_title("target (unmasked)", fontsize=8)
 for a in axes.ravel():
     a.axis("off")
+from matplotlib.patches import Patch
+
+drawn = np.unique(item["labels"][item["pair_points"]])
+fig.legend([Patch(color=class_colours()[k]) for k in drawn], [CLASS_NAMES_16[k] for k in drawn], loc="lower center",
+           ncol=min(len(drawn), 8), fontsize=8)
+fig.subplots_adjust(bottom=0.16)
 save_figure(fig, out / "training_sample.png")
 
 # %% [markdown]
@@ -309,6 +316,26 @@ for group, (a, b) in [("geometry-only", ("car", "truck")), ("geometry-only", ("t
         d_prime = abs(ia.mean() - ib.mean()) / np.sqrt((ia.var() + ib.var()) / 2)
         print(f"{group:16s} {a:>17s} vs {b:<20s} colour differs by {d_rgb:5.1f} / 255, "
               f"median roughness by {100 * d_rough:4.1f} cm, intensity by d' = {d_prime:.1f}")
+        if (a, b) == ("car", "truck"):
+            d_car_truck, truck_brighter = d_prime, ib.mean() > ia.mean()
+
+# %% [markdown]
+# **Intensity is a LiDAR measurement too.** Car and truck share their paint's reflectance, but a return's
+# intensity is scaled by $0.5 + 0.5\,|\cos\theta|$ of its incidence angle $\theta$, and the ribs' faces meet
+# the beam at other angles than a flat panel does, which can shift the truck's intensity. Such a shift
+# would still be information only the LiDAR has (the cameras see no difference at all), so the twins
+# would stay "geometry-only" in the sense that matters, LiDAR-specific; but a network could then use
+# the intensity without reading the relief. Its size on these keyframes:
+
+# %%
+from IPython.display import Markdown, display
+
+if "d_car_truck" in dir():
+    display(Markdown(f"On these keyframes the truck returns {'brighter' if truck_brighter else 'dimmer'} than the car "
+                     f"by d' = {d_car_truck:.1f} pooled spreads: " + (
+                         "negligible, so the LiDAR tells them apart by the relief." if d_car_truck < 0.3 else
+                         "a partial cue on its own (the distributions overlap), which a LiDAR-only network can "
+                         "combine with the relief.")))
 
 # %% [markdown]
 # ## Summary
