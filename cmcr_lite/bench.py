@@ -207,7 +207,7 @@ def run_job(plan_dict: dict, root: str, row: str, seed: int, runs_dir: str) -> d
     if row != "supervised ceiling":
         sizes["probe"] = PROBE
     previous = json.loads(done.read_text()) if done.is_file() else {}
-    if previous and previous.get("sizes", sizes) == sizes:
+    if previous.get("sizes") == sizes:  # results without sizes (the first jobs) are read out again
         return previous
     torch.set_num_threads(1)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -339,6 +339,11 @@ def summarize(results: list, plan: BenchPlan) -> dict:
         rows[row]["per_pair"] = {p: float(np.mean([r["per_pair"][p] for r in runs])) for p in pairs}
         rows[row]["per_class"] = {c: float(np.mean([r["per_class"].get(c, np.nan) for r in runs]))
                                   for c in runs[0]["per_class"]}
+        curves = [[h["loss"] for h in r["history"]] for r in runs
+                  if isinstance(r.get("history"), list) and len(r["history"]) >= 2 and "loss" in r["history"][0]]
+        if curves and row in PRETRAINED:
+            # how flat the end of the curve is: the last epoch's share of the whole drop of the loss
+            rows[row]["last_epoch_share"] = float(np.mean([(c[-2] - c[-1]) / (c[0] - c[-1]) for c in curves]))
         steps = [r["pretrain_seconds_per_step"] for r in runs if r.get("pretrain_seconds_per_step") is not None]
         if steps:
             rows[row]["seconds_per_step"] = float(np.mean(steps))
@@ -397,11 +402,26 @@ COLUMN_TITLES = {"miou": "mIoU", "geometry-only": "geometry-only IoU", "appearan
                  "appearance twins in features (MLP)": "appearance twins in features (MLP)"}
 
 
+def _job_seconds(result: dict) -> float:
+    """A job's compute in seconds: its own time, plus its pretraining's when a later call only read the
+    finished pretraining out again (its ``seconds`` are then shorter than the pretraining itself)."""
+    seconds = result.get("seconds", 0.0)
+    per_step = result.get("pretrain_seconds_per_step")
+    if per_step is not None and "history" in result and isinstance(result["history"], list):
+        pretraining = per_step * sum(h["steps"] for h in result["history"])
+        if seconds < pretraining:
+            seconds += pretraining
+    return seconds
+
+
 def markdown_report(summary: dict, plan: BenchPlan, minutes: float) -> str:
     rows, diffs = summary["rows"], summary["differences"]
     n = len(plan.seeds)
     lines = [f"# The bench: {n} seeds per row ({list(plan.seeds)}; A/A row {list(plan.aa_seeds)}), "
-             f"{plan.pretrain_epochs} pretraining epochs, {minutes:.0f} min", "",
+             f"{plan.pretrain_epochs} pretraining epochs", "",
+             f"Compute: {minutes:.0f} min of one-thread jobs in all (each job's own time, summed, where it was "
+             f"measured: about {minutes / plan.workers:.0f} min of wall time on {plan.workers} cores when run in "
+             "one go).", "",
              "Values in %, mean ± sample std over seeds. mIoU and IoU columns: the 16-class read-out on the val "
              "split (a linear softmax probe of the frozen trunk's features, fitted to its optimum by L-BFGS, so "
              "it adds no noise of its own; the supervised ceiling's own predictions; the same probe on the "
@@ -507,9 +527,11 @@ def bench(plan: BenchPlan | None = None, progress: bool = True, results_dir: Pat
     runs_dir = str(results_dir / f"{plan.results_name}_runs")
     results = _pool_map(run_job, [(plan.to_dict(), root, row, seed, runs_dir) for row, seed in jobs], plan.workers,
                         "bench jobs", progress)
-    minutes = (time.time() - t0) / 60
+    minutes_this_call = (time.time() - t0) / 60
+    minutes = sum(_job_seconds(r) for r in results) / 60  # every job's compute, whenever it ran
     summary = summarize(results, plan)
-    report = {"plan": plan.to_dict(), "minutes_this_call": minutes, "summary": summary, "runs": results}
+    report = {"plan": plan.to_dict(), "minutes_this_call": minutes_this_call, "job_minutes": minutes,
+              "summary": summary, "runs": results}
     results_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(results_dir / f"{plan.results_name}.json") as tmp:
         tmp.write_text(json.dumps(report, indent=1))
@@ -544,8 +566,8 @@ def bench_verdict(summary: dict) -> str:
             f"(car vs truck {pct(rows['supervised ceiling']['per_pair']['car|truck'])} %, terrain vs vegetation "
             f"{pct(rows['supervised ceiling']['per_pair']['terrain|vegetation'])} %), so what separates them *can* "
             "be learned from the LiDAR." if not failed else
-            "The supervised LiDAR-only ceiling misses " + ", ".join(
-                f"{k.removeprefix('ceiling ')} ({checks[k]['value']:.2f}, needed {checks[k]['needed']})" for k in failed)
+            "The supervised LiDAR-only ceiling falls short on: " + ", ".join(
+                f"{k} = {checks[k]['value']:.3f} (needed {checks[k]['needed']})" for k in failed)
             + ": on those, a pretraining that fails may be failing a task the LiDAR cannot do at this size."))
     if "image-only reference" in rows:
         r = rows["image-only reference"]
@@ -553,24 +575,36 @@ def bench_verdict(summary: dict) -> str:
                    f"{pct(r['appearance twins told apart']['mean'])} % and the geometry twins at "
                    f"{pct(r['geometry twins told apart']['mean'])} % (50 = chance): the teacher can hand down "
                    "the first and has nothing to hand down for the second.")
+    flat = {row: rows[row]["last_epoch_share"] for row in PRETRAINED if "last_epoch_share" in rows.get(row, {})}
+    if flat:
+        out.append("**Convergence.** The last pretraining epoch still brings " + ", ".join(
+            f"{100 * v:.0f} % ({row})" for row, v in flat.items()) + " of the loss's whole drop. " + (
+            "The curves are flat." if max(flat.values()) < 0.02 else
+            "The pretrainings have not converged: the numbers below are those of trunks still learning."))
     aa = diffs.get("PPKT (A/A) - PPKT")
     if aa:
         out.append(f"**The noise floor.** PPKT on a second, disjoint seed set differs from PPKT by "
                    f"{100 * aa['miou']['mean']:+.1f} mIoU points (95 % interval {100 * aa['miou']['low']:+.1f} to "
                    f"{100 * aa['miou']['high']:+.1f}); the per-seed std of PPKT's mIoU is "
                    f"{pct(rows['PPKT']['miou']['std'])} points.")
+        power = {k: v for k, v in checks.items() if k == "A/A mIoU difference" or k.endswith("mIoU std")}
+        short = [f"{k} {100 * v['value']:.1f} points" for k, v in power.items() if not v["holds"]]
+        out.append("**Power** (A/A difference ≤ 1 point, per-seed std ≤ 1.5 points in every pretrained row): "
+                   + ("holds." if not short else "not reached: " + "; ".join(short) + ". Differences smaller "
+                      "than these are not resolved by this bench."))
     for name, label in (("CMCR - PPKT", "CMCR"), ("occupancy only - PPKT", "Occupancy alone")):
         d = diffs.get(name)
         if not d:
             continue
         g, a, m = d["geometry twins told apart"], d["appearance twins told apart"], d["miou"]
-        gf = d["geometry twins in features"]
+        gf, gm = d["geometry twins in features"], d["geometry twins in features (MLP)"]
 
         def says(x):
             return (f"{100 * x['mean']:+.1f} points ({100 * x['low']:+.1f} to {100 * x['high']:+.1f}, "
                     + ("an interval that excludes 0" if _significant(x) else "an interval that includes 0") + ")")
         out.append(f"**{label} vs PPKT**, paired over the same seeds: geometry twins told apart {says(g)}; "
-                   f"geometry twins in the features (linear probe) {says(gf)}; appearance twins told apart "
+                   f"geometry twins in the features, linear probe {says(gf)}, MLP probe {says(gm)}; "
+                   f"appearance twins told apart "
                    f"{says(a)}; mIoU {says(m)}.")
     return "\n\n".join(out)
 

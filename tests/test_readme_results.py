@@ -24,3 +24,40 @@ def test_readme_bench_table_is_the_committed_one():
         assert quoted == "", "README quotes a bench table, but benchmarks/results/bench.md does not exist"
         return
     assert quoted == first_table(bench_md.read_text())
+
+
+def test_readme_label_efficiency_table_is_the_committed_one():
+    readme = (REPO_ROOT / "README.md").read_text()
+    block = re.search(r"<!-- label_efficiency:begin -->\n(.*?)<!-- label_efficiency:end -->", readme, re.S)
+    assert block, "README.md lost its <!-- label_efficiency:begin --> ... <!-- label_efficiency:end --> block"
+    md = REPO_ROOT / "benchmarks" / "results" / "label_efficiency.md"
+    quoted = block.group(1).strip()
+    if not md.is_file():
+        assert quoted == "", "README quotes a label-efficiency table, but benchmarks/results/label_efficiency.md does not exist"
+        return
+    assert quoted == first_table(md.read_text())
+
+
+def test_readme_bench_numbers_are_the_committed_ones():
+    """The README's short reading of the bench quotes these numbers; a rerun that changes them must
+    change the text too."""
+    import json
+
+    path = REPO_ROOT / "benchmarks" / "results" / "bench.json"
+    readme = (REPO_ROOT / "README.md").read_text()
+    if not path.is_file():
+        return
+    summary = json.loads(path.read_text())["summary"]
+    d = summary["differences"]
+
+    def pts(x):
+        return f"{100 * x:+.1f}".replace("-", "−")
+
+    g = d["CMCR - PPKT"]["geometry twins told apart"]
+    o = d["occupancy only - PPKT"]["geometry twins told apart"]
+    om = d["occupancy only - PPKT"]["geometry twins in features (MLP)"]
+    quoted = [f"{pts(g['mean'])} points, {pts(g['low'])} to {pts(g['high'])}",
+              f"{pts(o['mean'])}, {pts(o['low'])} to {pts(o['high'])}", f"MLP probe ({pts(om['mean'])})",
+              f"car from truck at {summary['checks']['ceiling tells car vs truck apart']['value']:.3f}"]
+    for text in quoted:
+        assert text in readme, f"README.md should quote {text!r} from bench.json"

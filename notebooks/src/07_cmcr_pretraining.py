@@ -198,9 +198,10 @@ else:
 # * One seed of a few epochs (§3) and the three-seed ablation (§4) are mechanics checks: their
 #   differences are of the size of the A/A pair (PPKT and "CMCR contrastive only" are the same
 #   objective), so they cannot decide the claim.
-# * The bench (§5) can: its verdict, above, is rendered from `benchmarks/results/bench.json`. Read the
-#   ceilings first (can the twins be learned at all?), then the A/A floor, then CMCR − PPKT and
-#   occupancy − PPKT on the geometry twins.
+# * The bench (§5) is built to decide it, with ceilings, controls and an A/A floor; its verdict, above,
+#   is rendered from `benchmarks/results/bench.json`, including where the bench falls short of its
+#   own conditions. Read the ceilings first (can the twins be learned at all?), then convergence and
+#   the A/A floor, then CMCR − PPKT and occupancy − PPKT on the geometry twins.
 #
 # **Exercises**
 # 1. *Implement it yourself*: rebuild the full objective of the formula at the top from the logged
