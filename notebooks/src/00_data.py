@@ -349,7 +349,23 @@ if "d_car_truck" in dir():
 #   tell apart: the following notebooks measure which of them each method learns.
 #
 # **Exercises**
-# 1. Set `split = "val"` or `keyframe_index = 2` and rerun: how does the number of pairs per camera change?
-# 2. In §3, use the LiDAR's ego pose for the cameras too (replace `T` by a chain without the camera
-#    ego pose): how many pixels do points move? (`tests/test_projection.py` checks this.)
-# 3. In §5, which classes lose most labels at 0.4 m voxels, and why?
+# 1. *Implement it yourself*: the Cartesian voxel of every point is $\lfloor p / s \rfloor$. Compute it
+#    for the keyframe of §3 at $s$ = 0.1 m with NumPy and check it against `voxelize`'s inverse map
+#    (`vox.coords[vox.voxel_of_point]`). Hint: `np.floor(points / s).astype(np.int32)`; compute in float64,
+#    as the check does, or points on a voxel boundary may round differently. The check cell below holds a
+#    solution; replace it with yours.
+# 2. Set `split = "val"` or `keyframe_index = 2` and rerun §3: how does the number of pairs per camera
+#    change? Expected: the rear and side cameras see different shares of the sweep; the total stays of the
+#    same order, since every camera sees a similar slice of the 360° scan.
+# 3. In §3, use the LiDAR's ego pose for the cameras too (a chain without the camera's own ego pose).
+#    Hint: `tests/test_projection.py` builds that chain. Expected: points move by a few pixels, more for
+#    near points and for cameras looking sideways to the motion.
+# 4. In §5, which classes lose most labels at 0.4 m voxels, and why? Hint: compare `back` and
+#    `kf.labels` per class. Expected: the thin and small ones (poles of the barrier, pedestrians,
+#    cones), whose voxels are shared with the ground or a neighbour.
+
+# %%
+# Check for exercise 1 (a solution; replace it with yours)
+vox = voxelize(kf.points[:, :3], 0.1)
+mine = np.floor(kf.points[:, :3].astype(np.float64) / 0.1).astype(np.int32)
+assert np.array_equal(mine, vox.coords[vox.voxel_of_point])
