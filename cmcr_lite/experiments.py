@@ -78,6 +78,24 @@ def markdown_table(agg: dict, seeds) -> str:
     return "\n".join(lines) + "\n"
 
 
+def rescore(report: dict) -> dict:
+    """``report`` (a ``run_variants`` result) with every run's confusion-matrix metrics recomputed by
+    today's ``metrics`` rules (mIoU over the classes present in the ground truth) and the summary
+    re-aggregated; the feature-probe columns are kept. Runs without a confusion matrix stay as they are."""
+    runs = {method: [{**r, **summarize_confusion(np.asarray(r["confusion"]))} if "confusion" in r else r
+                     for r in summaries] for method, summaries in report["runs"].items()}
+    return {**report, "runs": runs, "summary": aggregate(runs)}
+
+
+def rescore_results(results_name: str) -> dict:
+    """Rewrite ``benchmarks/results/<results_name>.{json,md}`` with :func:`rescore` (no training)."""
+    path = RESULTS_DIR / f"{results_name}.json"
+    report = rescore(json.loads(path.read_text()))
+    path.write_text(json.dumps(report, indent=1))
+    (RESULTS_DIR / f"{results_name}.md").write_text(markdown_table(report["summary"], report["seeds"]))
+    return report
+
+
 def run_variants(variants: dict, seeds, output_root: str, results_name: str, progress: bool = True,
                  include_random: bool = True, **pretrain_overrides) -> dict:
     """Pretrain every variant ({name: PretrainConfig overrides}) for every seed, linear-probe it, and

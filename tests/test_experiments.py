@@ -59,3 +59,20 @@ def test_ablation_variants_follow_the_cmcr_steps():
     assert variants["CMCR full"]["cmcr"] == ABLATION_STEPS["full"]
     with pytest.raises(ValueError, match="'CMCR everything'"):
         ablation(only=["PPKT", "CMCR everything"])
+
+
+def test_rescore_recomputes_miou_over_the_classes_present():
+    """A run scored under the old rule (a predicted-but-absent class counted as 0) is rescored from
+    its confusion matrix; its probe columns stay."""
+    import numpy as np
+
+    from cmcr_lite.experiments import rescore
+
+    conf = np.diag([0] + [10] * 4 + [0] * 12)
+    conf[1, 5] = 1                      # one class-1 point predicted as class 5, absent from the truth
+    old = {"miou": 0.0, "geometry twins in features": 0.7, "confusion": conf.tolist()}
+    report = rescore({"runs": {"PPKT": [old, old]}, "seeds": [0, 1]})
+    iou1 = 10 / 11
+    assert report["runs"]["PPKT"][0]["miou"] == pytest.approx((iou1 + 3) / 4)
+    assert report["summary"]["PPKT"]["miou"][0] == pytest.approx((iou1 + 3) / 4)
+    assert report["summary"]["PPKT"]["geometry twins in features"][0] == 0.7
