@@ -6,14 +6,15 @@
 # with a commitment loss (β = 0.25), a **cross-modal code matching** loss (CMCM) that asks a LiDAR
 # point and the pixel it projects to for the same code distribution, and the straight-through (ST)
 # estimator that lets the quantised features feed the decoders. The idea, borrowed from CMG
-# (NeurIPS'23): if a point and its pixel must pick the same discrete code, the codes become a shared
-# vocabulary of the two modalities. You will learn
+# (NeurIPS'23): if a point and its pixel must pick the same discrete code, the codes should become a
+# shared vocabulary of the two modalities. Whether they do is measured here, and every sentence about a
+# measured number is rendered from the run or held by an `assert`. You will learn
 #
 # * what each of the four parts computes, each formula next to the line of `cmcr_lite` that computes it;
 # * on a fast synthetic toy (no network): how the EMA pulls codes towards paired features, how
 #   perplexity and dead codes behave, why the ST gradient is the identity, and how little CMCM can move;
 # * in a short lite CMCR pretraining (ablation step "+ codebook"): code usage and perplexity for
-#   points and pixels step by step, which codes the two modalities share, and what happens to the
+#   points and pixels step by step, whether the two modalities share codes, and what happens to the
 #   codes nobody picks.
 #
 # Paper: Zhang & Hou, IJCV 2026, §3.3 and §4.3; facts about the official code: `../shared/paper.md` §4.3.
@@ -35,13 +36,15 @@ import inspect
 import math
 from dataclasses import replace
 
+from IPython.display import Markdown, display
 import matplotlib.pyplot as plt
 from matplotlib.colors import LogNorm
+from matplotlib.ticker import MaxNLocator
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cmcr_lite.classes import CLASS_NAMES_16
+from cmcr_lite.classes import CLASS_NAMES_16, class_index
 from cmcr_lite.cmcr import ABLATION_STEPS, CMCRModel
 from cmcr_lite.analysis.codebook import (CodebookRecorder, co_occurrence, code_sharing, feature_spread, laplace_floor,
                                          paired_codes, perplexity_from_counts, quantisation_memory,
@@ -202,14 +205,16 @@ assert all(np.min(np.abs(np.angle(np.exp(1j * (final - c))))) < 0.15 for c in co
 start_gap = np.abs(np.angle(np.exp(1j * (code_angle[0, moved][:, None] - concepts)))).min(1)
 end_gap = np.abs(np.angle(np.exp(1j * (final[:, None] - concepts)))).min(1)
 assert np.all(end_gap <= start_gap + 1e-9)          # each moving code got closer to its concept
+assert max(a2["agreement"][0], a2["agreement"][-1]) < 0.1  # each modality keeps its own codes, first to last
 
 # %% [markdown]
 # Every code that wins pairs is dragged towards the **midpoint** between its points and their pixels
 # (dashed lines), because its $W_k$ collects both. Look at *how* it gets there: with these codes, the
 # points of a concept and its pixels (0.7 rad apart) first chose *different* codes, one on each side,
 # and both codes now approach the midpoint from their own side. Neither ever becomes nearer to the
-# other modality's features, so the agreement stays where it started: in this small 2D example each
-# modality keeps its own code, and the two codes become near-duplicates. Sharing needs a code that
+# other modality's features, so the agreement stays below 10 % from the first step to the last
+# (asserted): in this small 2D example each modality keeps its own code, and the two codes become
+# near-duplicates. Sharing needs a code that
 # both modalities pick at some point; the EMA then keeps it between them (§3). The codes that never
 # win a pair never move: nothing in the EMA touches them. Those are the **dead codes**.
 #
@@ -274,10 +279,13 @@ assert a_reset["agreement"][-1] < a_off["agreement"][-1]
 #   puts codes *on* the point side and *on* the pixel side of the gap, so each modality gets its own
 #   codes: perplexity climbs and agreement collapses. A higher perplexity is not what a *unified*
 #   codebook is for; agreement (or the mutual information of §5) is the number to watch.
-# * **`dead_codes()` on `ema_count` stops working after ~50 steps.** The Laplace smoothing adds about
-#   $\varepsilon$ to every count at each half-step, so a never-chosen code's $N_k$ rises to the floor
-#   $\varepsilon/(1-\gamma) = 0.01$, ten times the default threshold of $10^{-3}$ (dotted curve). Count
-#   "never chosen" instead, as `CodebookRecorder` does, or threshold above the floor:
+# * **`dead_codes()` on `ema_count` is a slow and then a wrong test.** The Laplace smoothing adds about
+#   $\varepsilon$ to every count at each half-step, so a never-chosen code's $N_k$ climbs towards the
+#   fixed point $\varepsilon r/(1-\gamma r) \approx \varepsilon/(1-\gamma) = 0.01$ ($r = M/(M+K\varepsilon)$,
+#   `laplace_floor`), ten times the default threshold of $10^{-3}$ (dotted curve). It gets there only as
+#   $1-(\gamma r)^{2t}$ after $t$ steps, over a thousand steps; but it passes the threshold much earlier,
+#   and from then on `dead_codes()` misses the dead codes. Count "never chosen" instead, as
+#   `CodebookRecorder` does; a fixed threshold above the floor has its own cost (below):
 
 # %%
 floor = laplace_floor(0.999, 1e-5, num_codes=400, pairs=M_TOY)
@@ -290,6 +298,19 @@ print("dead_codes() with the default threshold:", len(cb_off.dead_codes()), "| w
       len(cb_off.dead_codes(2 * floor)), "| never chosen:", int(never.sum()))
 if toy_steps >= 60:
     assert len(cb_off.dead_codes()) < never.sum() and len(cb_off.dead_codes(2 * floor)) >= never.sum()
+never_t = torch.from_numpy(never)
+n_never = cb_off.ema_count[never_t].max().item() if never.any() else float("nan")
+steps_to = lambda frac: math.log(1 - frac) / (2 * math.log(0.999))  # noqa: E731  steps until 1-(gamma)^(2t) = frac
+flag2 = torch.zeros(400, dtype=torch.bool); flag2[cb_off.dead_codes(2 * floor)] = True
+display(Markdown(
+    f"After {toy_steps} steps the never-chosen codes' `ema_count` is at most {n_never:.5f}, "
+    f"{n_never / floor:.0%} of the floor {floor:.5f}; it passes the default threshold $10^{{-3}}$ after about "
+    f"{steps_to(1e-3 / floor):.0f} steps and reaches 90 % of the floor after about {steps_to(0.9):.0f}. Now "
+    f"`dead_codes()` flags {len(cb_off.dead_codes())} of the {int(never.sum())} never-chosen codes. A threshold of "
+    f"2 × floor flags {int(flag2.sum())}: {int((flag2 & never_t).sum())} never-chosen codes and "
+    f"{int((flag2 & ~never_t).sum())} live codes that "
+    f"points or pixels did choose, whose counts decayed below it (a code chosen rarely carries a count of "
+    f"the same order as the floor)."))
 
 # %% [markdown]
 # ## 4 · The losses: cross-modal code matching and commitment
@@ -319,8 +340,9 @@ source_lines(UnifiedCodebook.forward, "commit_p = ", "commit_v = ")
 
 # %% [markdown]
 # With unit-length features and codes, distances lie in $[0, 2]$, so $\mathrm{softmax}(-d)$ over 400
-# codes is nearly uniform: even a feature sitting *exactly* on a code gives that code only about 1 %
-# of the mass. CMCM therefore barely moves below $\log M$ — even for perfectly matched pairs:
+# codes is nearly uniform: even a feature sitting *exactly* on a code gives that code only a small
+# share of the mass (rendered below; at most $1/(1+399e^{-2})\approx 1.8\,\%$ even if every other code were
+# at the largest distance 2). CMCM therefore barely moves below $\log M$ — even for perfectly matched pairs:
 
 # %%
 cb_fresh = UnifiedCodebook(400, 64)
@@ -344,11 +366,16 @@ for k in ("cmcm", "commit_points", "commit_pixels"):
     print(f"{k:14s} value {res[k].item():.4f}   |grad wrt points| {grads[k][0]:.2e}   |grad wrt pixels| {grads[k][1]:.2e}")
 assert math.log(M) - 0.1 < best < rand <= math.log(M) + 0.01
 assert p_max < 0.05
+grad_ratio = grads["cmcm"][0] / grads["commit_points"][0]
+assert 0.1 < grad_ratio < 10                      # CMCM's gradient: the same order as the commitment's
+display(Markdown(f"A feature on a code gives it {p_max:.1%} of the soft-assignment mass; perfect pairs score "
+                 f"{math.log(M) - best:.3f} nats below $\\log M$, unrelated ones {rand - math.log(M):+.4f} nats from it. "
+                 f"CMCM's gradient on the points is {grad_ratio:.2f} × the commitment loss's."))
 
 # %% [markdown]
 # So, with the paper's temperature of 1 on unit features, **CMCM is almost flat**: its best possible
-# value is only a few hundredths of a nat below $\log M$. Its gradient is not zero (the same order as
-# the commitment terms' above), but it can only reshape nearly uniform code distributions. (CMG, where
+# value is less than 0.1 nat below $\log M$ (asserted). Its gradient is not zero (within a factor 10 of
+# the commitment term's, asserted), but it can only reshape nearly uniform code distributions. (CMG, where
 # it comes from, does not normalise its features, so its distances, and its soft assignments, are
 # sharper.) In the pretraining below, expect the logged CMCM to sit at $\log M$; the commitment
 # terms and the EMA do the work of tying the modalities to shared codes.
@@ -380,6 +407,7 @@ pc0 = paired_codes(fresh.to(dev).train(), fresh_batch, dev, return_features=True
 spread0 = {m: feature_spread(pc0[f"{m}_feats"]) for m in ("point", "pixel")}
 print(f"fresh heads: mean cosine between two features: points {spread0['point']:.2f}, pixels {spread0['pixel']:.2f} "
       f"(random directions in 64-d: 0.00)")
+assert min(spread0.values()) > 0.1    # fresh heads: features in a cone, far from random directions
 del fresh
 
 # %%
@@ -401,54 +429,73 @@ for h in hist:
 
 # %%
 K = cfg.cmcr.num_codes
-fig, ax = plt.subplots(1, 4, figsize=(15, 3.2))
-ax[0].plot(steps["perplexity_points"], "o-", ms=3, label="points (3D)")
-ax[0].plot(steps["perplexity_pixels"], "s-", ms=3, label="pixels (2D)")
-ax[0].set_ylabel("perplexity (codes)"); ax[0].set_title("codes in effective use per step")
-ax[1].plot(steps["agreement"], "o-", ms=3, label="paired points and pixels")
-ax[1].set_ylabel("fraction of pairs"); ax[1].set_title("point and its pixel on one code")
-ax[2].plot(steps["never_used"], "o-", ms=3, label="never chosen so far")
-ax[2].plot((steps["counts_points"] + steps["counts_pixels"] > 0).sum(1), "s-", ms=3, label="chosen in this step")
-ax[2].plot((steps["ema_count"] < 1e-3).sum(1), ":", label="ema_count < 1e-3")
-ax[2].set_yscale("log"); ax[2].set_ylabel(f"codes (of {K})"); ax[2].set_title("dead and live codes")
-for k, style in (("cmcm", "o-"), ("commit_points", "s-"), ("commit_pixels", "^-")):
-    ax[3].plot([h["epoch"] + 1 for h in hist], [h[k] / hist[0][k] for h in hist], style, ms=3, label=k)
-ax[3].set_ylabel("loss / its epoch-1 value"); ax[3].set_title("codebook losses"); ax[3].set_xlabel("epoch")
-for a_ in ax[:3]:
-    a_.set_xlabel("training step")
-for a_ in ax:
-    a_.legend(fontsize=7)
-save_figure(fig, out / "pretrain_codebook_curves.png")
 M = cfg.cmcr.codebook_matches or cfg.num_matches  # pairs per codebook step (None: as many as the NCE)
-print(f"perplexity points {steps['perplexity_points'][0]:.1f} -> {steps['perplexity_points'][-1]:.1f}, "
-      f"pixels {steps['perplexity_pixels'][0]:.1f} -> {steps['perplexity_pixels'][-1]:.1f}; "
-      f"never chosen after {len(steps['never_used'])} steps: {steps['never_used'][-1]} of {K}; "
-      f"CMCM {hist[-1]['cmcm']:.4f} vs log M = {math.log(M):.4f}")
+t_ = np.arange(1, len(steps["agreement"]) + 1)    # training steps
+ep = [h["epoch"] + 1 for h in hist]
+cmcm_gap = np.array([math.log(M) - h["cmcm"] for h in hist])   # nats below log M (the NB01 bound)
+fig, ax = plt.subplots(1, 5, figsize=(18, 3.2))
+ax[0].plot(t_, steps["perplexity_points"], "o-", ms=3, label="points (3D)")
+ax[0].plot(t_, steps["perplexity_pixels"], "s-", ms=3, label="pixels (2D)")
+ax[0].set_ylabel("perplexity (codes)"); ax[0].set_title("codes in effective use per step")
+ax[1].plot(t_, steps["agreement"], "o-", ms=3, label="paired points and pixels")
+ax[1].set_ylabel("fraction of pairs"); ax[1].set_title("point and its pixel on one code")
+ax[2].plot(t_, steps["never_used"], "o-", ms=3, label="never chosen so far")
+ax[2].plot(t_, (steps["counts_points"] + steps["counts_pixels"] > 0).sum(1), "s-", ms=3, label="chosen in this step")
+ax[2].set_yscale("log"); ax[2].set_ylabel(f"codes (of {K})"); ax[2].set_title("dead and live codes")
+for k, style in (("commit_points", "s-"), ("commit_pixels", "^-")):
+    ax[3].plot(ep, [h[k] / hist[0][k] for h in hist], style, ms=3, label=k)
+ax[3].set_ylabel("loss / its epoch-1 value"); ax[3].set_title("commitment losses")
+ax[4].plot(ep, cmcm_gap, "o-", ms=3, label="log M − L_CMCM")
+if np.all(cmcm_gap > 0):
+    ax[4].set_yscale("log")
+ax[4].set_ylabel("nats below log M"); ax[4].set_title(f"CMCM (log M = {math.log(M):.3f})")
+for i, a_ in enumerate(ax):
+    a_.set_xlabel("training step" if i < 3 else "epoch"); a_.legend(fontsize=7)
+    a_.xaxis.set_major_locator(MaxNLocator(integer=True))
+save_figure(fig, out / "pretrain_codebook_curves.png")
 assert all(np.isfinite(h["loss"]) for h in hist) and hist[-1]["loss"] < hist[0]["loss"]
 assert np.all((steps["perplexity_points"] >= 1) & (steps["perplexity_points"] <= K))
 assert np.all(np.diff(steps["never_used"]) <= 0)                   # "never chosen so far" can only shrink
 assert abs(hist[-1]["cmcm"] - math.log(M)) < 0.1  # CMCM stays at log M (section 4)
-first, last = steps["perplexity_pixels"][0], steps["perplexity_pixels"][-1]
-print("pixel perplexity " + (f"COLLAPSED: {first:.1f} -> {last:.1f} codes" if last < first / 3 else
-                             f"did not collapse: {first:.1f} -> {last:.1f} codes"))
+
+# %%
+pp, pv_, agr = steps["perplexity_points"], steps["perplexity_pixels"], steps["agreement"]
+third = lambda x: next((i + 1 for i, v in enumerate(x) if v < x[0] / 3), None)  # noqa: E731  first step below 1/3
+ever = (steps["counts_points"] + steps["counts_pixels"]).sum(0) > 0
+ema_never = steps["ema_count"][-1][~ever]
+cb_floor = laplace_floor(cfg.cmcr.ema_decay, run["model"].codebook.eps, K, M)
+fall = lambda x: f"{x[0]:.1f} → {x[-1]:.1f} codes" + (f" (below a third of the start from step {third(x)})"  # noqa: E731
+                                                      if third(x) else "")
+display(Markdown(
+    f"**What this run shows** ({len(hist)} epochs, {len(t_)} steps, {M} pairs per codebook step):\n\n"
+    f"* Perplexity, points {fall(pp)}; pixels {fall(pv_)}. The fresh heads' features sit in a cone "
+    f"(mean cosine between two features: points {spread0['point']:.2f}, pixels {spread0['pixel']:.2f}; "
+    f"0 for random directions).\n"
+    f"* Never chosen after {len(t_)} steps: {steps['never_used'][-1]} of {K} codes; chosen in the last step: "
+    f"{int((steps['counts_points'][-1] + steps['counts_pixels'][-1] > 0).sum())}.\n"
+    f"* Agreement (a point and its pixel on one code): {agr[0]:.3f} at the first step, at most {agr.max():.3f}, "
+    f"{agr[-1]:.3f} at the last" + (": a point and its pixel almost never share a code."
+                                    if agr.max() < 0.1 else ".") + "\n"
+    f"* CMCM stays within {np.abs(cmcm_gap).max():.4f} nats of $\\log M$ = {math.log(M):.3f} (asserted within "
+    f"0.1); the commitment losses go {hist[0]['commit_points']:.4f} → {hist[-1]['commit_points']:.4f} (points) and "
+    f"{hist[0]['commit_pixels']:.4f} → {hist[-1]['commit_pixels']:.4f} (pixels).\n"
+    f"* With γ = 0.999 and {len(t_)} steps, the never-chosen codes' `ema_count` is at most "
+    f"{ema_never.max() if len(ema_never) else float('nan'):.5f}, "
+    f"{(ema_never.max() if len(ema_never) else float('nan')) / cb_floor:.0%} of the Laplace floor {cb_floor:.4f} of §3; "
+    f"`dead_codes()` flags {len(run['model'].codebook.dead_codes())} codes, the never-chosen are "
+    f"{int((~ever).sum())}."))
 
 # %% [markdown]
-# Read the per-step numbers printed above, not a general law:
-#
-# * **Perplexity collapses early, for pixels most** (in our lite runs: from about 35 codes to 3–5
-#   within about six steps; the points keep a few more). The fresh heads (a random 1×1 convolution on
-#   the frozen image trunk, and on the MinkUNet trunk) put their features in a cone, not over the
-#   sphere: the mean cosine printed before training is far above the 0 of random directions. The
-#   few codes nearest that cone win, the EMA pulls exactly those codes towards the features, and they
-#   win even more: the rich-get-richer of §3, now with features that are themselves concentrated.
-#   With no dead-code reset nothing revives the other codes: "never chosen" stays in the hundreds
-#   while only a handful are chosen per step. The official code has no reset either.
-# * **Agreement still rises** from almost 0 to roughly a third of the pairs: the codes that survive
-#   are shared by both modalities, as in §3 — but §6 shows how coarse that sharing is.
-# * **CMCM stays at $\log M$** (§4), while both commitment losses fall: features move towards their
-#   codes, and codes (by EMA) towards the features.
-# * With $\gamma = 0.999$ and a few dozen steps, `ema_count` is still below the Laplace floor of §3,
-#   so `dead_codes()` still flags the never-chosen codes here. A longer run would not.
+# Why the perplexity falls: the fresh heads (a random 1×1 convolution on the frozen image trunk, and
+# on the MinkUNet trunk) put their features in a cone, not over the sphere (asserted: mean cosine above
+# 0.1). The few codes nearest that cone win, the EMA pulls exactly those codes towards the features, and
+# they win even more: the rich-get-richer of §3, now with features that are themselves concentrated.
+# With no dead-code reset nothing revives the other codes; the official code has no reset either.
+# Unlike the toy of §3, where the pairs' features are fixed and the winning codes settle between the
+# modalities, here the two heads' cones need not overlap, and a code near the points need not be near
+# the pixels: the agreement above says how often a pair lands on one code. CMCM cannot force it
+# (§4), and the commitment losses pull each feature to its own code at twice the weight of its
+# partner's.
 #
 # ## 6 · Which codes do points and pixels share?
 #
@@ -460,7 +507,7 @@ print("pixel perplexity " + (f"COLLAPSED: {first:.1f} -> {last:.1f} codes" if la
 #
 # One trap: after a dozen steps at BatchNorm momentum 0.05, the MinkUNet's *running* statistics are
 # still far from the batch statistics it trained with, so in full eval mode the 3D features are not
-# the ones the codebook saw (printed below: the points then fall on one or two codes). We therefore
+# the ones the codebook saw (asserted below: in full eval mode the points use fewer codes). We therefore
 # read the features as in training — BatchNorm on batch statistics (`batch_statistics=True`, which
 # restores the model afterwards) — and freeze only the codebook.
 
@@ -481,9 +528,10 @@ for k, val in share.items():
 spread = {m: feature_spread(pc[f"{m}_feats"]) for m in ("point", "pixel")}
 print(f"trained heads: mean cosine between two features: points {spread['point']:.2f}, pixels {spread['pixel']:.2f}")
 pc_eval = paired_codes(model.eval(), val_batch, device)
-print(f"point perplexity, BatchNorm running statistics (full eval mode): "
-      f"{perplexity_from_counts(np.bincount(pc_eval['points'].numpy(), minlength=K)):.2f} "
+perp_eval = perplexity_from_counts(np.bincount(pc_eval['points'].numpy(), minlength=K))
+print(f"point perplexity, BatchNorm running statistics (full eval mode): {perp_eval:.2f} "
       f"vs batch statistics: {share['perplexity_points']:.2f}")
+assert perp_eval < share["perplexity_points"]
 
 # %%
 usage_p = np.bincount(pc["points"].numpy(), minlength=K)
@@ -520,17 +568,50 @@ assert 0 <= share["mutual_information"] <= share["max_mutual_information"] + 1e-
 assert share["used_points"] >= 1 and share["used_pixels"] >= 1
 
 # %% [markdown]
-# The printed summary says how much the two modalities share after this short run: the fraction of
-# pairs on one code (`agreement`), how many codes both modalities use, and how much a point's code
-# tells about its pixel's code (`mutual_information`, in nats, against its bound). The right panel
-# reads the codes as a vocabulary: a code that collects the points of one class means something; a code
-# that every class lands on does not. In our lite runs a few codes carry almost all pairs, the pixels use
-# fewer than ten codes, and the mutual information is a small fraction of its bound: after the collapse
-# of §5 the codebook holds a handful of coarse shared "words", not 400. Compare also the mean cosines
-# with those of the fresh heads (§5): in our runs the pixel features end up *more* concentrated than
-# at the start and the point features less, consistent with the pixels' collapse (the commitment loss
-# pulls every pixel towards one of its few codes).
-#
+# How to read it: the fraction of pairs on one code (`agreement`), how many codes both modalities use,
+# and how much a point's code tells about its pixel's code (`mutual_information`, in nats, against its
+# bound). The right panel reads the codes as a vocabulary: a code that collects the points of one class
+# means something; a code that every class lands on does not. What this run shows:
+
+# %%
+name = lambda c: CLASS_NAMES_16[c]  # noqa: E731
+frac_p, frac_v = usage_p / usage_p.sum(), usage_v / usage_v.sum()
+kp, kv = int(np.argmax(usage_p)), int(np.argmax(usage_v))
+shared_vocab = share["agreement"] >= 0.5
+lines = [f"* Agreement {share['agreement']:.3f}; codes used: {share['used_points']} by points, {share['used_pixels']} by "
+         f"pixels, {share['used_both']} by both; mutual information {share['mutual_information']:.3f} of at most "
+         f"{share['max_mutual_information']:.3f} nats.",
+         f"* The points' most used code, {kp}, holds {frac_p[kp]:.0%} of the points and {frac_v[kp]:.1%} of the "
+         f"pixels; the pixels' most used code, {kv}, holds {frac_v[kv]:.0%} of the pixels and {frac_p[kv]:.1%} of the "
+         f"points. " + ("Points and pixels mostly share codes." if shared_vocab else "Points and pixels mostly use "
+                        "*different* codes: the codebook is not a shared vocabulary after this run.")]
+cls_p = {c: np.bincount(pc["points"].numpy()[labels == c], minlength=K) for c in present}
+big = usage_p >= max(50, 0.01 * usage_p.sum())           # point codes with at least 1 % of the points (or 50)
+rich = {}
+for c in [c for c in present if name(c) in ("car", "truck")]:
+    share_c = np.where(big, cls_p[c] / np.maximum(usage_p, 1), 0)
+    k = rich[name(c)] = int(np.argmax(share_c))
+    mix = sorted(present, key=lambda d: -cls_p[d][k])[:3]
+    lines.append(f"* The point code with the largest share of {name(c)} (among codes with ≥ 1 % of the points): code {k}, "
+                 f"{', '.join(f'{cls_p[d][k] / usage_p[k]:.0%} {name(d)}' for d in mix)}; {usage_p[k]:,} points, {cls_p[c][k] / max(1, cls_p[c].sum()):.0%} of all "
+                 f"{name(c)} points; pixels on it: {usage_v[k]:,}.")
+twins_split = len(rich) == 2 and rich["car"] != rich["truck"] and all(
+    cls_p[class_index(c)][k] > 0.5 * usage_p[k] for c, k in rich.items())
+if twins_split:
+    no_pix = all(frac_v[k] < 0.01 for k in rich.values())
+    lines.append(f"* Codes {rich['car']} and {rich['truck']} hold mostly car and mostly truck points: they separate the "
+                 f"geometry twins among the LiDAR features, LiDAR-specific structure that the cameras (which render the "
+                 f"twins alike, notebook 00) cannot share. " + ("The pixels (almost) never use them: codes of the "
+                 "points alone, the opposite of what a unified codebook is for." if no_pix else
+                 "Some pixels use them too."))
+else:
+    lines.append("* No two point codes hold a majority of car and a majority of truck points: in this run the "
+                 "codes mix the geometry twins" + (", and the pixels (almost) never use the codes richest in them."
+                                                   if all(frac_v[k] < 0.01 for k in rich.values()) else "."))
+display(Markdown("\n".join(lines) + f"\n* Mean cosine between two features, trained vs fresh heads (§5): points "
+                 f"{spread['point']:.2f} vs {spread0['point']:.2f}, pixels {spread['pixel']:.2f} vs {spread0['pixel']:.2f}."))
+
+# %% [markdown]
 # ## 7 · Engineering notes
 #
 # * **Multi-GPU.** Under `torchrun` every process sees different pairs, so `ema_update` all-reduces
@@ -564,22 +645,58 @@ assert quantisation_memory(official_rows)["distances"] == 1_789_132_800
 #
 # * One codebook, 400 × 64, no parameters: codes move only by the EMA, half towards the points that
 #   chose them and half towards their paired pixels, so winning codes settle **between** the
-#   modalities and points and pixels come to share them (§2, §3). The ST estimator passes gradients
-#   through quantisation unchanged (§1).
-# * The codes nobody picks never move: without a reset they stay dead, and most of the 400 do. A
-#   simple reset raises perplexity but re-creates modality-specific codes (§3). `ema_count` cannot
-#   flag dead codes after ~50 steps, because the Laplace smoothing lifts every count to ≈ ε/(1−γ) = 0.01.
-# * With unit features and temperature 1, CMCM is nearly flat: perfect pairs score a few hundredths
-#   of a nat below $\log M$ (§4), and in training it sits at $\log M$ (§5).
-# * In the lite pretraining, the perplexity of the pixels collapses to a few codes within the first
-#   epoch, and the points' nearly so. The codebook the run ends with is a small shared vocabulary (§6).
+#   modalities; in the toy of §3, with fixed features and a moderate gap, points and pixels come to share
+#   them (asserted). The ST estimator passes gradients through quantisation unchanged (§1).
+# * The codes nobody picks never move: without a reset they stay dead, and in the toy most of the 400
+#   do (asserted). A simple reset raises perplexity but re-creates modality-specific codes (§3,
+#   asserted). `ema_count` is a poor dead-code test: a never-chosen code's count climbs towards the
+#   Laplace floor $\approx\varepsilon/(1-\gamma)$ over a thousand steps, passes the default threshold much
+#   earlier, and a threshold above the floor also flags rarely chosen live codes (§3 renders the counts).
+# * With unit features and temperature 1, CMCM is nearly flat: perfect pairs score less than 0.1 nat
+#   below $\log M$ (§4), and in training it stays within 0.1 nat of $\log M$ (§5; both asserted).
+# * In the lite pretraining the perplexity falls within a few steps (§5 renders how far), and whether
+#   the run ends with a shared vocabulary, or with points and pixels on mostly different codes, §6
+#   renders from the code counts, together with the point codes that split car from truck.
 #
 # **Exercises**
-# 1. In §3, remove the modality gap (`gap = 0.0 * F.normalize(...)`): how many codes survive, and
-#    what agreement do you reach? Then double the gap.
-# 2. In §4, sharpen the soft assignments: `F.log_softmax(-20 * code_distances(x, cb.embedding).sqrt(), 1)`
-#    (import `code_distances` from `cmcr_lite.losses.codebook`) in place of `soft_assign_log`. How far
-#    below $\log M$ can CMCM go now?
-# 3. In §3, give the opt-in reset a threshold above the Laplace floor
-#    (`UnifiedCodebook(..., reset_dead_codes=True, dead_threshold=2 * floor)`): how many codes are
-#    re-seeded per step, and what happens to perplexity and agreement?
+# 1. *Implement it yourself*: the perplexity of §3, $\exp(-\sum_k u_k\log u_k)$ with $u_k = n_k/\sum_j n_j$,
+#    from the code counts `usage_p` of §6, checked against `perplexity_from_counts` and
+#    `share["perplexity_points"]`. Hint: drop the codes with $n_k = 0$ first ($0\log 0 = 0$). Expected:
+#    equal to float precision, between 1 and the number of codes used. The check cell below holds a
+#    solution; replace it with yours.
+# 2. In §3, remove the modality gap (`gap = 0.0 * F.normalize(...)`), then double it (`0.8 * ...`). Hint:
+#    watch the agreement curve and the `never_used` count, not the perplexity. Expected: without a gap a
+#    point and its pixel end on one code almost always; at twice the gap the agreement stays far below the
+#    default's, while the perplexity stays near the 16 concepts in all three.
+# 3. In §4, sharpen the soft assignments: `F.log_softmax(-20 * code_distances(x, cb.embedding).sqrt(), 1)`
+#    (`code_distances` from `cmcr_lite.losses.codebook`) in place of `soft_assign_log`. Hint: with
+#    $M$ pairs on $K$ codes, several pairs share each code and tie in $S$. Expected: CMCM of perfect pairs
+#    falls from near $\log M$ to about the log of the number of pairs per code. The check cell below
+#    computes it.
+# 4. In §3, give the opt-in reset a threshold above the Laplace floor
+#    (`UnifiedCodebook(..., reset_dead_codes=True, dead_threshold=2 * floor)`). Hint: at the start every
+#    count is below $2\times$ floor. Expected: as with the default reset, or worse: perplexity far above 16
+#    and agreement near 0, because live codes are re-seeded too.
+
+# %%
+# Check for exercise 1 (a solution; replace it with yours)
+def my_perplexity(counts):
+    u = np.asarray(counts, float)
+    u = u[u > 0] / u.sum()
+    return float(np.exp(-(u * np.log(u)).sum()))
+
+
+assert math.isclose(my_perplexity(usage_p), perplexity_from_counts(usage_p), rel_tol=1e-9)
+assert math.isclose(my_perplexity(usage_p), share["perplexity_points"], rel_tol=1e-9)
+assert 1 <= my_perplexity(usage_p) <= (usage_p > 0).sum()
+
+# %%
+# Check for exercise 3: temperature 1/20 on the distances, perfect pairs of §4
+from cmcr_lite.losses.codebook import code_distances
+
+sharp = F.log_softmax(-20 * code_distances(on_codes, cb_fresh.embedding).sqrt(), 1)
+sharp_best = cmcm_loss(sharp, sharp).item()
+per_code = len(on_codes) / len(torch.unique(cb_fresh.nearest(on_codes)))
+print(f"CMCM of perfect pairs: temperature 1 {best:.3f}, sharpened {sharp_best:.3f}; log M = {math.log(len(on_codes)):.3f}, "
+      f"log(pairs per code used) = {math.log(per_code):.3f}")
+assert sharp_best < best - 1
