@@ -112,7 +112,7 @@ display(Markdown(f"**This seed, {len(hist)} epochs** (a mechanics check): CMCR �
                  f"{d['geometry-only']:+.1f} geometry-only IoU, {d['appearance-only']:+.1f} appearance-only IoU, "
                  f"{d['geometry twins in features']:+.1f} points on the geometry twins in features. One short run "
                  f"cannot rank the two: §4 shows how far two runs of the *same* objective land apart, and §5 "
-                 f"decides the question over five seeds."))
+                 f"puts the question to five seeds per row."))
 
 # %% [markdown]
 # ## 4 · The ablation, three seeds
@@ -122,6 +122,11 @@ display(Markdown(f"**This seed, {len(hist)} epochs** (a mechanics check): CMCR �
 # full), linear-probes each, and writes the table below; this cell only reads it. Every run gets the
 # same 30 lite epochs (120 steps), half the baseline's 60 of notebook 02, to keep the 24 runs near an
 # hour on 2 cores: compare rows of this table with each other, not with notebook 02's.
+#
+# Notebook 03 showed that a linear probe reads the same from a head as from the trunk under it, so
+# decoupling cannot help *through the heads*; it can only change what the trunk learns (the trunk's
+# gradients now come through two heads and $\mathcal L_\text{orth}$). Whether "+ decoupling" moves
+# anything is read against the A/A band below, like every other row.
 #
 # The columns to read for the paper's claim are the twins. Geometry twins are LiDAR-specific (the
 # cameras render them identically), so if an objective teaches the 3D network what only the LiDAR
@@ -141,12 +146,15 @@ if path.is_file():
     save_figure(fig, out / "ablation_differences.png")
     aa = [100 * (a["miou"] - b["miou"]) for a, b in zip(report["runs"]["CMCR contrastive only"], report["runs"]["PPKT"])]
     full = [100 * (a["miou"] - b["miou"]) for a, b in zip(report["runs"]["CMCR full"], report["runs"]["PPKT"])]
+    dec = [100 * (a["miou"] - b["miou"]) for a, b in zip(report["runs"]["CMCR + decoupling"], report["runs"]["PPKT"])]
     display(Markdown(
         f"PPKT and \"CMCR contrastive only\" optimise the same objective: their per-seed mIoU differences "
         f"({', '.join(f'{v:+.1f}' for v in aa)}) are the noise of this table, the grey band. Full CMCR − PPKT: "
         f"{', '.join(f'{v:+.1f}' for v in full)} (mean {np.mean(full):+.1f}). "
         + ("Every full-CMCR difference lies outside the A/A range." if min(full) > max(aa) or max(full) < min(aa)
-           else "The full-CMCR differences overlap the A/A range: this table cannot rank the two.")))
+           else "The full-CMCR differences overlap the A/A range: this table cannot rank the two.")
+        + f" \"+ decoupling\" − PPKT: {', '.join(f'{v:+.1f}' for v in dec)}: "
+        + ("outside the A/A range." if min(dec) > max(aa) or max(dec) < min(aa) else "overlapping the A/A range.")))
 else:
     print(f"{path} not found: run `python -m cmcr_lite.experiments ablation` to produce it")
 
