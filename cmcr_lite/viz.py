@@ -148,7 +148,10 @@ def twins_figure(stats: dict):
         sw = np.ones((20, 45, 3))
         for j, k in enumerate((ka, kb)):
             if k in stats and len(stats[k]["rgb"]):
-                sw[:, j * 25:j * 25 + 20] = stats[k]["rgb"].mean(0) / 255.0
+                mean_rgb = stats[k]["rgb"].mean(0)
+                sw[:, j * 25:j * 25 + 20] = mean_rgb / 255.0
+                axes[row, 0].text(j * 25 + 10, 23, "RGB " + " ".join(f"{v:.0f}" for v in mean_rgb), ha="center",
+                                  va="top", fontsize=7)
         axes[row, 0].imshow(sw)
         axes[row, 0].set_title(f"camera colour, {group}:\n{a} | {b}", fontsize=9)
         axes[row, 0].axis("off")
@@ -158,6 +161,7 @@ def twins_figure(stats: dict):
                     axes[row, col].hist(np.clip(stats[k][field_name], bins[0], bins[-1]), bins=bins, alpha=0.55,
                                         density=True, label=name)
             axes[row, col].set_xlabel(xlabel, fontsize=8)
+            axes[row, col].set_ylabel("density (share per unit)", fontsize=8)
             axes[row, col].legend(fontsize=8)
     fig.tight_layout()
     return fig

@@ -178,7 +178,7 @@ fig, ax = plt.subplots(figsize=(5.5, 3.4))
 names = list(r2)
 for j, lat in enumerate(("s", "u_x")):
     ax.bar([i + 0.38 * j for i in range(len(names))], [r2[k][lat] for k in names], width=0.36,
-           label=f"shared $s$" if lat == "s" else r"specific $u_x$")
+           label="shared $s$" if lat == "s" else r"specific $u_x$")
 ax.set_xticks([i + 0.19 for i in range(len(names))], names)
 ax.set(ylabel=r"held-out linear-probe $R^2$ (unitless)", ylim=(0, 1), title="What each representation of $x$ keeps")
 ax.legend(fontsize=8)
@@ -274,6 +274,24 @@ fig.savefig(out / "c_decomposition.png", bbox_inches="tight")
 #
 # ## Exercises
 #
-# 1. Give the InfoNCE-only encoder a wider head, `T.train_infonce_encoders(model, dim_shared=4)`, and rerun §b. Does $u_x$ reappear in the probe? Why does InfoNCE neither reward nor reliably remove it in the extra dimensions?
-# 2. Set `noise_std=0.1` in `make_two_view_gaussian` and rerun §a: $I(X;Y)$ grows — which batch size do you now need for the bound to reach it?
-# 3. Train with `normalize=True, tau=0.1` (cosine logits as in CMCR's shared heads) and compare the plateau of §a with the dot-product critic: what does normalising throw away?
+# 1. *Implement it yourself*: the mutual information of a bivariate Gaussian with correlation $\rho$ is
+#    $I = -\tfrac12\log(1-\rho^2)$ nats. Check it against `T.gaussian_mutual_information` on the 2×2
+#    covariance $\begin{pmatrix}1&\rho\\\rho&1\end{pmatrix}$ for a few $\rho$. Hint: `dx=1`. Expected:
+#    equal to floating-point precision, and growing without bound as $\rho \to 1$ (which is why the
+#    InfoNCE bound, capped at $\log M$, needs ever larger batches). The check cell below holds a solution.
+# 2. Give the InfoNCE-only encoder a wider head, `T.train_infonce_encoders(model, dim_shared=4)`, and rerun §b.
+#    Hint: InfoNCE's optimum depends only on the shared latent. Expected: $u_x$ does not reliably reappear in
+#    the probe: the extra dimensions are neither rewarded nor penalised, so whatever they hold is left over
+#    from initialisation, not learnt.
+# 3. Set `noise_std=0.1` in `make_two_view_gaussian` and rerun §a. Hint: the bound is at most $\log M$.
+#    Expected: $I(X;Y)$ grows; once it exceeds $\log M$ of the batch, the bound saturates below it, and
+#    only a larger batch lets it climb further.
+# 4. Train with `normalize=True, tau=0.1` (cosine logits, as in CMCR's shared heads) and compare the plateau
+#    of §a with the dot-product critic. Hint: a cosine critic is bounded by $1/\tau$. Expected: a lower plateau
+#    when the optimal critic needs large logits; normalising throws away the feature norm.
+
+# %%
+# Check for exercise 1 (a solution; replace it with yours)
+for rho in (0.1, 0.5, 0.9, 0.99):
+    mine = -0.5 * math.log(1 - rho ** 2)
+    assert math.isclose(mine, T.gaussian_mutual_information([[1.0, rho], [rho, 1.0]], dx=1), rel_tol=1e-9)

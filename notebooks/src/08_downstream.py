@@ -32,7 +32,6 @@ kitti_fraction = None         # None: the preset's (full: the paper's 1 %; lite:
 import json
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import Markdown, display
 
@@ -215,7 +214,7 @@ if report is not None:
         lines.append(f"* fine-tuning with {'all' if f == 1 else f'1/{round(1 / f)} of the'} scenes: {parts}.")
     gain = {p: 100 * (ft[p][0]["mean"] - ft["random init"][0]["mean"]) for p in ft if p != "random init"}
     gain_all = {p: 100 * (ft[p][-1]["mean"] - ft["random init"][-1]["mean"]) for p in ft if p != "random init"}
-    lines += [f"* gain over random init, fewest labels vs all labels: "
+    lines += ["* gain over random init, fewest labels vs all labels: "
               + "; ".join(f"{p} {gain[p]:+.1f} vs {gain_all[p]:+.1f} points" for p in gain) + "."]
     shrinks = all(gain[p] > gain_all[p] for p in gain)
     lines.append("* " + ("every pretraining's gain is larger with fewer labels: the label-efficiency pattern of the "
