@@ -755,14 +755,16 @@ def label_efficiency(plan: LabelEfficiencyPlan | None = None, progress: bool = T
              "Fractions of the training scenes by SLidR's rule (scans used in parentheses). Fine-tuning runs "
              f"{plan.finetune_steps} optimizer steps at every fraction; the linear probe is the bench's (a softmax "
              "probe of the frozen trunk fitted to its optimum on the labelled scans).", "",
-             "| pretraining | mode | " + " | ".join(f"{f:.3g} ({scans[f'{f:.4f}']} scans)" for f in plan.fractions)
+             "| pretraining | mode | " + " | ".join(f"{'all' if f == 1 else f'1/{round(1 / f)}'} of the scenes "
+                                                  f"({scans[f'{f:.4f}']} scans)" for f in plan.fractions)
              + " |", "|---|---|" + "---|" * len(plan.fractions)]
     for p in plan.pretrainings:
         for m in plan.modes:
             cells = [f"{100 * c['mean']:.1f} ± {100 * c['std']:.1f}" for c in
                      (table[p][m][f"{f:.4f}"] for f in plan.fractions)]
             lines.append(f"| {p} | {m} | " + " | ".join(cells) + " |")
-    report = {"plan": plan.to_dict(), "minutes_this_call": (time.time() - t0) / 60, "runs": results}
+    report = {"plan": plan.to_dict(), "minutes_this_call": (time.time() - t0) / 60,
+              "job_minutes": sum(r["seconds"] for r in results) / 60, "runs": results}
     results_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(results_dir / f"{plan.results_name}.json") as tmp:
         tmp.write_text(json.dumps(report, indent=1))

@@ -221,6 +221,15 @@ if report is not None:
                          "paper's tables." if shrinks else
                          "the gain is not larger with fewer labels for every pretraining: on this set the "
                          "label-efficiency pattern of the paper's tables does not hold throughout."))
+    if "PPKT" in table and "CMCR" in table:
+        for mode in ("finetune", "linear_probe"):
+            cells = sorted(table["CMCR"][mode], key=float)
+            d = [100 * (table["CMCR"][mode][f]["mean"] - table["PPKT"][mode][f]["mean"]) for f in cells]
+            sd = max(100 * table[p][mode][f]["std"] for p in ("PPKT", "CMCR") for f in cells)
+            lines.append(f"* CMCR − PPKT, {mode.replace('_', ' ')}, from the fewest labels to all: "
+                         + ", ".join(f"{v:+.1f}" for v in d) + f" points (seed std up to {sd:.1f}): "
+                         + ("every difference is within one seed std." if max(abs(v) for v in d) <= sd
+                            else "some differences exceed one seed std; with three seeds, read them as a hint."))
     display(Markdown("\n".join(lines)))
 
 # %% [markdown]
@@ -234,6 +243,8 @@ if report is not None:
     print(f"{'class':22s}" + "".join(f"{p:>14s}" for p in ft))
     for c in classes:
         print(f"{c:22s}" + "".join(f"{100 * table[p]['finetune'][f_lo]['per_class'][c]:14.1f}" for p in ft))
+    never = [c for c in classes if all(table[p]["finetune"][f_lo]["per_class"][c] < 0.1 for p in ft)]
+    display(Markdown(f"Classes below 10 IoU for every pretraining at this fraction: {', '.join(never) or 'none'}."))
 
 # %% [markdown]
 # ## 5 · Transfer to SemanticKITTI
