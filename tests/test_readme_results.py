@@ -14,28 +14,26 @@ def first_table(markdown: str) -> str:
     return "\n".join(table)
 
 
-def test_readme_bench_table_is_the_committed_one():
+def _assert_readme_quotes(marker: str, results_md: str):
+    """The README block between <!-- marker:begin --> and <!-- marker:end --> is the first table of
+    benchmarks/results/<results_md>, or empty while that file does not exist."""
     readme = (REPO_ROOT / "README.md").read_text()
-    block = re.search(r"<!-- bench:begin -->\n(.*?)<!-- bench:end -->", readme, re.S)
-    assert block, "README.md lost its <!-- bench:begin --> ... <!-- bench:end --> block"
-    bench_md = REPO_ROOT / "benchmarks" / "results" / "bench.md"
+    block = re.search(rf"<!-- {marker}:begin -->\n(.*?)<!-- {marker}:end -->", readme, re.S)
+    assert block, f"README.md lost its <!-- {marker}:begin --> ... <!-- {marker}:end --> block"
+    md = REPO_ROOT / "benchmarks" / "results" / results_md
     quoted = block.group(1).strip()
-    if not bench_md.is_file():
-        assert quoted == "", "README quotes a bench table, but benchmarks/results/bench.md does not exist"
+    if not md.is_file():
+        assert quoted == "", f"README quotes a table, but benchmarks/results/{results_md} does not exist"
         return
-    assert quoted == first_table(bench_md.read_text())
+    assert quoted == first_table(md.read_text())
+
+
+def test_readme_bench_table_is_the_committed_one():
+    _assert_readme_quotes("bench", "bench.md")
 
 
 def test_readme_label_efficiency_table_is_the_committed_one():
-    readme = (REPO_ROOT / "README.md").read_text()
-    block = re.search(r"<!-- label_efficiency:begin -->\n(.*?)<!-- label_efficiency:end -->", readme, re.S)
-    assert block, "README.md lost its <!-- label_efficiency:begin --> ... <!-- label_efficiency:end --> block"
-    md = REPO_ROOT / "benchmarks" / "results" / "label_efficiency.md"
-    quoted = block.group(1).strip()
-    if not md.is_file():
-        assert quoted == "", "README quotes a label-efficiency table, but benchmarks/results/label_efficiency.md does not exist"
-        return
-    assert quoted == first_table(md.read_text())
+    _assert_readme_quotes("label_efficiency", "label_efficiency.md")
 
 
 def test_readme_bench_numbers_are_the_committed_ones():
