@@ -79,6 +79,11 @@ class BenchPlan:
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "BenchPlan":
+        """:meth:`to_dict` reversed (JSON turned the seed tuples into lists); the worker processes get it."""
+        return cls(**{k: tuple(v) if k in ("seeds", "aa_seeds") else v for k, v in d.items()})
+
 
 # ------------------------------------------------------------------------------------------ jobs
 def _slug(row: str) -> str:
@@ -194,7 +199,7 @@ def run_job(plan_dict: dict, root: str, row: str, seed: int, runs_dir: str) -> d
     from cmcr_lite.downstream import DownstreamConfig, train_segmentation
     from cmcr_lite.runtime import atomic_path
 
-    plan = BenchPlan(**{k: tuple(v) if k in ("seeds", "aa_seeds") else v for k, v in plan_dict.items()})
+    plan = BenchPlan.from_dict(plan_dict)
     run_dir = Path(plan.output_root) / f"{_slug(row)}_seed{seed}"
     done = Path(runs_dir) / f"{_slug(row)}_seed{seed}.json"
     # a result is reused when it was made with this plan's sizes and probe; with more epochs the
@@ -644,8 +649,7 @@ def _le_job(plan_dict: dict, root: str, pretraining: str, fraction: float, mode:
     from cmcr_lite.pretrain import PretrainConfig
     from cmcr_lite.runtime import atomic_path
 
-    bench_dict = dict(plan_dict["bench"])
-    bench_plan = BenchPlan(**{k: tuple(v) if k in ("seeds", "aa_seeds") else v for k, v in bench_dict.items()})
+    bench_plan = BenchPlan.from_dict(plan_dict["bench"])
     done = Path(runs_dir) / f"{_slug(pretraining)}_{mode}_f{fraction:.4f}_seed{seed}.json"
     probe = PROBE if mode == "linear_probe" else None
     if done.is_file():

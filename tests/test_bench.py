@@ -89,6 +89,7 @@ def test_label_efficiency_summary_from_confusion_matrices():
 
 def test_jobs_cover_every_row_and_seed():
     plan = BenchPlan()
+    assert BenchPlan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan  # what the workers receive
     jobs = bench_jobs(plan)
     assert len(jobs) == len(set(jobs)) == len(ROWS) * 5
     assert {r for r, _ in jobs} == set(ROWS)
