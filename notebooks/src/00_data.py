@@ -77,6 +77,23 @@ for name, rec in [("LIDAR_TOP sample_data", lidar_sd), ("CAM_FRONT sample_data",
 print("\nLiDAR and camera timestamps differ by", (cam_sd["timestamp"] - lidar_sd["timestamp"]) / 1e3, "ms")
 
 # %% [markdown]
+# **The splits.** The synthetic sets name their scenes' roles in `cmcr_splits.json`: `teacher` scenes
+# train only the small 2D teacher (the 3D network never sees them), `train` scenes pretrain the 3D
+# network and fit the probes, `val` scenes score them. Real nuScenes uses the devkit's splits.
+
+# %%
+import json
+from pathlib import Path
+
+splits_file = Path(keyframes.dataroot) / "cmcr_splits.json"
+if splits_file.is_file():
+    by_name = {s["name"]: s["nbr_samples"] for s in nusc.scene}
+    for role, names in json.loads(splits_file.read_text()).items():
+        print(f"{role:8s} {len(names)} scenes, {sum(by_name[n] for n in names)} keyframes: {', '.join(names)}")
+else:
+    print("no cmcr_splits.json: the devkit's train / val split applies")
+
+# %% [markdown]
 # ## 2 · One LiDAR sweep in 3D
 #
 # `NuScenesKeyframes[i]` reads a keyframe through the devkit: `LidarPointCloud.from_file` for the
