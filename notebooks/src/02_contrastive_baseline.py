@@ -252,7 +252,7 @@ display(Markdown("**What this short run shows** (one seed, a mechanics check; §
 #
 # One run on one validation scene is noisy, and 4 epochs are few. `python -m cmcr_lite.experiments
 # baseline --seeds 0 1 2` repeats pretraining (60 lite epochs) and probing for three seeds and writes
-# the table below (mean ± std, about 25 minutes on 2 cores); it is committed in `benchmarks/results/`,
+# the table below (mean ± std); it is committed in `benchmarks/results/`,
 # so this cell only reads it. It was measured on this notebook-size set and on an **earlier version
 # of the world** (15 cm ribs, bus as bright as a car), in which even supervised training could not
 # tell car from truck: read it as mechanics, and §8 for the answer.

@@ -161,7 +161,7 @@ else:
 # %% [markdown]
 # **Twice the steps.** The ablation's 30 epochs are half the baseline's. Does full CMCR's edge over
 # PPKT, and its hold on the geometry twins, change with 60? Only the two ends of the ablation are run
-# again (three seeds each, about 40 minutes):
+# again (three seeds each):
 
 # %%
 path = Path(long_results_file)
