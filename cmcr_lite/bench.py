@@ -238,11 +238,11 @@ def run_job(plan_dict: dict, root: str, row: str, seed: int, runs_dir: str) -> d
         # the time measured when it ran (None when that was never measured)
         result["pretrain_seconds_per_step"] = ((time.time() - t0) / new_steps if new_steps > 0
                                                else _measured_step_time(previous))
-        model = frozen_trunk(lite("linear_probe"), out["checkpoint"], seed)
-        result.update(linear_readout(model, train, val, lite("linear_probe"), seed))
+        probe_cfg = lite("linear_probe")
+        result.update(linear_readout(frozen_trunk(probe_cfg, out["checkpoint"], seed), train, val, probe_cfg, seed))
     elif row == "random init":
-        result.update(linear_readout(frozen_trunk(lite("linear_probe"), None, seed), train, val,
-                                     lite("linear_probe"), seed))
+        probe_cfg = lite("linear_probe")
+        result.update(linear_readout(frozen_trunk(probe_cfg, None, seed), train, val, probe_cfg, seed))
     elif row == "supervised ceiling":
         cfg = lite("finetune", epochs=plan.ceiling_epochs, **plan.ceiling)
         model, history = train_segmentation(cfg, train, pretrained=None, progress=False)

@@ -205,7 +205,7 @@ def label_efficiency_main(argv) -> dict:
     p.add_argument("--smoke", action="store_true", help="toy size on the notebook-size set (1/3 and all scenes)")
     p.add_argument("--seeds", type=int, nargs="+", help="default 0 1 2")
     p.add_argument("--fractions", type=float, nargs="+", help="label fractions (default: the bench set's 1/18 1/6 1/2 1)")
-    p.add_argument("--finetune-steps", type=int, help="optimizer steps of every fine-tuning run (default 300)")
+    p.add_argument("--finetune-steps", type=int, help="optimizer steps of every fine-tuning run (default: LabelEfficiencyPlan.finetune_steps, 150)")
     p.add_argument("--workers", type=int, help="jobs at once, one thread each (default 2)")
     p.add_argument("--dataroot", help="the data's root (default data/nuscenes-bench; --smoke: the embedded set)")
     p.add_argument("--output-root", help="the pretraining checkpoints' folder (default: the bench's, reused)")
