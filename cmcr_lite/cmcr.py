@@ -116,11 +116,14 @@ class CMCRModel(nn.Module):
     """
 
     def __init__(self, backbone_config, image_encoder: nn.Module, feature_dim: int = 64, tau: float = 0.07,
-                 num_matches: int = 2048, options: CMCROptions = CMCROptions()):
+                 num_matches: int = 2048, options: CMCROptions = CMCROptions(), mim_stride: int = 1):
         super().__init__()
         import MinkowskiEngine as ME
 
+        if not (isinstance(mim_stride, int) and mim_stride >= 1):
+            raise ValueError(f"CMCRModel: mim_stride must be an integer >= 1, got {mim_stride!r}")
         self.opt, self.tau, self.num_matches = options, tau, num_matches
+        self.mim_stride = mim_stride  # MIM's grid is 1/mim_stride of the image (PipelineConfig.mim_stride)
         self.backbone = MinkUNet(replace(backbone_config, out_channels=None))
         trunk_dim = self.backbone.trunk_dim
         self.head3d = ME.MinkowskiConvolution(trunk_dim, feature_dim, kernel_size=1, bias=True, dimension=3)
@@ -178,6 +181,7 @@ class CMCRModel(nn.Module):
             cmcm           L_CMCM = InfoNCE of S = P_p log P_vᵀ + P_v log P_pᵀ (soft code assignments)
             commit_points  β ‖F3D - sg[e_k(point)]‖²;  commit_pixels  β ‖F2D - sg[e_k(pixel)]‖²
             mim            L_MIM = ‖decoder(G2D + F̄2D, masked pixels ← F̄3D if GeoMIM) - image‖², × mim_weight
+                           (on a grid of 1/self.mim_stride of the image size, the target average-pooled to it)
             occupancy      L_occ = BCE(decoder([G3D + F̄3D]_j ‖ q - p_j), occupied(q)) over (query, neighbour) pairs
             intensity      L1(decoder(...)_intensity, intensity(q) / 255) on in/out queries
             loss           Σ weight × term over the terms above that are switched on
@@ -195,7 +199,6 @@ class CMCRModel(nn.Module):
         # pairs read the paired pixels only, the same values as indexing the upsampled map.
         shared_low, g2d_low = self._heads_2d_low(images)
         size = tuple(images.shape[-2:])
-        up = lambda t: F.interpolate(t, size=size, mode="bilinear", align_corners=False)  # noqa: E731
         f2d_low = F.normalize(shared_low, dim=1)
         f2d_pairs = F.normalize(upsampled_at(shared_low, pp[:, 0], pp[:, 1:], size), dim=1)  # (P, D) at the paired pixels
         if o.nce:
@@ -227,26 +230,36 @@ class CMCRModel(nn.Module):
             q2d_low = None  # no codebook: the decoder reads the continuous F^2D
 
         if o.mim:
+            # the reconstruction grid: 1/mim_stride of the crop; a cell is masked if any of its pixels is
+            k, (H, W) = self.mim_stride, size
+            if H % k or W % k:
+                raise ValueError(f"CMCRModel: mim_stride={k} must divide the image size (H, W) = {size}")
+            grid = (H // k, W // k)
             masks = batch["masks"].to(dev)
+            masks = masks.reshape(len(masks), grid[0], k, grid[1], k).any(4).any(2) if k > 1 else masks
+            target = batch["target_images"].to(dev)
+            target = F.avg_pool2d(target, k) if k > 1 else target
+            up_grid = lambda t: F.interpolate(t, size=grid, mode="bilinear", align_corners=False)  # noqa: E731
             # decoder input G^2D + F̄^2D. Bilinear upsampling is linear, so the sum is taken at the
-            # trunk's resolution and upsampled once (one full-resolution map instead of three).
+            # trunk's resolution and upsampled once (one map at the grid instead of three).
             if q2d_low is not None:
-                decoder_in = up(q2d_low + g2d_low) if g2d_low is not None else up(q2d_low)
+                decoder_in = up_grid(q2d_low + g2d_low) if g2d_low is not None else up_grid(q2d_low)
             else:
-                decoder_in = F.normalize(up(shared_low), dim=1) + (up(g2d_low) if g2d_low is not None else 0)
+                decoder_in = F.normalize(up_grid(shared_low), dim=1) + (up_grid(g2d_low) if g2d_low is not None else 0)
             if o.geomim:
-                # masked pixels take the mean F̄^3D of their points in place of F̄^2D; G^2D stays,
-                # so each pair brings F̄^3D(voxel) + G^2D(pixel), and their mean at a pixel is the
-                # paper's replacement plus that pixel's G^2D
+                # masked cells take the mean F̄^3D of their points in place of F̄^2D; G^2D stays,
+                # so each pair brings F̄^3D(voxel) + G^2D(cell), and their mean at a cell is the
+                # paper's replacement plus that cell's G^2D
                 mpv, mpp = batch["masked_pair_voxels"].to(dev), batch["masked_pair_pixels"].to(dev)
+                cells = torch.stack([mpp[:, 0], mpp[:, 1] // k, mpp[:, 2] // k], 1)
                 per_pair = q3d[mpv]
                 if g2d_low is not None:
-                    per_pair = per_pair + upsampled_at(g2d_low, mpp[:, 0], mpp[:, 1:], size)
+                    per_pair = per_pair + upsampled_at(g2d_low, cells[:, 0], cells[:, 1:], grid)
                 decoder_in, replaced = geometry_enhanced_replacement(
-                    decoder_in, per_pair, torch.arange(len(mpv), device=dev), mpp, masks)
+                    decoder_in, per_pair, torch.arange(len(mpv), device=dev), cells, masks)
                 terms["geomim_pixels"] = replaced.float().sum()
             pred = self.image_decoder(decoder_in)
-            terms["mim"] = reconstruction_loss(pred, batch["target_images"].to(dev), masks, o.mim_masked_only)
+            terms["mim"] = reconstruction_loss(pred, target, masks, o.mim_masked_only)
             weights["mim"] = o.mim_weight
             self.last_reconstruction = pred.detach()
 

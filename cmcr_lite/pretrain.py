@@ -191,7 +191,7 @@ def build_model(config: PretrainConfig, image_trunk: nn.Module | None = None) ->
     image_encoder = image_trunk if image_trunk is not None else build_image_encoder(config)
     if config.method == "cmcr":
         return CMCRModel(config.backbone, image_encoder, config.feature_dim, config.tau, config.num_matches,
-                         config.cmcr)
+                         config.cmcr, mim_stride=config.pipeline.mim_stride)
     return DistillationModel(config.backbone, image_encoder, config.feature_dim)
 
 

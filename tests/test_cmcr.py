@@ -1,5 +1,6 @@
 """The CMCR objective wired into pretraining: every part switches on and off, configs are checked."""
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -115,10 +116,13 @@ def test_pipeline_follows_the_method_and_options_in_any_order():
     assert CMCROptions.lite() == CMCROptions.full() == CMCROptions()
 
 
-def test_forward_matches_the_full_resolution_formulation(tmp_path, two_keyframes):
+@pytest.mark.parametrize("mim_stride", [1, 2])
+def test_forward_matches_the_full_resolution_formulation(tmp_path, two_keyframes, mim_stride):
     """The step reads 2D features at the paired pixels only and sums the decoder input at the trunk's
     resolution; the loss terms must equal the plain formulation on full-resolution maps:
-    F^2D = normalise(upsample(head(trunk))), decoder(GeoMIM(upsample(F̄^2D_low), F̄^3D) + upsample(G^2D))."""
+    F^2D = normalise(upsample(head(trunk))), decoder(GeoMIM(upsample(F̄^2D_low), F̄^3D) + upsample(G^2D)).
+    With mim_stride k the MIM maps are upsampled to (H/k, W/k) instead, each k x k block of the target
+    is averaged, a block is masked when any of its pixels is, and a pair's cell is (row // k, col // k)."""
     import torch.nn.functional as F
 
     from cmcr_lite.data.pipeline import PairedScanDataset, batch_to_sparse_tensor, collate_pairs
@@ -127,8 +131,10 @@ def test_forward_matches_the_full_resolution_formulation(tmp_path, two_keyframes
     from cmcr_lite.pretrain import build_model
 
     cfg = tiny(tmp_path, replace_small(CMCROptions()))
+    cfg = replace(cfg, pipeline=replace(cfg.pipeline, mim_stride=mim_stride))
     torch.manual_seed(0)
     model = build_model(cfg, SmallImageTeacher(width=8, stride=4)).eval()  # eval: no EMA update, fixed BN
+    assert model.mim_stride == mim_stride
     batch = collate_pairs([PairedScanDataset(two_keyframes, cfg.pipeline, seed=0)[i] for i in range(2)])
     x = batch_to_sparse_tensor(batch)
     with torch.no_grad():
@@ -140,12 +146,24 @@ def test_forward_matches_the_full_resolution_formulation(tmp_path, two_keyframes
                                   num_matches=cfg.num_matches, generator=torch.Generator().manual_seed(3))
         B, D, h, w = f2d_low.shape
         q_low = model.codebook.quantize(f2d_low.permute(0, 2, 3, 1).reshape(-1, D))[0]
-        q2d = F.interpolate(q_low.reshape(B, h, w, D).permute(0, 3, 1, 2), size=batch["images"].shape[-2:],
+        k = mim_stride
+        H, W = batch["images"].shape[-2:]
+        grid = (H // k, W // k)
+        q2d = F.interpolate(q_low.reshape(B, h, w, D).permute(0, 3, 1, 2), size=grid,
                             mode="bilinear", align_corners=False)
+        if k > 1:  # G^2D on the grid, from the trunk-resolution map
+            g2d = F.interpolate(model.image_encoder.forward_heads(batch["images"])[1], size=grid,
+                                mode="bilinear", align_corners=False)
+        masks = torch.zeros(len(batch["masks"]), *grid, dtype=torch.bool)
+        for r in range(grid[0]):
+            for c in range(grid[1]):
+                masks[:, r, c] = batch["masks"][:, r * k:(r + 1) * k, c * k:(c + 1) * k].flatten(1).any(1)
+        target = batch["target_images"].unfold(2, k, k).unfold(3, k, k).mean((-1, -2))
+        cells = batch["masked_pair_pixels"].clone()
+        cells[:, 1:] //= k
         source, replaced = geometry_enhanced_replacement(q2d, model.codebook.quantize(f3d)[0],
-                                                         batch["masked_pair_voxels"], batch["masked_pair_pixels"],
-                                                         batch["masks"])
-        mim = reconstruction_loss(model.image_decoder(source + g2d), batch["target_images"], batch["masks"])
+                                                         batch["masked_pair_voxels"], cells, masks)
+        mim = reconstruction_loss(model.image_decoder(source + g2d), target, masks)
     assert replaced.sum() > 0
     assert torch.allclose(terms["nce"], nce, atol=1e-5)
     assert torch.allclose(terms["mim"], mim, rtol=1e-5)

@@ -54,8 +54,14 @@ def test_readme_bench_numbers_are_the_committed_ones():
     g = d["CMCR - PPKT"]["geometry twins told apart"]
     o = d["occupancy only - PPKT"]["geometry twins told apart"]
     om = d["occupancy only - PPKT"]["geometry twins in features (MLP)"]
+    checks, rows = summary["checks"], summary["rows"]
+    mlp = f"MLP probe ({pts(om['mean'])}" + (", an interval that includes 0)" if om["low"] <= 0 <= om["high"] else ")")
     quoted = [f"{pts(g['mean'])} points, {pts(g['low'])} to {pts(g['high'])}",
-              f"{pts(o['mean'])}, {pts(o['low'])} to {pts(o['high'])}", f"MLP probe ({pts(om['mean'])})",
-              f"car from truck at {summary['checks']['ceiling tells car vs truck apart']['value']:.3f}"]
+              f"{pts(o['mean'])}, {pts(o['low'])} to {pts(o['high'])}", mlp,
+              f"car from truck at {checks['ceiling tells car vs truck apart']['value']:.3f}",
+              f"vegetation at {checks['ceiling tells terrain vs vegetation apart']['value']:.3f}",
+              f"geometry twins at {checks['image-only geometry twins near chance']['value']:.3f}",
+              f"A/A − PPKT {pts(d['PPKT (A/A) - PPKT']['miou']['mean'])} mIoU points",
+              f"std {100 * rows['PPKT']['miou']['std']:.1f} for PPKT and {100 * rows['CMCR']['miou']['std']:.1f} for CMCR"]
     for text in quoted:
         assert text in readme, f"README.md should quote {text!r} from bench.json"

@@ -295,7 +295,7 @@ assert len(np.unique(buggy)) <= 2 and 0.3 < keep.mean() < 0.7
 #
 # * **geometry-only twins** render identically in the cameras (same paint, texture and coarse shape)
 #   and differ only in a relief that the LiDAR resolves: car | truck (the truck's panels are ribbed,
-#   30 cm deep every 1.2 m, three voxels), terrain | vegetation (planted beds are shrubby, up to 30 cm
+#   45 cm deep every 1.2 m, four to five voxels), terrain | vegetation (planted beds are shrubby, up to 30 cm
 #   high). What tells them apart is *LiDAR-specific*: an image teacher cannot pass it on.
 # * **appearance-only twins** have the same shape and differ in colour/texture: driveable surface |
 #   sidewalk, bus | construction vehicle. In the LiDAR they differ only through intensity (paint

@@ -63,7 +63,10 @@ def config(variant):
     # one output folder per configuration, so a rerun with mim_masked_only changed does not meet the
     # resume guard (a checkpoint of another configuration)
     slug = variant.replace(" ", "_").replace("-", "_") + ("_masked_only" if mim_masked_only else "")
-    return session.pretrain_config(slug, method="cmcr", cmcr=opts, epochs=pretrain_epochs)
+    cfg = session.pretrain_config(slug, method="cmcr", cmcr=opts, epochs=pretrain_epochs)
+    # this notebook looks at the reconstructions, so it decodes at full resolution; the lite preset's
+    # training elsewhere reconstructs on a 4x coarser grid (PipelineConfig.mim_stride) to save time
+    return replace(cfg, pipeline=replace(cfg.pipeline, mim_stride=1))
 
 
 train_kf = session.keyframes("train")
