@@ -62,8 +62,9 @@ INTENSITY = np.array([
     (8, 3), (14, 3), (32, 5), (35, 8), (50, 10), (95, 9), (125, 9), (25, 6), (150, 20), (200, 15),
 ], dtype=np.float32)
 # m: the truck's ribbed panels (LiDAR only), 4-5 voxels deep. At 0.30 m the supervised LiDAR-only
-# ceiling told car from truck at 0.894 (mean of 5 seeds; the bench asks >= 0.90); at 0.45 m it tells them
-# apart at 0.934 (5 seeds, benchmarks/results/bench.md). The cameras never see the ribs, so the twins stay identical there.
+# ceiling told car from truck at 0.894 (mean of 5 seeds; the bench asks >= 0.90); at 0.45 m it
+# tells them apart at 0.934 (5 seeds, benchmarks/results/bench.md). The cameras never see the
+# ribs, so the twins stay identical there.
 RIB_DEPTH, RIB_PERIOD = 0.45, 1.2
 SHRUB_HEIGHT, SHRUB_CELL = 0.30, 0.45    # m: relief of planted vegetation beds (LiDAR only)
 SKY_TOP, SKY_HORIZON = np.array((96, 142, 212), np.float32), np.array((196, 214, 232), np.float32)
