@@ -21,6 +21,7 @@ import argparse
 import copy
 import dataclasses
 import json
+import math
 import os
 import random
 import time
@@ -70,7 +71,10 @@ class PretrainConfig:
     split: str = "train"
     epochs: int = 10
     batch_size: int = 12                 # scans per step, summed over all processes (paper: 12 on 6 GPUs)
-    lr: float = 1e-3                     # AdamW, constant (the released code has no schedule)
+    lr: float = 1e-3                     # AdamW's peak learning rate
+    # "constant": the released code (its cosine schedule is commented out); "cosine": lr * (1 + cos(pi t / T)) / 2
+    # over the T steps of all epochs, so the last epochs take small steps and the run ends converged
+    lr_schedule: str = "constant"
     weight_decay: float = 0.01           # AdamW's default, which the released code uses
     tau: float = 0.07                    # InfoNCE temperature
     num_matches: int = 2048              # point-pixel pairs sampled per step (PPKT)
@@ -100,7 +104,7 @@ class PretrainConfig:
             self.pipeline = replace(self.pipeline, **data_needs(self.method, self.cmcr))
         checks = {
             "method": self.method in METHODS, "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1,
-            "lr": self.lr > 0, "weight_decay": self.weight_decay >= 0, "tau": self.tau > 0,
+            "lr": self.lr > 0, "lr_schedule": self.lr_schedule in LR_SCHEDULES, "weight_decay": self.weight_decay >= 0, "tau": self.tau > 0,
             "num_matches": self.num_matches >= 2, "feature_dim": self.feature_dim >= 1,
             "image_encoder": self.image_encoder in ("resnet50", "small_teacher"),
             "device": self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
@@ -208,6 +212,27 @@ def training_losses(model: nn.Module, config: PretrainConfig, batch: dict, x, ge
 
 
 # ------------------------------------------------------------------------------------------ loop
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate(config: PretrainConfig, step: int, total_steps: int) -> float:
+    """The learning rate of global step ``step`` (0-based) of ``total_steps``: ``config.lr`` for the
+    constant schedule; for the cosine one ``lr * (1 + cos(pi * step / total_steps)) / 2``, which falls
+    from ``lr`` at the first step towards 0 at the last. A pure function of the step, so a resumed run
+    takes the same rates as an uninterrupted one."""
+    if config.lr_schedule == "constant":
+        return config.lr
+    return 0.5 * config.lr * (1.0 + math.cos(math.pi * step / max(1, total_steps)))
+
+
+def resume_ignores(config: PretrainConfig) -> set:
+    """The config fields a resumed run may change: where it writes and runs, and the epoch count of a
+    constant-rate run (more epochs continue it; under a schedule they would change every rate taken)."""
+    return ({"output_dir", "num_workers", "device", "tensorboard"}
+            | ({"epochs"} if config.lr_schedule == "constant" else set())
+            | ({"cmcr"} if config.method != "cmcr" else set()))
+
+
 def _step_generator(seed: int, epoch: int, step: int, device=None) -> torch.Generator:
     """A CPU generator per (seed, epoch, step): the same draws on CPU and GPU, and after a resume."""
     g = torch.Generator()
@@ -284,10 +309,7 @@ def pretrain(config: PretrainConfig, resume: bool = False, progress: bool = True
     start_epoch, history = 0, []
     if resume and ckpt_path.is_file():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        saved = PretrainConfig.from_dict(state["config"])
-        ignored = ({"epochs", "output_dir", "num_workers", "device", "tensorboard"}
-                   | ({"cmcr"} if config.method != "cmcr" else set()))
-        check_resumable(saved, config, ignored, ckpt_path)
+        check_resumable(PretrainConfig.from_dict(state["config"]), config, resume_ignores(config), ckpt_path)
         core.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, history = state["epoch"] + 1, state["history"]
@@ -324,6 +346,8 @@ def pretrain(config: PretrainConfig, resume: bool = False, progress: bool = True
             data_seconds = time.perf_counter() - tick  # waiting for the loader (workers or main process)
             x = batch_to_sparse_tensor(batch, device)
             generator = _step_generator(config.seed + rank, epoch, step, device)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(config, epoch * steps_per_epoch + step, config.epochs * steps_per_epoch)
             terms = training_losses(model, config, batch, x, generator)
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
@@ -338,7 +362,7 @@ def pretrain(config: PretrainConfig, resume: bool = False, progress: bool = True
                 writer.add_scalar("time/data_seconds", data_seconds, global_step)
                 writer.add_scalar("time/step_seconds", time.perf_counter() - tick, global_step)
             tick = time.perf_counter()
-        record = {"epoch": epoch, "steps": len(terms_seen)}
+        record = {"epoch": epoch, "steps": len(terms_seen), "lr": optimizer.param_groups[0]["lr"]}
         for k in (terms_seen[0] if terms_seen else {"loss": 0}):
             record[k] = float(np.mean([t[k] for t in terms_seen])) if terms_seen else float("nan")
         history.append(record)

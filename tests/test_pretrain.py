@@ -43,6 +43,8 @@ def test_config_rejects_bad_values_naming_the_field():
         PretrainConfig.lite(method="moco")
     with pytest.raises(ValueError, match="batch_size"):
         PretrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match="lr_schedule='step'"):
+        PretrainConfig.lite(lr_schedule="step")
 
 
 def test_config_round_trips_through_json():
@@ -77,14 +79,16 @@ def test_loss_decreases_and_teacher_stays_frozen(tmp_path, two_keyframes, method
         assert torch.equal(v, frozen_before[k]), f"frozen teacher tensor {k} changed"
 
 
-def test_resume_reaches_the_same_weights(tmp_path, two_keyframes):
-    straight = pretrain(tiny_config(tmp_path / "a"), progress=False, keyframes=two_keyframes, image_trunk=_teacher())
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_resume_reaches_the_same_weights(tmp_path, two_keyframes, schedule):
+    straight = pretrain(tiny_config(tmp_path / "a", lr_schedule=schedule), progress=False, keyframes=two_keyframes,
+                        image_trunk=_teacher())
     # interrupted after the first epoch, then resumed in a fresh call (new model, new optimizer)
-    pretrain(tiny_config(tmp_path / "b"), progress=False, keyframes=two_keyframes, image_trunk=_teacher(),
-             stop_after_epoch=0)
+    pretrain(tiny_config(tmp_path / "b", lr_schedule=schedule), progress=False, keyframes=two_keyframes,
+             image_trunk=_teacher(), stop_after_epoch=0)
     torch.manual_seed(999)  # a resumed run must not depend on the RNG state of the new process
-    resumed = pretrain(tiny_config(tmp_path / "b"), resume=True, progress=False, keyframes=two_keyframes,
-                       image_trunk=_teacher())
+    resumed = pretrain(tiny_config(tmp_path / "b", lr_schedule=schedule), resume=True, progress=False,
+                       keyframes=two_keyframes, image_trunk=_teacher())
     a, b = straight["model"].state_dict(), resumed["model"].state_dict()
     assert a.keys() == b.keys()
     # Bit-identical on one thread; with several, parallel float reductions (MinkowskiEngine's OpenMP
@@ -95,6 +99,35 @@ def test_resume_reaches_the_same_weights(tmp_path, two_keyframes):
     state = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
     assert state["epoch"] == 1 and "model3d" in state
     assert not list((tmp_path / "b").glob(".*tmp*"))  # nothing half-written left
+
+
+def test_cosine_schedule_takes_the_closed_form_rates(tmp_path, two_keyframes):
+    """2 scans at batch 1: 2 steps per epoch, T = 4 steps over 2 epochs; each epoch records the rate
+    of its last step, lr (1 + cos(pi t / T)) / 2 at t = 1 and t = 3."""
+    lr = 4e-3
+    out = pretrain(tiny_config(tmp_path, lr=lr, lr_schedule="cosine"), progress=False, keyframes=two_keyframes,
+                   image_trunk=_teacher())
+    assert [h["steps"] for h in out["history"]] == [2, 2]
+    expected = [lr * (1 + np.sqrt(0.5)) / 2, lr * (1 - np.sqrt(0.5)) / 2]
+    assert [h["lr"] for h in out["history"]] == pytest.approx(expected, rel=1e-9)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(expected[-1], rel=1e-9)
+    constant = pretrain(tiny_config(tmp_path / "c", lr=lr, epochs=1), progress=False, keyframes=two_keyframes,
+                        image_trunk=_teacher())
+    assert constant["history"][0]["lr"] == lr
+
+
+def test_more_epochs_continue_a_constant_run_but_not_a_scheduled_one(tmp_path, two_keyframes):
+    """Under a schedule the epoch count sets every rate taken, so a resume with another count is refused."""
+    pretrain(tiny_config(tmp_path / "c", epochs=1), progress=False, keyframes=two_keyframes, image_trunk=_teacher())
+    longer = pretrain(tiny_config(tmp_path / "c", epochs=2), resume=True, progress=False, keyframes=two_keyframes,
+                      image_trunk=_teacher())
+    assert [h["epoch"] for h in longer["history"]] == [0, 1]
+    pretrain(tiny_config(tmp_path / "s", epochs=1, lr_schedule="cosine"), progress=False, keyframes=two_keyframes,
+             image_trunk=_teacher())
+    with pytest.raises(ValueError, match="epochs"):
+        pretrain(tiny_config(tmp_path / "s", epochs=2, lr_schedule="cosine"), resume=True, progress=False,
+                 keyframes=two_keyframes, image_trunk=_teacher())
 
 
 def test_resume_refuses_a_different_config(tmp_path, two_keyframes):
