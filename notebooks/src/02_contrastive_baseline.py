@@ -286,8 +286,8 @@ else:
 # %% [markdown]
 # ## 8 · The converged answer: the bench
 #
-# `python -m cmcr_lite.experiments bench` (notebook 07 §5) pretrains PPKT for 12 epochs on a 30-scene
-# set, five seeds, next to a random-init trunk, a supervised LiDAR-only ceiling and the teacher's own
+# `python -m cmcr_lite.experiments bench` (notebook 07 §5) pretrains PPKT on a 30-scene set until its
+# loss is flat (a cosine learning rate over `BenchPlan`'s epochs), five seeds, next to a random-init trunk, a supervised LiDAR-only ceiling and the teacher's own
 # features at each point's pixel (the image-only reference). Its committed results answer this
 # notebook's question; the sentences below are rendered from them.
 

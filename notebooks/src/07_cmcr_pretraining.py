@@ -225,7 +225,8 @@ else:
 #    cannot tell the two apart.
 # 3. Run the bench's pipeline at toy size, `python -m cmcr_lite.experiments bench --smoke` (minutes), and
 #    open `benchmarks/results/bench_smoke.md`. Expected: intervals of every difference that include 0 —
-#    two seeds of one epoch have no power, which is why the full bench runs five seeds of twelve.
+#    two seeds of one epoch have no power, which is why the full bench runs five seeds of
+#    many more epochs.
 
 # %%
 # Check for exercise 1 (a solution; replace it with yours)
