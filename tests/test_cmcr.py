@@ -46,7 +46,7 @@ def test_each_ablation_step_trains_with_its_terms(tmp_path, two_keyframes, step)
     result = pretrain(tiny(tmp_path, options), progress=False, keyframes=two_keyframes,
                       image_trunk=SmallImageTeacher(width=8, stride=4))
     h = result["history"][0]
-    terms = set(h) - {"epoch", "steps", "loss", "perplexity_points", "perplexity_pixels"}
+    terms = set(h) - {"epoch", "steps", "lr", "loss", "perplexity_points", "perplexity_pixels"}
     assert terms == EXPECTED_TERMS[step]
     assert all(torch.isfinite(torch.tensor(v)) for v in h.values())
     if "geomim_pixels" in terms:
