@@ -609,8 +609,8 @@ def bench_verdict(summary: dict) -> str:
                    "the first and has nothing to hand down for the second.")
     flat = {row: rows[row]["last_epoch_share"] for row in PRETRAINED if "last_epoch_share" in rows.get(row, {})}
     if flat:
-        out.append("**Convergence.** The last pretraining epoch still brings " + ", ".join(
-            f"{100 * v:.0f} % ({row})" for row, v in flat.items()) + " of the loss's whole drop. " + (
+        out.append("**Convergence.** The last pretraining epoch brings " + ", ".join(
+            f"{100 * v:.1f} % ({row})" for row, v in flat.items()) + " of the loss's whole drop. " + (
             "The curves are flat." if max(flat.values()) < 0.02 else
             "The pretrainings have not converged: the numbers below are those of trunks still learning."))
     aa = diffs.get("PPKT (A/A) - PPKT")
