@@ -165,7 +165,9 @@ def bench_main(argv) -> dict:
     p.add_argument("--smoke", action="store_true",
                    help="every row at toy size (2 seeds, 1 epoch, the notebook-size set): minutes")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds of every row (default 0-4)")
-    p.add_argument("--aa-seeds", type=int, nargs="+", help="seeds of the PPKT A/A row (default 100-104)")
+    p.add_argument("--noise-floor-seeds", type=int, nargs="*",
+                   help="extra seeds of the PPKT row only, for the A/A noise floor (default 5-7; none: no value)")
+    p.add_argument("--aa-seeds", type=int, nargs="+", help="seeds of the PPKT A/A row (default 100-107)")
     p.add_argument("--epochs", type=int, help="pretraining epochs per run")
     p.add_argument("--ceiling-epochs", type=int, help="epochs of the supervised ceiling")
     p.add_argument("--workers", type=int, help="jobs at once, one thread each (default 2)")
@@ -179,13 +181,17 @@ def bench_main(argv) -> dict:
     a = p.parse_args(argv)
     plan = BenchPlan.smoke() if a.smoke else BenchPlan()
     changes = {k: v for k, v in {"seeds": a.seeds and tuple(a.seeds), "aa_seeds": a.aa_seeds and tuple(a.aa_seeds),
+                                 "noise_floor_seeds": None if a.noise_floor_seeds is None else tuple(a.noise_floor_seeds),
                                  "pretrain_epochs": a.epochs, "ceiling_epochs": a.ceiling_epochs,
                                  "workers": a.workers, "dataroot": a.dataroot, "output_root": a.output_root,
                                  "results_name": a.name}.items() if v is not None}
     if a.set:
         changes["pretrain"] = {k: _parse_value(v) for k, _, v in (item.partition("=") for item in a.set)}
-    if set(changes.get("aa_seeds", plan.aa_seeds)) & set(changes.get("seeds", plan.seeds)):
-        p.error("--aa-seeds must be disjoint from --seeds (the A/A row is the noise floor)")
+    seeds, extra = set(changes.get("seeds", plan.seeds)), set(changes.get("noise_floor_seeds", plan.noise_floor_seeds))
+    if set(changes.get("aa_seeds", plan.aa_seeds)) & (seeds | extra):
+        p.error("--aa-seeds must be disjoint from --seeds and --noise-floor-seeds (the A/A row is the noise floor)")
+    if seeds & extra:
+        p.error(f"--noise-floor-seeds must be disjoint from --seeds: {sorted(seeds & extra)} in both")
     plan = replace(plan, **changes)
     report = bench(plan, results_dir=a.results_dir)
     from cmcr_lite.bench import markdown_report

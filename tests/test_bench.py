@@ -9,7 +9,7 @@ import torch
 from scipy import stats
 
 from cmcr_lite.analysis.probes import mlp_twin_probe, softmax_probe, twin_probe
-from cmcr_lite.bench import (PROBE, ROWS, BenchPlan, bench, bench_jobs, bench_verdict, label_efficiency_summary,
+from cmcr_lite.bench import (COLUMNS, PROBE, ROWS, BenchPlan, bench, bench_jobs, bench_verdict, label_efficiency_summary,
                              t_interval, welch_interval)
 from cmcr_lite.classes import class_index
 from cmcr_lite.experiments import main as experiments_main
@@ -91,9 +91,38 @@ def test_jobs_cover_every_row_and_seed():
     plan = BenchPlan()
     assert BenchPlan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan  # what the workers receive
     jobs = bench_jobs(plan)
-    assert len(jobs) == len(set(jobs)) == len(ROWS) * 5
+    # every row on the five shared seeds; PPKT on three more and the A/A row on eight (the noise floor)
+    assert len(jobs) == len(set(jobs)) == len(ROWS) * 5 + 3 + 3
     assert {r for r, _ in jobs} == set(ROWS)
-    assert {s for r, s in jobs if r == "PPKT (A/A)"}.isdisjoint({s for r, s in jobs if r == "PPKT"})
+    assert sorted(s for r, s in jobs if r == "PPKT") == list(range(8))
+    assert sorted(s for r, s in jobs if r == "PPKT (A/A)") == list(range(100, 108))
+    assert all(sorted(s for r, s in jobs if r == row) == list(range(5)) for row in ROWS if not row.startswith("PPKT"))
+
+
+def test_noise_floor_compares_all_seeds_and_reports_the_shared_five():
+    """The A/A difference is Welch's over every seed of both rows (8 against 8), and again over the
+    first five of each side; CMCR - PPKT is paired over the seeds both rows have (the five shared)."""
+    from cmcr_lite.bench import summarize
+
+    plan = BenchPlan()
+    g = np.random.default_rng(3)
+    ppkt, aa, cmcr = g.normal(0.65, 0.01, 8), g.normal(0.66, 0.01, 8), g.normal(0.64, 0.01, 5)
+    results = ([{"row": "PPKT", "seed": s, "miou": v} for s, v in zip(range(8), ppkt)]
+               + [{"row": "PPKT (A/A)", "seed": s, "miou": v} for s, v in zip(range(100, 108), aa)]
+               + [{"row": "CMCR", "seed": s, "miou": v} for s, v in zip(range(5), cmcr)])
+    for r in results:  # every column the bench reports, here all equal to the mIoU
+        r.update(per_class={"car": r["miou"]}, **{c: r["miou"] for c in COLUMNS})
+    diffs = summarize(results, plan)["differences"]
+    ref = stats.ttest_ind(aa, ppkt, equal_var=False).confidence_interval(0.95)
+    d = diffs["PPKT (A/A) - PPKT"]["miou"]
+    assert np.isclose(d["mean"], aa.mean() - ppkt.mean()) and np.isclose(d["low"], ref.low)
+    first = diffs["PPKT (A/A) - PPKT, first 5 seeds"]["miou"]
+    ref5 = stats.ttest_ind(aa[:5], ppkt[:5], equal_var=False).confidence_interval(0.95)
+    assert np.isclose(first["mean"], aa[:5].mean() - ppkt[:5].mean()) and np.isclose(first["high"], ref5.high)
+    paired = diffs["CMCR - PPKT"]["miou"]
+    assert np.isclose(paired["mean"], (cmcr - ppkt[:5]).mean())
+    assert np.isclose(paired["high"] - paired["mean"],
+                      stats.t.ppf(0.975, 4) * np.std(cmcr - ppkt[:5], ddof=1) / np.sqrt(5))
 
 
 def test_bench_end_to_end_at_toy_size(tmp_path, synthetic_root):
@@ -157,10 +186,10 @@ def test_label_efficiency_at_toy_size(tmp_path, synthetic_root):
     of the three training scenes (its three scans), fine-tuning gets the same steps at each fraction."""
     tiny = {"num_matches": 64, "backbone": {"layers": [1] * 8, "planes": [8] * 8, "init_dim": 8},
             "pipeline": {"crop_size": [56, 104], "crop_min_pairs": 50, "occupancy_queries": 64}}
-    report = experiments_main(["label-efficiency", "--smoke", "--seeds", "0", "--finetune-steps", "2", "--workers", "1",
-                               "--dataroot", str(synthetic_root), "--output-root", str(tmp_path / "runs"),
-                               "--results-dir", str(tmp_path), "--set"]
-                              + [f"{k}={json.dumps(v)}" for k, v in tiny.items()])
+    args = (["label-efficiency", "--smoke", "--seeds", "0", "--finetune-steps", "2", "--workers", "1",
+             "--dataroot", str(synthetic_root), "--output-root", str(tmp_path / "runs"), "--results-dir", str(tmp_path),
+             "--set"] + [f"{k}={json.dumps(v)}" for k, v in tiny.items()])
+    report = experiments_main(args)
     runs = report["runs"]
     assert len(runs) == 3 * 2 * 2
     assert {(r["pretraining"], r["mode"]) for r in runs} == {(p, m) for p in ("random init", "PPKT", "CMCR")
@@ -171,3 +200,18 @@ def test_label_efficiency_at_toy_size(tmp_path, synthetic_root):
     assert ft[1.0] == 1 and ft[min(ft)] == 2  # 2 steps: one epoch of 4 batches, or two of 1
     md = (tmp_path / "label_efficiency_smoke.md").read_text()
     assert "| CMCR | finetune |" in md and "(3 scans)" in md
+    # a fresh clone holds the committed job results but no checkpoints: label efficiency pretrains the
+    # missing trunk again instead of failing, and the run is bit-identical, so its bench result stays
+    import shutil
+
+    checkpoint = tmp_path / "runs" / "cmcr_seed0" / "pretrain" / "checkpoint.pt"
+    bench_result = tmp_path / "bench_smoke_runs" / "cmcr_seed0.json"
+    before = json.loads(bench_result.read_text())
+    checkpoint.unlink()
+    shutil.rmtree(tmp_path / "label_efficiency_smoke_runs")
+    again = experiments_main(args)
+    assert checkpoint.is_file()
+    after = json.loads(bench_result.read_text())
+    assert after["miou"] == before["miou"] and after["confusion"] == before["confusion"]
+    assert after["history"] == before["history"]
+    assert [r["miou"] for r in again["runs"]] == [r["miou"] for r in runs]

@@ -65,3 +65,26 @@ def test_readme_bench_numbers_are_the_committed_ones():
               f"std {100 * rows['PPKT']['miou']['std']:.1f} for PPKT and {100 * rows['CMCR']['miou']['std']:.1f} for CMCR"]
     for text in quoted:
         assert text in readme, f"README.md should quote {text!r} from bench.json"
+
+
+def test_readme_third_seed_set_numbers_are_the_committed_ones():
+    """The README's noise-floor diagnostic (PPKT on seeds 200-207) quotes the committed runs."""
+    import json
+
+    import numpy as np
+
+    runs = REPO_ROOT / "benchmarks" / "results"
+    third = sorted((runs / "noise_floor_third_set_runs").glob("*.json"))
+    if not third:
+        return
+    readme = " ".join((REPO_ROOT / "README.md").read_text().split())  # line breaks are spaces
+    miou = lambda paths: 100 * np.array([json.loads(p.read_text())["miou"] for p in paths])  # noqa: E731
+    t = miou(third)
+    ppkt = miou(sorted((runs / "bench_runs").glob("ppkt_seed*.json")))
+    aa = miou(sorted((runs / "bench_runs").glob("ppkt__a_a_seed*.json")))
+    assert len(t) == len(ppkt) == len(aa) == 8
+    everything = np.concatenate([ppkt, aa, t])
+    for text in (f"{t.mean():.1f} ± {t.std(ddof=1):.1f}", f"+{t.mean() - ppkt.mean():.1f} above the PPKT row",
+                 f"{aa.mean() - t.mean():.1f} below the A/A row", f"PPKT runs have std {everything.std(ddof=1):.2f}",
+                 f"seeds 3 and 7 at {ppkt[3]:.1f} and {ppkt[7]:.1f}"):
+        assert text in readme, f"README.md should quote {text!r} from the committed runs"

@@ -183,7 +183,11 @@ else:
 # (`cmcr_lite.bench`): a 30-scene set (54 train / 18 val scans from 6 val streets), twins proven
 # learnable by a **supervised ceiling** and proven invisible to the cameras by an **image-only
 # reference**, five seeds per row with the same seeds for every row (differences are paired), and
-# PPKT run again on five *other* seeds (the **A/A** row): the noise floor. Occupancy alone (CMCR with
+# PPKT run again on *other* seeds (the **A/A** row): the noise floor. The floor compares two means of
+# independent seeds, so its error is $\sigma\sqrt{2/n}$; at a per-seed $\sigma$ near 1 mIoU point
+# five seeds a side leave it at 0.6 points, so PPKT gets three more seeds and the A/A row eight
+# (`BenchPlan.noise_floor_seeds`), and the table also shows the floor on the first five of each side.
+# Occupancy alone (CMCR with
 # every other term off, LiDAR-only like ALSO) is the positive control for "a reconstruction target
 # teaches geometry". This cell only reads the committed results; every sentence under the figure is
 # rendered from them.
@@ -225,7 +229,7 @@ else:
 #    cannot tell the two apart.
 # 3. Run the bench's pipeline at toy size, `python -m cmcr_lite.experiments bench --smoke` (minutes), and
 #    open `benchmarks/results/bench_smoke.md`. Expected: intervals of every difference that include 0 —
-#    two seeds of one epoch have no power, which is why the full bench runs five seeds of
+#    two seeds of one epoch have no power, which is why the full bench runs five to eight seeds of
 #    many more epochs.
 
 # %%
