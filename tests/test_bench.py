@@ -99,6 +99,15 @@ def test_jobs_cover_every_row_and_seed():
     assert all(sorted(s for r, s in jobs if r == row) == list(range(5)) for row in ROWS if not row.startswith("PPKT"))
 
 
+def test_bench_command_refuses_overlapping_seed_sets(capsys):
+    """The noise floor needs seed sets that share no seed; the command line says which overlap."""
+    for args in (["--seeds", "0", "1", "--noise-floor-seeds", "1", "2"], ["--noise-floor-seeds", "5", "--aa-seeds", "5"]):
+        with pytest.raises(SystemExit) as stop:
+            experiments_main(["bench", "--smoke", *args])
+        assert stop.value.code == 2
+    assert "must be disjoint" in capsys.readouterr().err
+
+
 def test_noise_floor_compares_all_seeds_and_reports_the_shared_five():
     """The A/A difference is Welch's over every seed of both rows (8 against 8), and again over the
     first five of each side; CMCR - PPKT is paired over the seeds both rows have (the five shared)."""

@@ -168,8 +168,9 @@ points_3d_figure(points[keep], predicted[keep], title="val scan 0, predicted cla
 # ## 4 · Label efficiency: random init vs PPKT vs CMCR
 #
 # `python -m cmcr_lite.experiments label-efficiency` fine-tunes and linear-probes each pretraining at
-# each fraction over three seeds, on the bench set (30 scenes: 18 train, 6 val), with the bench's 12
-# lite pretraining epochs. Every fine-tuning run makes the same number of optimizer steps whatever the
+# each fraction over three seeds, on the bench set (30 scenes: 18 train, 6 val), with the bench's
+# pretrained trunks (its checkpoints, reused; the lines under the figure say how long they were
+# pretrained). Every fine-tuning run makes the same number of optimizer steps whatever the
 # fraction (fewer labels, more epochs over them), so the curve compares labels, not training time.
 # The linear probe is the bench's: a softmax classifier of the frozen features fitted to its optimum
 # (it has no seed of its own). At `preset="full"` this cell fine-tunes the given checkpoints at the
@@ -207,7 +208,9 @@ if report is not None:
 if report is not None:
     ft = {p: sorted(m["finetune"].values(), key=lambda c: c["fraction"]) for p, m in table.items() if "finetune" in m}
     lo, hi = min(c["fraction"] for c in ft["random init"]), 1.0
-    lines = []
+    bench_plan = report["plan"].get("bench", {})
+    lines = [f"* the trunks: the bench's, {bench_plan['pretrain_epochs']} pretraining epochs "
+             f"({bench_plan.get('pretrain_schedule', 'constant')} learning rate)."] if "pretrain_epochs" in bench_plan else []
     for f in (lo, hi):
         cell = {p: next(c for c in cells if c["fraction"] == f) for p, cells in ft.items()}
         parts = ", ".join(f"{p} {100 * c['mean']:.1f} ± {100 * c['std']:.1f}" for p, c in cell.items())
