@@ -195,7 +195,10 @@ def test_label_efficiency_at_toy_size(tmp_path, synthetic_root):
     of the three training scenes (its three scans), fine-tuning gets the same steps at each fraction."""
     tiny = {"num_matches": 64, "backbone": {"layers": [1] * 8, "planes": [8] * 8, "init_dim": 8},
             "pipeline": {"crop_size": [56, 104], "crop_min_pairs": 50, "occupancy_queries": 64}}
-    args = (["label-efficiency", "--smoke", "--seeds", "0", "--finetune-steps", "2", "--workers", "1",
+    # two workers: spawned processes on one OpenMP thread each, as the real command runs (in this
+    # process MinkowskiEngine's OpenMP pool keeps the threads it started with, so a rerun here would
+    # agree only to float precision, not bit for bit)
+    args = (["label-efficiency", "--smoke", "--seeds", "0", "--finetune-steps", "2", "--workers", "2",
              "--dataroot", str(synthetic_root), "--output-root", str(tmp_path / "runs"), "--results-dir", str(tmp_path),
              "--set"] + [f"{k}={json.dumps(v)}" for k, v in tiny.items()])
     report = experiments_main(args)
