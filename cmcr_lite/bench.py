@@ -102,6 +102,11 @@ def _slug(row: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in row).strip("_").lower()
 
 
+def pretrain_checkpoint(plan: BenchPlan, row: str, seed: int) -> Path:
+    """Where the pretraining of ``row`` on ``seed`` keeps its checkpoint (under ``plan.output_root``)."""
+    return Path(plan.output_root) / f"{_slug(row)}_seed{seed}" / "pretrain" / "checkpoint.pt"
+
+
 def bench_jobs(plan: BenchPlan) -> list:
     """[(row, seed)] for every row and seed, the slowest first (so two workers finish together)."""
     jobs = [(row, s) for row in ("CMCR", "occupancy only", "PPKT") for s in plan.seeds]
@@ -246,7 +251,8 @@ def run_job(plan_dict: dict, root: str, row: str, seed: int, runs_dir: str, need
     if row != "supervised ceiling":
         sizes["probe"] = PROBE
     previous = json.loads(done.read_text()) if done.is_file() else {}
-    missing = need_checkpoint and row in PRETRAINED and not (run_dir / "pretrain" / "checkpoint.pt").is_file()
+    ckpt = pretrain_checkpoint(plan, row, seed)
+    missing = need_checkpoint and row in PRETRAINED and not ckpt.is_file()
     if previous.get("sizes") == sizes and not missing:  # results without sizes (the first jobs) are read out again
         return previous
     torch.set_num_threads(1)
@@ -266,7 +272,6 @@ def run_job(plan_dict: dict, root: str, row: str, seed: int, runs_dir: str, need
                                      "version": plan.version, "epochs": plan.pretrain_epochs, "seed": seed,
                                      "lr_schedule": plan.pretrain_schedule,
                                      "output_dir": str(run_dir / "pretrain"), "tensorboard": False})
-        ckpt = run_dir / "pretrain" / "checkpoint.pt"
         resume = _resumable(cfg, ckpt, row, seed)
         steps_before = _pretrained_steps(ckpt) if resume else 0
         out = pretrain(cfg, resume=resume, progress=False, keyframes=train)
@@ -718,7 +723,7 @@ def _le_job(plan_dict: dict, root: str, pretraining: str, fraction: float, mode:
     trunk = replace(PretrainConfig.lite(**bench_plan.pretrain).backbone, bn_momentum=0.1)
     checkpoint = None
     if pretraining != "random init":
-        checkpoint = Path(bench_plan.output_root) / f"{_slug(pretraining)}_seed{seed}" / "pretrain" / "checkpoint.pt"
+        checkpoint = pretrain_checkpoint(bench_plan, pretraining, seed)
         if not checkpoint.is_file():
             raise FileNotFoundError(f"label efficiency: no {pretraining} checkpoint at {checkpoint} (its bench job "
                                     "pretrains it: run label_efficiency(), which runs those jobs first)")
