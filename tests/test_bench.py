@@ -2,6 +2,7 @@
 known answer, and the whole pipeline end to end at toy size (every row, resumable)."""
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,6 +98,14 @@ def test_jobs_cover_every_row_and_seed():
     assert sorted(s for r, s in jobs if r == "PPKT") == list(range(8))
     assert sorted(s for r, s in jobs if r == "PPKT (A/A)") == list(range(100, 108))
     assert all(sorted(s for r, s in jobs if r == row) == list(range(5)) for row in ROWS if not row.startswith("PPKT"))
+    # longest first, by the committed bench's measured job times per row (PPKT and its A/A twin are
+    # one method, so they count as one): the short read-outs come last and the two workers end together
+    report = json.loads((Path(__file__).resolve().parents[1] / "benchmarks/results/bench.json").read_text())
+    minutes = {}
+    for run in report["runs"]:
+        minutes.setdefault(run["row"].replace(" (A/A)", ""), []).append(run["seconds"] / 60)
+    cost = [np.mean(minutes[row.replace(" (A/A)", "")]) for row, _ in jobs]
+    assert cost == sorted(cost, reverse=True), [row for row, _ in jobs]
 
 
 def test_bench_command_refuses_overlapping_seed_sets(capsys):
