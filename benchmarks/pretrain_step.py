@@ -82,7 +82,7 @@ def profile_method(variant: str, keyframes, steps: int, seed: int = 0) -> dict:
 def main(argv=None):
     from cmcr_lite.data.nuscenes_loader import NuScenesKeyframes
     from cmcr_lite.paths import EMBEDDED_VERSION, ensure_embedded_dataset
-    from cmcr_lite.runtime import torch_threads
+    from cmcr_lite.runtime import machine, torch_threads
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataroot", help="a synthetic dataset root (default: the embedded set)")
@@ -100,11 +100,13 @@ def main(argv=None):
         for m in a.methods:
             rows[m] = profile_method(m, keyframes, a.steps)
             print(m, {k: round(v, 3) for k, v in rows[m].items()}, flush=True)
+    m = machine()
     lines = [f"# Lite pretraining step, median seconds over {a.steps} steps, {a.threads} thread(s)", "",
+             f"Machine: {m['cpu']}, {m['cpu_capability']} kernels, {m['cores']} cores.", "",
              "| method | " + " | ".join(PARTS) + " | step / ppkt |", "|---" * (len(PARTS) + 2) + "|"]
     base = rows.get("ppkt", next(iter(rows.values())))["step"]
-    for m, r in rows.items():
-        lines.append(f"| {m} | " + " | ".join(f"{r[k]:.3f}" for k in PARTS) + f" | {r['step'] / base:.2f} |")
+    for name, r in rows.items():
+        lines.append(f"| {name} | " + " | ".join(f"{r[k]:.3f}" for k in PARTS) + f" | {r['step'] / base:.2f} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if a.out:

@@ -196,7 +196,7 @@ def bench_main(argv) -> dict:
     report = bench(plan, results_dir=a.results_dir)
     from cmcr_lite.bench import markdown_report
 
-    print(markdown_report(report["summary"], plan, report["minutes_this_call"]))
+    print(markdown_report(report["summary"], plan, report["job_minutes"], report["wall_from_scratch"]))
     return report
 
 

@@ -8,7 +8,8 @@ One small module that every loop (pretraining, downstream, the teacher, notebook
   are many times faster on one thread of a busy 2-core machine than spread over two);
 * ``check_resumable(saved, config, ignored, checkpoint)`` -- a resume continues the same run;
 * ``atomic_path(path)`` / ``save_checkpoint_atomic(state, path)`` -- write to a temporary file in
-  the same folder, then rename: a crash never leaves a truncated file where a reader would look.
+  the same folder, then rename: a crash never leaves a truncated file where a reader would look;
+* ``machine()`` -- the CPU a run timed itself on (times, and the last bits of floats, depend on it).
 """
 from __future__ import annotations
 
@@ -21,6 +22,27 @@ from typing import Optional
 
 import numpy as np
 import torch
+
+
+def machine() -> dict:
+    """The CPU this process runs on: ``{"cpu": model name, "cpu_capability": the widest vector
+    instructions torch's kernels use here ("AVX2", "AVX512", ...), "cores": visible cores}``.
+
+    Why it is recorded: the same seed gives bit-identical results on the same kind of CPU, but the
+    float kernels differ between, say, AVX2 and AVX-512 machines, so two such runs agree only to
+    float rounding at first and then drift apart; and step times differ about 2x between the machines
+    this project has run on."""
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:  # not Linux
+        import platform
+
+        cpu = platform.processor() or cpu
+    return {"cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cores": os.cpu_count()}
 
 
 def resolve_device(name: str) -> torch.device:

@@ -14,6 +14,7 @@ from cmcr_lite.bench import (COLUMNS, PROBE, ROWS, BenchPlan, bench, bench_jobs,
                              t_interval, welch_interval)
 from cmcr_lite.classes import class_index
 from cmcr_lite.experiments import main as experiments_main
+from cmcr_lite.runtime import machine
 
 
 def test_t_interval_by_hand():
@@ -168,6 +169,11 @@ def test_bench_end_to_end_at_toy_size(tmp_path, synthetic_root):
     md = (tmp_path / "toy.md").read_text()
     assert all(f"| {row} |" in md for row in ROWS) and "CMCR - PPKT" in md
     assert (tmp_path / "toy.png").stat().st_size > 10_000
+    assert all(r["machine"] == machine() for r in written["runs"])  # every job says where it was timed
+    # the first call ran every job: its wall time is the from-scratch measure bench.md reports
+    wall = written["wall_from_scratch"]
+    assert wall == {"minutes": written["minutes_this_call"], "workers": 1, "data_made": False}
+    assert f"{wall['minutes']:.0f} min of wall time measured from scratch, every job in one call on 1 workers." in md
     verdict = bench_verdict(written["summary"])
     ppkt_std = written["summary"]["rows"]["PPKT"]["miou"]["std"]
     assert "noise floor" in verdict and f"{100 * ppkt_std:.1f} points" in verdict and "CMCR vs PPKT" in verdict
@@ -177,6 +183,7 @@ def test_bench_end_to_end_at_toy_size(tmp_path, synthetic_root):
     again = bench(plan, progress=False, results_dir=tmp_path)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert again["summary"]["rows"]["CMCR"]["miou"]["values"] == report["summary"]["rows"]["CMCR"]["miou"]["values"]
+    assert again["wall_from_scratch"] == wall and again["minutes_this_call"] != wall["minutes"]  # kept, not re-measured
     # more pretraining epochs: under the bench's cosine schedule they change every rate, so the
     # pretrained rows start over (a 2-epoch cosine begins its first epoch at higher rates than a
     # 1-epoch one); the other rows are reused
@@ -185,6 +192,7 @@ def test_bench_end_to_end_at_toy_size(tmp_path, synthetic_root):
     cmcr = next(x for x in longer["runs"] if x["row"] == "CMCR")
     assert [h["epoch"] for h in cmcr["history"]] == [0, 1]
     assert cmcr["history"][0]["lr"] > next(x for x in report["runs"] if x["row"] == "CMCR")["history"][0]["lr"]
+    assert longer["wall_from_scratch"] is None and "an estimate: no call has run every job" in (tmp_path / "toy.md").read_text()
     changed = {p.name for p, t in stamps.items() if p.stat().st_mtime_ns != t}
     assert changed == {"ppkt_seed0.json", "ppkt__a_a_seed100.json", "occupancy_only_seed0.json", "cmcr_seed0.json"}
     # a result read out by another probe is read out again, without pretraining again: the history

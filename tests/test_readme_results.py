@@ -88,3 +88,42 @@ def test_readme_third_seed_set_numbers_are_the_committed_ones():
                  f"{aa.mean() - t.mean():.1f} below the A/A row", f"PPKT runs have std {everything.std(ddof=1):.2f}",
                  f"seeds 3 and 7 at {ppkt[3]:.1f} and {ppkt[7]:.1f}"):
         assert text in readme, f"README.md should quote {text!r} from the committed runs"
+
+
+def test_cross_machine_numbers_are_the_committed_ones():
+    """benchmarks/results/cross_machine_runs/README.md and the README say how two ceiling jobs run on
+    another kind of CPU compare with the committed ones; the committed files must say so too."""
+    import json
+
+    runs = REPO_ROOT / "benchmarks" / "results"
+    other = sorted((runs / "cross_machine_runs").glob("*.json"))
+    if not other:
+        return
+    notes = " ".join((runs / "cross_machine_runs" / "README.md").read_text().split())
+    readme = " ".join((REPO_ROOT / "README.md").read_text().split())
+    first_diff, miou, pair, slower = [], [], [], []
+    for path in other:
+        here, there = json.loads((runs / "bench_runs" / path.name).read_text()), json.loads(path.read_text())
+        assert here["sizes"] == there["sizes"] and here["seed"] == there["seed"]
+        a, b = here["history"]["step_loss"], there["history"]["step_loss"]
+        first_diff.append(next(i for i, (x, y) in enumerate(zip(a, b)) if x != y))
+        assert max(abs(x - y) for x, y in zip(a[:first_diff[-1] + 1], b)) < 1e-5  # the last bits of a float
+        miou.append(f"{100 * (there['miou'] - here['miou']):+.2f}".replace("-", "−"))
+        pair.append(f"{100 * (there['per_pair']['car|truck'] - here['per_pair']['car|truck']):+.2f}".replace("-", "−"))
+        slower.append(f"{there['seconds'] / here['seconds']:.2f}×")
+    assert first_diff == [3, 3], first_diff  # "the first three training losses are equal"
+    for text in (f"the mIoU differs by {miou[0]} and {miou[1]} points",
+                 f"car vs truck told apart by {pair[0]} and {pair[1]} points",
+                 f"Each job took {slower[0]} and {slower[1]}"):
+        assert text in notes, f"cross_machine_runs/README.md should say {text!r}"
+    assert f"{slower[0]} and {slower[1]}" in readme
+    # the one-thread profiles on that machine, against the committed one
+    def step(name, method):
+        row = next(line for line in (runs / name).read_text().splitlines() if line.startswith(f"| {method} |"))
+        return float(row.split("|")[-3])
+
+    ppkt = [step(f, "ppkt") for f in ("pretrain_step_amd_avx2_first.md", "pretrain_step_amd_avx2.md")]
+    cmcr = [step(f, "cmcr") for f in ("pretrain_step_amd_avx2_first.md", "pretrain_step_amd_avx2.md")]
+    text = (f"took {ppkt[0]:.2f} and {ppkt[1]:.2f} s for a PPKT step and {cmcr[0]:.2f} and {cmcr[1]:.2f} s for a "
+            f"CMCR step, against {step('pretrain_step.md', 'ppkt'):.2f} and {step('pretrain_step.md', 'cmcr'):.2f} s")
+    assert text in notes, f"cross_machine_runs/README.md should say {text!r}"
