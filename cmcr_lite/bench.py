@@ -486,9 +486,10 @@ def markdown_report(summary: dict, plan: BenchPlan, minutes: float, wall: dict |
              f"{plan.pretrain_epochs} pretraining epochs ({plan.pretrain_schedule} learning rate)", "",
              f"Compute: {minutes:.0f} min of one-thread jobs in all (each job's own time, summed, where it was "
              "measured); " + (f"{wall['minutes']:.0f} min of wall time measured from scratch, every job in one call "
-                              f"on {wall['workers']} workers" + (", the dataset's generation and the teacher's "
-                                                                 "training included" if wall["data_made"] else "")
-                              + "." if wall else
+                              f"on {wall['workers']} worker{'s' if wall['workers'] != 1 else ''} (CPU: "
+                              f"{wall['machine']['cpu']}, {wall['machine']['cpu_capability']})"
+                              + (", the dataset's generation and the teacher's training included"
+                                 if wall["data_made"] else "") + "." if wall else
                               f"about {minutes / plan.workers:.0f} min of wall time on {plan.workers} cores when "
                               "run in one go (an estimate: no call has run every job)."), "",
              "Values in %, mean ± sample std over seeds. mIoU and IoU columns: the 16-class read-out on the val "
@@ -571,16 +572,24 @@ def bench_figure(results: list, summary: dict, path: Path):
 
 
 # ------------------------------------------------------------------------------------------ driver
+def bench_dataroot(plan: BenchPlan) -> Path:
+    """Where the plan's dataset lives (or will be generated): ``plan.dataroot``, else the default
+    root of ``plan.dataset``."""
+    from cmcr_lite.paths import BENCH_DATAROOT, EMBEDDED_DATAROOT
+
+    if plan.dataset not in ("bench", "notebook"):
+        raise ValueError(f"BenchPlan: dataset must be 'bench' or 'notebook', got {plan.dataset!r}")
+    return Path(plan.dataroot) if plan.dataroot else BENCH_DATAROOT if plan.dataset == "bench" else EMBEDDED_DATAROOT
+
+
 def prepare_data(plan: BenchPlan, progress: bool = True) -> str:
     """The root of the plan's dataset (generated if missing) with its small teacher trained once, in
     this process, before worker processes share it."""
     from cmcr_lite.paths import ensure_bench_dataset, ensure_embedded_dataset
     from cmcr_lite.teacher import load_or_train_teacher
 
-    if plan.dataset not in ("bench", "notebook"):
-        raise ValueError(f"BenchPlan: dataset must be 'bench' or 'notebook', got {plan.dataset!r}")
-    root = str(ensure_bench_dataset(plan.dataroot, workers=plan.workers) if plan.dataset == "bench"
-               else ensure_embedded_dataset(plan.dataroot))
+    root = str(ensure_bench_dataset(bench_dataroot(plan), workers=plan.workers) if plan.dataset == "bench"
+               else ensure_embedded_dataset(bench_dataroot(plan)))
     load_or_train_teacher(root, plan.version, progress=progress)
     return root
 
@@ -595,7 +604,7 @@ def _same_plan(saved: dict, plan: BenchPlan) -> bool:
 
 def bench(plan: BenchPlan | None = None, progress: bool = True, results_dir: Path | None = None) -> dict:
     """Run (or resume) every job of ``plan`` and write ``<results_dir>/<results_name>.{json,md,png}``."""
-    from cmcr_lite.runtime import atomic_path
+    from cmcr_lite.runtime import atomic_path, machine
 
     plan = plan or BenchPlan()
     results_dir = Path(results_dir) if results_dir is not None else RESULTS_DIR
@@ -604,9 +613,7 @@ def bench(plan: BenchPlan | None = None, progress: bool = True, results_dir: Pat
     runs_dir = str(results_dir / f"{plan.results_name}_runs")
     # a call that finds no job result runs the whole bench, so its wall time is the budget's measure
     from_scratch = not any((Path(runs_dir) / f"{_slug(row)}_seed{seed}.json").is_file() for row, seed in jobs)
-    from cmcr_lite.paths import BENCH_DATAROOT, EMBEDDED_DATAROOT
-
-    data_made = not Path(plan.dataroot or (BENCH_DATAROOT if plan.dataset == "bench" else EMBEDDED_DATAROOT)).exists()
+    data_made = not bench_dataroot(plan).exists()
     previous = load_report(plan.results_name, results_dir)
     root = prepare_data(plan, progress)
     results = _pool_map(run_job, [(plan.to_dict(), root, row, seed, runs_dir) for row, seed in jobs], plan.workers,
@@ -614,7 +621,7 @@ def bench(plan: BenchPlan | None = None, progress: bool = True, results_dir: Pat
     minutes_this_call = (time.time() - t0) / 60
     minutes = sum(_job_seconds(r) for r in results) / 60  # every job's compute, whenever it ran
     if from_scratch:
-        wall = {"minutes": minutes_this_call, "workers": plan.workers, "data_made": data_made}
+        wall = {"minutes": minutes_this_call, "workers": plan.workers, "data_made": data_made, "machine": machine()}
     else:  # a resumed call keeps the from-scratch measure of the same plan, if there is one
         wall = previous.get("wall_from_scratch") if previous and _same_plan(previous["plan"], plan) else None
     summary = summarize(results, plan)

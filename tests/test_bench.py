@@ -2,7 +2,6 @@
 known answer, and the whole pipeline end to end at toy size (every row, resumable)."""
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ from scipy import stats
 
 from cmcr_lite.analysis.probes import mlp_twin_probe, softmax_probe, twin_probe
 from cmcr_lite.bench import (COLUMNS, PROBE, ROWS, BenchPlan, bench, bench_jobs, bench_verdict, label_efficiency_summary,
-                             t_interval, welch_interval)
+                             load_report, t_interval, welch_interval)
 from cmcr_lite.classes import class_index
 from cmcr_lite.experiments import main as experiments_main
 from cmcr_lite.runtime import machine
@@ -101,7 +100,7 @@ def test_jobs_cover_every_row_and_seed():
     assert all(sorted(s for r, s in jobs if r == row) == list(range(5)) for row in ROWS if not row.startswith("PPKT"))
     # longest first, by the committed bench's measured job times per row (PPKT and its A/A twin are
     # one method, so they count as one): the short read-outs come last and the two workers end together
-    report = json.loads((Path(__file__).resolve().parents[1] / "benchmarks/results/bench.json").read_text())
+    report = load_report()
     minutes = {}
     for run in report["runs"]:
         minutes.setdefault(run["row"].replace(" (A/A)", ""), []).append(run["seconds"] / 60)
@@ -172,8 +171,9 @@ def test_bench_end_to_end_at_toy_size(tmp_path, synthetic_root):
     assert all(r["machine"] == machine() for r in written["runs"])  # every job says where it was timed
     # the first call ran every job: its wall time is the from-scratch measure bench.md reports
     wall = written["wall_from_scratch"]
-    assert wall == {"minutes": written["minutes_this_call"], "workers": 1, "data_made": False}
-    assert f"{wall['minutes']:.0f} min of wall time measured from scratch, every job in one call on 1 workers." in md
+    assert wall == {"minutes": written["minutes_this_call"], "workers": 1, "data_made": False, "machine": machine()}
+    assert (f"{wall['minutes']:.0f} min of wall time measured from scratch, every job in one call on 1 worker (CPU: "
+            f"{machine()['cpu']}, {machine()['cpu_capability']}).") in md
     verdict = bench_verdict(written["summary"])
     ppkt_std = written["summary"]["rows"]["PPKT"]["miou"]["std"]
     assert "noise floor" in verdict and f"{100 * ppkt_std:.1f} points" in verdict and "CMCR vs PPKT" in verdict
