@@ -473,6 +473,18 @@ def _job_seconds(result: dict) -> float:
     return seconds
 
 
+def _wall_sentence(wall: dict | None, minutes: float, workers: int) -> str:
+    """bench.md's wall time: the measured ``wall_from_scratch`` and where it ran, else the estimate
+    ``minutes / workers`` from the summed job times."""
+    if not wall:
+        return (f"about {minutes / workers:.0f} min of wall time on {workers} cores when run in one go (an "
+                "estimate: no call has run every job).")
+    n, cpu = wall["workers"], wall["machine"]
+    data = ", the dataset's generation and the teacher's training included" if wall["data_made"] else ""
+    return (f"{wall['minutes']:.0f} min of wall time measured from scratch, every job in one call on {n} "
+            f"worker{'s' if n != 1 else ''} (CPU: {cpu['cpu']}, {cpu['cpu_capability']}){data}.")
+
+
 def markdown_report(summary: dict, plan: BenchPlan, minutes: float, wall: dict | None = None) -> str:
     """bench.md: the plan, the compute, the table, the differences and the checks. ``minutes``: every
     job's one-thread compute, summed; ``wall``: a report's ``wall_from_scratch`` (None: never measured)."""
@@ -485,13 +497,7 @@ def markdown_report(summary: dict, plan: BenchPlan, minutes: float, wall: dict |
     lines = [f"# The bench: {n} seeds per row ({list(plan.seeds)}{floor}), "
              f"{plan.pretrain_epochs} pretraining epochs ({plan.pretrain_schedule} learning rate)", "",
              f"Compute: {minutes:.0f} min of one-thread jobs in all (each job's own time, summed, where it was "
-             "measured); " + (f"{wall['minutes']:.0f} min of wall time measured from scratch, every job in one call "
-                              f"on {wall['workers']} worker{'s' if wall['workers'] != 1 else ''} (CPU: "
-                              f"{wall['machine']['cpu']}, {wall['machine']['cpu_capability']})"
-                              + (", the dataset's generation and the teacher's training included"
-                                 if wall["data_made"] else "") + "." if wall else
-                              f"about {minutes / plan.workers:.0f} min of wall time on {plan.workers} cores when "
-                              "run in one go (an estimate: no call has run every job)."), "",
+             f"measured); {_wall_sentence(wall, minutes, plan.workers)}", "",
              "Values in %, mean ± sample std over seeds. mIoU and IoU columns: the 16-class read-out on the val "
              "split (a linear softmax probe of the frozen trunk's features, fitted to its optimum by L-BFGS, so "
              "it adds no noise of its own; the supervised ceiling's own predictions; the same probe on the "
@@ -588,8 +594,9 @@ def prepare_data(plan: BenchPlan, progress: bool = True) -> str:
     from cmcr_lite.paths import ensure_bench_dataset, ensure_embedded_dataset
     from cmcr_lite.teacher import load_or_train_teacher
 
-    root = str(ensure_bench_dataset(bench_dataroot(plan), workers=plan.workers) if plan.dataset == "bench"
-               else ensure_embedded_dataset(bench_dataroot(plan)))
+    where = bench_dataroot(plan)
+    root = str(ensure_bench_dataset(where, workers=plan.workers) if plan.dataset == "bench"
+               else ensure_embedded_dataset(where))
     load_or_train_teacher(root, plan.version, progress=progress)
     return root
 
