@@ -10,4 +10,10 @@ import os
 # when the machine is idle. This must be set before torch loads its OpenMP runtime.
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
+# MinkowskiEngine's OpenBLAS on its generic kernels ran the trunk 1.7x slower on a CPU it did not
+# recognise; this must run before MinkowskiEngine loads OpenBLAS (see cmcr_lite/openblas.py).
+from cmcr_lite.openblas import choose_openblas_kernels  # noqa: E402
+
+choose_openblas_kernels()
+
 __version__ = "0.1.0"

@@ -9,7 +9,8 @@ One small module that every loop (pretraining, downstream, the teacher, notebook
 * ``check_resumable(saved, config, ignored, checkpoint)`` -- a resume continues the same run;
 * ``atomic_path(path)`` / ``save_checkpoint_atomic(state, path)`` -- write to a temporary file in
   the same folder, then rename: a crash never leaves a truncated file where a reader would look;
-* ``machine()`` -- the CPU a run timed itself on (times, and the last bits of floats, depend on it).
+* ``machine()`` -- the CPU a run timed itself on, and the kernels its OpenBLAS runs (times, and
+  the last bits of floats, depend on both).
 """
 from __future__ import annotations
 
@@ -17,16 +18,20 @@ import contextlib
 import dataclasses
 import os
 import random
+import sys
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 
+from cmcr_lite.openblas import openblas_kernels
+
 
 def machine() -> dict:
     """The CPU this process runs on: ``{"cpu": model name, "cpu_capability": the widest vector
-    instructions torch's kernels use here ("AVX2", "AVX512", ...), "cores": visible cores}``.
+    instructions torch's kernels use here ("AVX2", "AVX512", ...), "cores": visible cores,
+    "blas_kernels": the kernels of MinkowskiEngine's OpenBLAS (None before it is imported)}``.
 
     Why it is recorded: the same seed gives bit-identical results on the same kind of CPU, but the
     float kernels differ between, say, AVX2 and AVX-512 machines, so two such runs agree only to
@@ -42,7 +47,10 @@ def machine() -> dict:
         import platform
 
         cpu = platform.processor() or cpu
-    return {"cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cores": os.cpu_count()}
+    # asked only once MinkowskiEngine has loaded OpenBLAS: loading it here would fix its kernels early
+    blas = openblas_kernels() if "MinkowskiEngine" in sys.modules else None
+    return {"cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cores": os.cpu_count(),
+            "blas_kernels": blas}
 
 
 def resolve_device(name: str) -> torch.device:
