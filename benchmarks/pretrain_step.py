@@ -102,7 +102,8 @@ def main(argv=None):
             print(m, {k: round(v, 3) for k, v in rows[m].items()}, flush=True)
     m = machine()
     lines = [f"# Lite pretraining step, median seconds over {a.steps} steps, {a.threads} thread(s)", "",
-             f"Machine: {m['cpu']}, {m['cpu_capability']} kernels, {m['cores']} cores.", "",
+             f"Machine: {m['cpu']}, {m['cpu_capability']} kernels in torch, OpenBLAS on its {m['blas_kernels']} "
+             f"kernels, {m['cores']} cores.", "",
              "| method | " + " | ".join(PARTS) + " | step / ppkt |", "|---" * (len(PARTS) + 2) + "|"]
     base = rows.get("ppkt", next(iter(rows.values())))["step"]
     for name, r in rows.items():

@@ -69,3 +69,19 @@ def test_a_users_openblas_coretype_is_kept():
     child = run_child(OPENBLAS_CORETYPE="Prescott")
     assert child["kernels"] == "Prescott"
     assert child["max_error"] < 1e-5
+
+
+def test_the_kernel_benchmark_runs_at_toy_size():
+    """`python benchmarks/openblas_kernels.py` (the README's command) at one round of one step."""
+    from cmcr_lite.paths import REPO_ROOT
+
+    out = subprocess.run([sys.executable, "-W", "ignore", str(REPO_ROOT / "benchmarks" / "openblas_kernels.py"),
+                          "--rounds", "1", "--steps", "1", "--voxels", "2000"], capture_output=True, text=True)
+    chosen = kernels_for_cpu(cpu_flags(), "Prescott")
+    if chosen is None:
+        assert out.returncode != 0 and "neither AVX2 nor AVX-512" in out.stderr
+        return
+    assert out.returncode == 0, out.stderr
+    rows = [line for line in out.stdout.splitlines() if line.startswith(("| Prescott |", f"| {chosen} |"))]
+    assert len(rows) == 2 and rows[0].endswith("| 1.00 |"), out.stdout
+    assert float(rows[1].split("|")[2]) > 0

@@ -142,3 +142,53 @@ def test_cross_machine_numbers_are_the_committed_ones():
     text = (f"took {ppkt[0]:.2f} and {ppkt[1]:.2f} s for a PPKT step and {cmcr[0]:.2f} and {cmcr[1]:.2f} s for a "
             f"CMCR step, against {step('pretrain_step.md', 'ppkt'):.2f} and {step('pretrain_step.md', 'cmcr'):.2f} s")
     assert text in notes, f"cross_machine_runs/README.md should say {text!r}"
+
+
+def test_openblas_kernel_runs_are_what_the_notes_say():
+    """cross_machine_runs/intel_xeon_207: the ceiling jobs on OpenBLAS's generic kernels drift from the
+    committed ones; every job on the SkylakeX kernels equals its committed one in everything but time.
+    The quoted time ratios are the files' own."""
+    import json
+
+    runs = REPO_ROOT / "benchmarks" / "results"
+    where = runs / "cross_machine_runs" / "intel_xeon_207"
+    notes = " ".join((runs / "cross_machine_runs" / "README.md").read_text().split())
+    readme = " ".join((REPO_ROOT / "README.md").read_text().split())
+
+    def untimed(job: dict) -> dict:  # a job's result without its times and where it ran
+        out = {k: v for k, v in job.items() if k not in ("seconds", "machine", "pretrain_seconds_per_step")}
+        history = out["history"]
+        out["history"] = ({k: v for k, v in history.items() if k != "seconds"} if isinstance(history, dict)
+                          else [{k: v for k, v in e.items() if "second" not in k} for e in history])
+        return out
+
+    ratio = {}
+    right_jobs = sorted((where / "skylakex_blas").glob("*.json"))
+    assert [p.name for p in right_jobs] == ["cmcr_seed0.json", "cmcr_seed1.json", "supervised_ceiling_seed0.json",
+                                            "supervised_ceiling_seed1.json"]
+    for path in right_jobs:
+        committed, right = json.loads((runs / "bench_runs" / path.name).read_text()), json.loads(path.read_text())
+        assert right["machine"]["blas_kernels"] == "SkylakeX"
+        assert untimed(right) == untimed(committed), path.name  # bit for bit
+        ratio.setdefault(path.name.rsplit("_seed", 1)[0], []).append(f"{right['seconds'] / committed['seconds']:.2f}×")
+    generic_ratio, versus = [], []
+    for seed in (0, 1):
+        name = f"supervised_ceiling_seed{seed}.json"
+        committed = json.loads((runs / "bench_runs" / name).read_text())
+        generic = json.loads((where / "prescott_blas" / name).read_text())
+        right = json.loads((where / "skylakex_blas" / name).read_text())
+        assert "blas_kernels" not in generic["machine"]  # run before the kernels were recorded
+        assert generic["history"]["step_loss"] != committed["history"]["step_loss"]
+        assert generic["confusion"] != committed["confusion"]
+        generic_ratio.append(f"{generic['seconds'] / committed['seconds']:.2f}×")
+        versus.append(f"{generic['seconds'] / right['seconds']:.2f}×")
+    for text in (f"each took {' and '.join(generic_ratio)} the committed jobs' time",
+                 f"The ceiling took {' and '.join(ratio['supervised_ceiling'])} the committed time",
+                 f"took {' and '.join(versus)} as long as these",
+                 f"CMCR took {' and '.join(ratio['cmcr'])} the committed time"):
+        assert text in notes, f"cross_machine_runs/README.md should say {text!r}"
+    assert f"first took {' and '.join(generic_ratio)}" in readme
+    assert (f"took {' and '.join(ratio['supervised_ceiling'])} the committed time and CMCR on seeds 0 and 1 took "
+            f"{' and '.join(ratio['cmcr'])}, all four bit-identical") in readme
+    kernels = (runs / "openblas_kernels_intel_xeon_207.md").read_text()
+    assert "| SkylakeX | 543 | 0.60 |" in kernels and "the lite trunk's step took 0.60× the time" in notes
