@@ -32,7 +32,7 @@ CPU notes (measured on 2 cores, see ``benchmarks/minkunet_step.py``):
   up to 8x slower. ``cmcr_lite/__init__.py`` sets ``OMP_WAIT_POLICY=passive`` before torch loads.
 * Debian's OpenBLAS 0.3.21 picks its kernels by CPU model, and on a CPU newer than itself (an
   Intel Xeon of model 207 here) it falls back to its generic SSE3 "Prescott" kernels: the trunk's
-  forward and backward ran about 1.5x slower (``benchmarks/openblas_kernels.py``). Unless
+  forward and backward took 1.7x as long (``benchmarks/openblas_kernels.py``). Unless
   ``OPENBLAS_CORETYPE`` is already set, ``import cmcr_lite`` asks OpenBLAS (in a child process,
   before the library loads here) which kernels it would use, and on that fallback names the ones
   the CPU can run (``cmcr_lite/openblas.py``).
