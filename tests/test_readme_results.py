@@ -190,5 +190,17 @@ def test_openblas_kernel_runs_are_what_the_notes_say():
     assert f"first took {' and '.join(generic_ratio)}" in readme
     assert (f"took {' and '.join(ratio['supervised_ceiling'])} the committed time and CMCR on seeds 0 and 1 took "
             f"{' and '.join(ratio['cmcr'])}, all four bit-identical") in readme
+    def step(name, method):  # a one-thread profile's step time, s
+        row = next(line for line in (runs / name).read_text().splitlines() if line.startswith(f"| {method} |"))
+        return float(row.split("|")[-3])
+
+    generic = "pretrain_step_intel_xeon_prescott_blas.md"
+    right = ["pretrain_step_intel_xeon_skylakex_blas_first.md", "pretrain_step_intel_xeon_skylakex_blas.md"]
+    text = (f"a PPKT step took {step(generic, 'ppkt'):.2f} s and a CMCR step {step(generic, 'cmcr'):.2f} s")
+    assert text in notes, f"cross_machine_runs/README.md should say {text!r}"
+    ppkt, cmcr = [step(f, "ppkt") for f in right], [step(f, "cmcr") for f in right]
+    text = (f"PPKT took {ppkt[0]:.2f} and {ppkt[1]:.2f} s and CMCR {cmcr[0]:.2f} and {cmcr[1]:.2f} s, "
+            f"{cmcr[0] / ppkt[0]:.2f}× and {cmcr[1] / ppkt[1]:.2f}× PPKT's step")
+    assert text in notes, f"cross_machine_runs/README.md should say {text!r}"
     kernels = (runs / "openblas_kernels_intel_xeon_207.md").read_text()
     assert "| SkylakeX | 543 | 0.60 |" in kernels and "the lite trunk's step took 0.60× the time" in notes
