@@ -46,6 +46,8 @@ import sys
 from dataclasses import dataclass, replace
 from typing import Optional, Tuple
 
+from cmcr_lite.openblas import OPENBLAS_LIBRARY
+
 
 def limit_openblas_threads(n: int = 1) -> bool:
     """Make OpenBLAS (used by MinkowskiEngine on CPU) use ``n`` threads.
@@ -57,7 +59,7 @@ def limit_openblas_threads(n: int = 1) -> bool:
     os.environ["OPENBLAS_NUM_THREADS"] = str(n)
     if "MinkowskiEngine" not in sys.modules:
         return True
-    for name in ("libopenblas.so.0", ctypes.util.find_library("openblas")):
+    for name in (OPENBLAS_LIBRARY, ctypes.util.find_library("openblas")):
         if not name:
             continue
         try:
