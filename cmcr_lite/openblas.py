@@ -35,10 +35,6 @@ def openblas_kernels(library: str = OPENBLAS_LIBRARY) -> Optional[str]:
     return get().decode()
 
 
-_ASK_CORENAME = ("import ctypes, sys; f = ctypes.CDLL(sys.argv[1]).openblas_get_corename; "
-                 "f.restype = ctypes.c_char_p; print(f().decode())")
-
-
 def kernels_for_cpu(flags: set, detected: Optional[str]) -> Optional[str]:
     """The OpenBLAS core type to force, given the CPU's ``flags`` (from /proc/cpuinfo) and the
     kernels OpenBLAS ``detected`` by itself: None unless it fell back to "Prescott" on a CPU that
@@ -56,11 +52,13 @@ def kernels_for_cpu(flags: set, detected: Optional[str]) -> Optional[str]:
 def detected_openblas_kernels() -> Optional[str]:
     """The kernels OpenBLAS picks by itself on this CPU, asked of a child Python process (about
     30 ms) with ``OPENBLAS_CORETYPE`` unset, so that this process's library stays unloaded (OpenBLAS
-    reads the variable once, when it loads). None if there is no such library."""
+    reads the variable once, when it loads). None if there is no such library.
+
+    The child runs this file as a script (its ``__main__`` block: :func:`openblas_kernels`), not
+    ``import cmcr_lite``, whose start would ask a child of its own."""
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
     try:
-        asked = subprocess.run([sys.executable, "-c", _ASK_CORENAME, OPENBLAS_LIBRARY], env=env,
-                               capture_output=True, text=True, timeout=60)
+        asked = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.SubprocessError):
         return None
     name = asked.stdout.strip() if asked.returncode == 0 else ""
@@ -88,3 +86,7 @@ def choose_openblas_kernels() -> Optional[str]:
     if chosen:
         os.environ["OPENBLAS_CORETYPE"] = chosen
     return chosen
+
+
+if __name__ == "__main__":  # detected_openblas_kernels() runs this file in a child process
+    print(openblas_kernels() or "")
