@@ -229,6 +229,17 @@ def _measured_step_time(previous: dict):
     return value if value is not None and value >= 0.05 else None
 
 
+def downstream_config(mode: str, pretrain: dict, seed: int, **fields):
+    """``DownstreamConfig.lite(mode)`` on the trunk every row reads out: the pretraining's architecture
+    (``PretrainConfig.lite(**pretrain)``, lite unless ``pretrain`` changes it) with the downstream
+    BatchNorm momentum of ``DownstreamConfig.lite``. A job's ``sizes["pretrain"]`` and ``seed`` rebuild it."""
+    from cmcr_lite.downstream import DownstreamConfig
+    from cmcr_lite.pretrain import PretrainConfig
+
+    trunk = replace(PretrainConfig.lite(**pretrain).backbone, bn_momentum=0.1)
+    return DownstreamConfig.lite(mode, seed=seed, backbone=trunk, **fields)
+
+
 def run_job(plan_dict: dict, root: str, row: str, seed: int, runs_dir: str, need_checkpoint: bool = False) -> dict:
     """Run one (row, seed) job on one thread; reuse its result when it is there. The result goes to
     ``<runs_dir>/<row>_seed<k>.json`` (small, committed with the summary, so a later session resumes
@@ -238,7 +249,7 @@ def run_job(plan_dict: dict, root: str, row: str, seed: int, runs_dir: str, need
     import torch
 
     from cmcr_lite.data.nuscenes_loader import NuScenesKeyframes
-    from cmcr_lite.downstream import DownstreamConfig, train_segmentation
+    from cmcr_lite.downstream import train_segmentation
     from cmcr_lite.runtime import atomic_path, machine
 
     plan = BenchPlan.from_dict(plan_dict)
@@ -267,10 +278,7 @@ def run_job(plan_dict: dict, root: str, row: str, seed: int, runs_dir: str, need
     result = {"row": row, "seed": seed, "sizes": sizes, "machine": machine()}
     from cmcr_lite.pretrain import PretrainConfig, pretrain
 
-    # every row reads out the same trunk architecture: the pretraining's (lite, unless plan.pretrain
-    # changes it), with the downstream BatchNorm momentum of DownstreamConfig.lite
-    trunk = replace(PretrainConfig.lite(**plan.pretrain).backbone, bn_momentum=0.1)
-    lite = lambda mode, **kw: DownstreamConfig.lite(mode, seed=seed, backbone=trunk, **kw)  # noqa: E731
+    lite = lambda mode, **kw: downstream_config(mode, plan.pretrain, seed, **kw)  # noqa: E731
     if row in PRETRAINED:
         cfg = PretrainConfig.lite(**{**plan.pretrain, **pretrain_fields(row), "dataroot": root,
                                      "version": plan.version, "epochs": plan.pretrain_epochs, "seed": seed,
@@ -748,8 +756,7 @@ def _le_job(plan_dict: dict, root: str, pretraining: str, fraction: float, mode:
     import torch
 
     from cmcr_lite.data.nuscenes_loader import NuScenesKeyframes
-    from cmcr_lite.downstream import DownstreamConfig, evaluate, keyframe_indices_for_fraction, train_segmentation
-    from cmcr_lite.pretrain import PretrainConfig
+    from cmcr_lite.downstream import evaluate, keyframe_indices_for_fraction, train_segmentation
     from cmcr_lite.runtime import atomic_path, machine
 
     bench_plan = BenchPlan.from_dict(plan_dict["bench"])
@@ -762,7 +769,6 @@ def _le_job(plan_dict: dict, root: str, pretraining: str, fraction: float, mode:
     torch.set_num_threads(1)
     train = NuScenesKeyframes(root, bench_plan.version, split="train")
     val = NuScenesKeyframes(root, bench_plan.version, split="val", nusc=train.nusc)
-    trunk = replace(PretrainConfig.lite(**bench_plan.pretrain).backbone, bn_momentum=0.1)
     checkpoint = None
     if pretraining != "random init":
         checkpoint = pretrain_checkpoint(bench_plan, pretraining, seed)
@@ -774,7 +780,7 @@ def _le_job(plan_dict: dict, root: str, pretraining: str, fraction: float, mode:
         scans = len(keyframe_indices_for_fraction(train, fraction))
         steps_per_epoch = max(1, scans // 2)  # the lite batch of 2, last partial batch dropped
         extra["epochs"] = max(1, math.ceil(plan_dict["finetune_steps"] / steps_per_epoch))
-    cfg = DownstreamConfig.lite(mode, seed=seed, backbone=trunk, label_fraction=fraction, **extra)
+    cfg = downstream_config(mode, bench_plan.pretrain, seed, label_fraction=fraction, **extra)
     t0 = time.time()
     indices = keyframe_indices_for_fraction(train, fraction)
     result = {"pretraining": pretraining, "fraction": fraction, "mode": mode, "seed": seed,

@@ -144,6 +144,16 @@ def test_cross_machine_numbers_are_the_committed_ones():
     assert text in notes, f"cross_machine_runs/README.md should say {text!r}"
 
 
+def untimed(job: dict) -> dict:
+    """A bench job's result without its times and the machine it ran on."""
+    out = {k: v for k, v in job.items() if k not in ("seconds", "machine", "pretrain_seconds_per_step")}
+    history = out.get("history")
+    if history is not None:
+        out["history"] = ({k: v for k, v in history.items() if k != "seconds"} if isinstance(history, dict)
+                          else [{k: v for k, v in e.items() if "second" not in k} for e in history])
+    return out
+
+
 def test_openblas_kernel_runs_are_what_the_notes_say():
     """cross_machine_runs/intel_xeon_207: the ceiling jobs on OpenBLAS's generic kernels drift from the
     committed ones; every job on the SkylakeX kernels equals its committed one in everything but time.
@@ -154,13 +164,6 @@ def test_openblas_kernel_runs_are_what_the_notes_say():
     where = runs / "cross_machine_runs" / "intel_xeon_207"
     notes = " ".join((runs / "cross_machine_runs" / "README.md").read_text().split())
     readme = " ".join((REPO_ROOT / "README.md").read_text().split())
-
-    def untimed(job: dict) -> dict:  # a job's result without its times and where it ran
-        out = {k: v for k, v in job.items() if k not in ("seconds", "machine", "pretrain_seconds_per_step")}
-        history = out["history"]
-        out["history"] = ({k: v for k, v in history.items() if k != "seconds"} if isinstance(history, dict)
-                          else [{k: v for k, v in e.items() if "second" not in k} for e in history])
-        return out
 
     ratio = {}
     right_jobs = sorted((where / "skylakex_blas").glob("*.json"))
@@ -204,3 +207,63 @@ def test_openblas_kernel_runs_are_what_the_notes_say():
     assert text in notes, f"cross_machine_runs/README.md should say {text!r}"
     kernels = (runs / "openblas_kernels_intel_xeon_207.md").read_text()
     assert "| SkylakeX | 543 | 0.60 |" in kernels and "the lite trunk's step took 0.60× the time" in notes
+
+
+def test_amd_epyc_runs_are_what_the_notes_say():
+    """cross_machine_runs/amd_epyc_17: no job equals its committed one; the ceiling leaves it at the
+    fourth step under either OpenBLAS kernels; the quoted mIoU moves, time ratios and whole-bench
+    estimate are the files' own."""
+    import json
+    import statistics
+    from collections import defaultdict
+
+    runs = REPO_ROOT / "benchmarks" / "results"
+    where = runs / "cross_machine_runs" / "amd_epyc_17"
+    notes = " ".join((runs / "cross_machine_runs" / "README.md").read_text().split())
+    readme = " ".join((REPO_ROOT / "README.md").read_text().split())
+    committed_minutes = defaultdict(float)
+    for path in (runs / "bench_runs").glob("*.json"):
+        job = json.loads(path.read_text())
+        committed_minutes[job["row"]] += job["seconds"] / 60
+    ratio, moved = defaultdict(list), defaultdict(list)
+    jobs = sorted(where.glob("*.json"))
+    assert len(jobs) == 14
+    for path in jobs:
+        committed, here = json.loads((runs / "bench_runs" / path.name).read_text()), json.loads(path.read_text())
+        assert here["machine"] == {"cpu": "AMD EPYC", "cpu_capability": "AVX512", "cores": 2,
+                                   "blas_kernels": "Cooperlake"}
+        assert untimed(here) != untimed(committed), path.name
+        # occupancy only resumed from its epoch checkpoints: its job time holds only the later steps
+        key = "pretrain_seconds_per_step" if here["row"] == "occupancy only" else "seconds"
+        ratio[here["row"]].append(here[key] / committed[key])
+        moved[here["row"]].append(f"{100 * (here['miou'] - committed['miou']):+.2f}".replace("-", "−"))
+        if here["row"] == "supervised ceiling":
+            assert here["history"]["step_loss"][:3] == committed["history"]["step_loss"][:3]
+            assert here["history"]["step_loss"][3] != committed["history"]["step_loss"][3]
+    for row, after in (("supervised ceiling", "(ceiling)"), ("CMCR", "(CMCR)"), ("PPKT", "(PPKT)"),
+                       ("PPKT (A/A)", "(PPKT A/A)"), ("occupancy only", "points (occupancy only)")):
+        text = f"{' and '.join(moved[row])} {after}"
+        assert text in notes, f"cross_machine_runs/README.md should say {text!r}"
+    times = {row: " and ".join(f"{r:.2f}×" for r in ratio[row]) for row in ratio}
+    for text in (f"the ceiling took {times['supervised ceiling']} the time", f"CMCR {times['CMCR']}",
+                 f"PPKT {times['PPKT']}", f"PPKT A/A {times['PPKT (A/A)']}",
+                 f"An occupancy-only step took {times['occupancy only']}"):
+        assert text in notes, f"cross_machine_runs/README.md should say {text!r}"
+    whole = sum(statistics.mean(ratio[row]) * minutes for row, minutes in committed_minutes.items())
+    total = sum(committed_minutes.values())
+    assert (f"gives {whole:.0f} min of one-thread compute for the whole bench against the committed {total:.0f} min: "
+            f"about {whole / 2 / 60:.1f} hours on 2 cores") in notes
+    assert (f"every row on seeds 0 and 1 took {whole / total:.2f}× the committed compute, so there the whole bench "
+            f"would take about {whole / 2 / 60:.1f} hours") in readme
+    for kernels, equal_to_committed, equal_to_here in (("cooperlake", 3, 14), ("skylakex", 3, 5)):
+        table = (where / f"first_steps_{kernels}.md").read_text()
+        assert f"The first {equal_to_committed} of 14 steps are equal; step {equal_to_committed}" in table
+        assert "| 3 | 3.69125366 | 3.69125319 | +4.77e-07 |" in table
+        assert "step 3 differs by the same +4.77e-07" in notes
+        assert (f"all {equal_to_here} steps are equal on Cooperlake" if kernels == "cooperlake"
+                else f"the first {equal_to_here} on SkylakeX") in notes
+    profile = (runs / "pretrain_step_amd_epyc_17.md").read_text()
+    assert "OpenBLAS on its Cooperlake kernels" in profile and "| ppkt |" in profile
+    ppkt, cmcr = (float(next(line for line in profile.splitlines() if line.startswith(f"| {m} |")).split("|")[-3])
+                  for m in ("ppkt", "cmcr"))
+    assert f"a PPKT step took {ppkt:.2f} s and a CMCR step {cmcr:.2f} s, {cmcr / ppkt:.2f}× PPKT's step" in notes
