@@ -293,8 +293,10 @@ def run_job(plan_dict: dict, root: str, row: str, seed: int, runs_dir: str, need
         # the time measured when it ran (None when that was never measured)
         result["pretrain_seconds_per_step"] = ((time.time() - t0) / new_steps if new_steps > 0
                                                else _measured_step_time(previous))
+        t_readout = time.time()
         probe_cfg = lite("linear_probe")
         result.update(linear_readout(frozen_trunk(probe_cfg, out["checkpoint"], seed), train, val, probe_cfg, seed))
+        result["readout_seconds"] = time.time() - t_readout
     elif row == "random init":
         probe_cfg = lite("linear_probe")
         result.update(linear_readout(frozen_trunk(probe_cfg, None, seed), train, val, probe_cfg, seed))
@@ -470,12 +472,16 @@ COLUMN_TITLES = {"miou": "mIoU", "geometry-only": "geometry-only IoU", "appearan
 
 
 def _job_seconds(result: dict) -> float:
-    """A job's compute in seconds: its own time, plus its pretraining's when a later call only read the
-    finished pretraining out again (its ``seconds`` are then shorter than the pretraining itself)."""
+    """A job's compute in seconds, whatever part of it an earlier call ran: a pretrained row's every
+    step at its measured seconds per step, plus its read-out (``readout_seconds``). Results made
+    before the read-out was timed: their own time, plus the pretraining's when a later call only
+    read the finished pretraining out again (``seconds`` then shorter than the pretraining itself)."""
     seconds = result.get("seconds", 0.0)
     per_step = result.get("pretrain_seconds_per_step")
     if per_step is not None and "history" in result and isinstance(result["history"], list):
         pretraining = per_step * sum(h["steps"] for h in result["history"])
+        if "readout_seconds" in result:  # a pretraining resumed mid-run has ``seconds`` of its last part only
+            return pretraining + result["readout_seconds"]
         if seconds < pretraining:
             seconds += pretraining
     return seconds

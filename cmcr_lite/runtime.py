@@ -34,10 +34,11 @@ def machine() -> dict:
     "blas_kernels": the kernels of MinkowskiEngine's OpenBLAS (None before it is imported)}``.
 
     Why it is recorded: the same seed gives bit-identical results on the same kind of CPU with the
-    same OpenBLAS kernels, but the float kernels differ between, say, AVX2 and AVX-512 machines, or
-    OpenBLAS's generic and SkylakeX kernels, so two such runs agree only to float rounding at first
-    and then drift apart; and step times differed up to 2.6x between the machines this project has
-    run on (``benchmarks/results/cross_machine_runs/``)."""
+    same OpenBLAS kernels, but the float kernels differ between, say, AVX2 and AVX-512 machines,
+    OpenBLAS's generic and SkylakeX kernels, or an Intel and an AMD CPU of the same vector width (the
+    model name tells them apart; MKL inside torch takes another code path on AMD), so two such runs
+    agree only to float rounding at first and then drift apart; and step times differed up to 2.6x
+    between the machines this project has run on (``benchmarks/results/cross_machine_runs/``)."""
     cpu = "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

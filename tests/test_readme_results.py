@@ -146,7 +146,8 @@ def test_cross_machine_numbers_are_the_committed_ones():
 
 def untimed(job: dict) -> dict:
     """A bench job's result without its times and the machine it ran on."""
-    out = {k: v for k, v in job.items() if k not in ("seconds", "machine", "pretrain_seconds_per_step")}
+    out = {k: v for k, v in job.items()
+           if k not in ("seconds", "machine", "pretrain_seconds_per_step", "readout_seconds")}
     history = out.get("history")
     if history is not None:
         out["history"] = ({k: v for k, v in history.items() if k != "seconds"} if isinstance(history, dict)
