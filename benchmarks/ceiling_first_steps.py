@@ -6,9 +6,10 @@ job, recomputed here on one thread, against that job's own step losses.
 
 Why: a whole ceiling job takes 12-16 minutes; whether this machine's kernels (torch's, MKL's inside
 torch, OpenBLAS's inside MinkowskiEngine) give the committed bits shows within its first epoch of
-14 steps, in about a minute. The job's ``sizes`` and ``seed`` rebuild its config; one epoch of it
-trains on the same learning rate and the same batches as the job's first epoch (the cosine schedule
-is 1 at epoch 0 whatever the number of epochs, and each epoch's order is seeded by (seed, epoch)).
+14 steps, in about 20 seconds on the bench set. The job's ``sizes`` and ``seed`` rebuild its
+config; one epoch of it trains on the same learning rate and the same batches as the job's first
+epoch (the cosine schedule is 1 at epoch 0 whatever the number of epochs, and each epoch's order is
+seeded by (seed, epoch)).
 ``OPENBLAS_CORETYPE`` set by hand compares OpenBLAS's kernels. Prints each step's loss difference
 and the first step that differs.
 """
