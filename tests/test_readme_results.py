@@ -155,6 +155,13 @@ def untimed(job: dict) -> dict:
     return out
 
 
+def step(name: str, method: str) -> float:
+    """A one-thread profile's step time in s: the ``step`` column of ``method`` in benchmarks/results/``name``."""
+    text = (REPO_ROOT / "benchmarks" / "results" / name).read_text()
+    row = next(line for line in text.splitlines() if line.startswith(f"| {method} |"))
+    return float(row.split("|")[-3])
+
+
 def test_openblas_kernel_runs_are_what_the_notes_say():
     """cross_machine_runs/intel_xeon_207: the ceiling jobs on OpenBLAS's generic kernels drift from the
     committed ones; every job on the SkylakeX kernels equals its committed one in everything but time.
@@ -194,10 +201,6 @@ def test_openblas_kernel_runs_are_what_the_notes_say():
     assert f"first took {' and '.join(generic_ratio)}" in readme
     assert (f"took {' and '.join(ratio['supervised_ceiling'])} the committed time and CMCR on seeds 0 and 1 took "
             f"{' and '.join(ratio['cmcr'])}, all four bit-identical") in readme
-    def step(name, method):  # a one-thread profile's step time, s
-        row = next(line for line in (runs / name).read_text().splitlines() if line.startswith(f"| {method} |"))
-        return float(row.split("|")[-3])
-
     generic = "pretrain_step_intel_xeon_prescott_blas.md"
     right = ["pretrain_step_intel_xeon_skylakex_blas_first.md", "pretrain_step_intel_xeon_skylakex_blas.md"]
     text = (f"a PPKT step took {step(generic, 'ppkt'):.2f} s and a CMCR step {step(generic, 'cmcr'):.2f} s")
@@ -265,6 +268,5 @@ def test_amd_epyc_runs_are_what_the_notes_say():
                 else f"the first {equal_to_here} on SkylakeX") in notes
     profile = (runs / "pretrain_step_amd_epyc_17.md").read_text()
     assert "OpenBLAS on its Cooperlake kernels" in profile and "| ppkt |" in profile
-    ppkt, cmcr = (float(next(line for line in profile.splitlines() if line.startswith(f"| {m} |")).split("|")[-3])
-                  for m in ("ppkt", "cmcr"))
+    ppkt, cmcr = step("pretrain_step_amd_epyc_17.md", "ppkt"), step("pretrain_step_amd_epyc_17.md", "cmcr")
     assert f"a PPKT step took {ppkt:.2f} s and a CMCR step {cmcr:.2f} s, {cmcr / ppkt:.2f}× PPKT's step" in notes
