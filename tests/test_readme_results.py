@@ -1,6 +1,7 @@
 """The README quotes the bench's table; it must say what the committed results say."""
 import re
 
+from cmcr_lite.bench import _slug
 from cmcr_lite.paths import REPO_ROOT
 
 
@@ -115,7 +116,6 @@ def test_cross_machine_numbers_are_the_committed_ones():
     if not other:
         return
     notes = " ".join((runs / "cross_machine_runs" / "README.md").read_text().split())
-    readme = " ".join((REPO_ROOT / "README.md").read_text().split())
     first_diff, miou, pair, slower = [], [], [], []
     for path in other:
         here, there = json.loads((runs / "bench_runs" / path.name).read_text()), json.loads(path.read_text())
@@ -131,12 +131,7 @@ def test_cross_machine_numbers_are_the_committed_ones():
                  f"car vs truck told apart by {pair[0]} and {pair[1]} points",
                  f"Each job took {slower[0]} and {slower[1]}"):
         assert text in notes, f"cross_machine_runs/README.md should say {text!r}"
-    assert f"{slower[0]} and {slower[1]}" in readme
     # the one-thread profiles on that machine, against the committed one
-    def step(name, method):
-        row = next(line for line in (runs / name).read_text().splitlines() if line.startswith(f"| {method} |"))
-        return float(row.split("|")[-3])
-
     ppkt = [step(f, "ppkt") for f in ("pretrain_step_amd_avx2_first.md", "pretrain_step_amd_avx2.md")]
     cmcr = [step(f, "cmcr") for f in ("pretrain_step_amd_avx2_first.md", "pretrain_step_amd_avx2.md")]
     text = (f"took {ppkt[0]:.2f} and {ppkt[1]:.2f} s for a PPKT step and {cmcr[0]:.2f} and {cmcr[1]:.2f} s for a "
@@ -171,7 +166,6 @@ def test_openblas_kernel_runs_are_what_the_notes_say():
     runs = REPO_ROOT / "benchmarks" / "results"
     where = runs / "cross_machine_runs" / "intel_xeon_207"
     notes = " ".join((runs / "cross_machine_runs" / "README.md").read_text().split())
-    readme = " ".join((REPO_ROOT / "README.md").read_text().split())
 
     ratio = {}
     right_jobs = sorted((where / "skylakex_blas").glob("*.json"))
@@ -198,9 +192,6 @@ def test_openblas_kernel_runs_are_what_the_notes_say():
                  f"took {' and '.join(versus)} as long as these",
                  f"CMCR took {' and '.join(ratio['cmcr'])} the committed time"):
         assert text in notes, f"cross_machine_runs/README.md should say {text!r}"
-    assert f"first took {' and '.join(generic_ratio)}" in readme
-    assert (f"took {' and '.join(ratio['supervised_ceiling'])} the committed time and CMCR on seeds 0 and 1 took "
-            f"{' and '.join(ratio['cmcr'])}, all four bit-identical") in readme
     generic = "pretrain_step_intel_xeon_prescott_blas.md"
     right = ["pretrain_step_intel_xeon_skylakex_blas_first.md", "pretrain_step_intel_xeon_skylakex_blas.md"]
     text = (f"a PPKT step took {step(generic, 'ppkt'):.2f} s and a CMCR step {step(generic, 'cmcr'):.2f} s")
@@ -218,25 +209,19 @@ def test_amd_epyc_runs_are_what_the_notes_say():
     fourth step under either OpenBLAS kernels; the quoted mIoU moves, time ratios and whole-bench
     estimate are the files' own."""
     import json
-    import statistics
     from collections import defaultdict
 
     runs = REPO_ROOT / "benchmarks" / "results"
     where = runs / "cross_machine_runs" / "amd_epyc_17"
     notes = " ".join((runs / "cross_machine_runs" / "README.md").read_text().split())
-    readme = " ".join((REPO_ROOT / "README.md").read_text().split())
-    committed_minutes = defaultdict(float)
-    for path in (runs / "bench_runs").glob("*.json"):
-        job = json.loads(path.read_text())
-        committed_minutes[job["row"]] += job["seconds"] / 60
     ratio, moved = defaultdict(list), defaultdict(list)
-    jobs = sorted(where.glob("*.json"))
+    jobs = [json.loads(p.read_text()) for p in sorted(where.glob("*.json"))]
     assert len(jobs) == 14
-    for path in jobs:
-        committed, here = json.loads((runs / "bench_runs" / path.name).read_text()), json.loads(path.read_text())
+    for here in jobs:
+        committed = json.loads((runs / "bench_runs" / f"{_slug(here['row'])}_seed{here['seed']}.json").read_text())
         assert here["machine"] == {"cpu": "AMD EPYC", "cpu_capability": "AVX512", "cores": 2,
                                    "blas_kernels": "Cooperlake"}
-        assert untimed(here) != untimed(committed), path.name
+        assert untimed(here) != untimed(committed), (here["row"], here["seed"])
         # occupancy only resumed from its epoch checkpoints: its job time holds only the later steps
         key = "pretrain_seconds_per_step" if here["row"] == "occupancy only" else "seconds"
         ratio[here["row"]].append(here[key] / committed[key])
@@ -253,12 +238,9 @@ def test_amd_epyc_runs_are_what_the_notes_say():
                  f"PPKT {times['PPKT']}", f"PPKT A/A {times['PPKT (A/A)']}",
                  f"An occupancy-only step took {times['occupancy only']}"):
         assert text in notes, f"cross_machine_runs/README.md should say {text!r}"
-    whole = sum(statistics.mean(ratio[row]) * minutes for row, minutes in committed_minutes.items())
-    total = sum(committed_minutes.values())
+    whole, total = _weighted_compute(jobs), json.loads((runs / "bench.json").read_text())["job_minutes"]
     assert (f"gives {whole:.0f} min of one-thread compute for the whole bench against the committed {total:.0f} min: "
             f"about {whole / 2 / 60:.1f} hours on 2 cores") in notes
-    assert (f"every row on seeds 0 and 1 took {whole / total:.2f}× the committed compute, so there the whole bench "
-            f"would take about {whole / 2 / 60:.1f} hours") in readme
     for kernels, equal_to_committed, equal_to_here in (("cooperlake", 3, 14), ("skylakex", 3, 5)):
         table = (where / f"first_steps_{kernels}.md").read_text()
         assert f"The first {equal_to_committed} of 14 steps are equal; step {equal_to_committed}" in table
@@ -270,3 +252,102 @@ def test_amd_epyc_runs_are_what_the_notes_say():
     assert "OpenBLAS on its Cooperlake kernels" in profile and "| ppkt |" in profile
     ppkt, cmcr = step("pretrain_step_amd_epyc_17.md", "ppkt"), step("pretrain_step_amd_epyc_17.md", "cmcr")
     assert f"a PPKT step took {ppkt:.2f} s and a CMCR step {cmcr:.2f} s, {cmcr / ppkt:.2f}× PPKT's step" in notes
+
+
+def _times(name: str, where: str, seeds=(0, 1)) -> list:
+    """``name``'s job time under cross_machine_runs/``where`` against its committed job, per seed, as '1.23×'."""
+    import json
+
+    runs = REPO_ROOT / "benchmarks" / "results"
+    out = []
+    for seed in seeds:
+        here, committed = (json.loads((folder / f"{name}_seed{seed}.json").read_text())
+                           for folder in (runs / "cross_machine_runs" / where, runs / "bench_runs"))
+        out.append(f"{here['seconds'] / committed['seconds']:.2f}×")
+    return out
+
+
+def _weighted_compute(jobs: list) -> float:
+    """The whole bench's one-thread minutes at ``jobs``' speed: each row's committed minutes times the
+    mean ratio of that row's ``jobs`` to their committed ones (per step for occupancy only, whose jobs
+    on the AMD EPYC of model 17 resumed from epoch checkpoints)."""
+    import json
+    import statistics
+    from collections import defaultdict
+
+    runs = REPO_ROOT / "benchmarks" / "results"
+    committed_minutes, ratio = defaultdict(float), defaultdict(list)
+    for path in (runs / "bench_runs").glob("*.json"):
+        job = json.loads(path.read_text())
+        committed_minutes[job["row"]] += job["seconds"] / 60
+    for here in jobs:
+        committed = json.loads((runs / "bench_runs" / f"{_slug(here['row'])}_seed{here['seed']}.json").read_text())
+        key = "pretrain_seconds_per_step" if here["row"] == "occupancy only" else "seconds"
+        ratio[here["row"]].append(here[key] / committed[key])
+    return sum(statistics.mean(ratio[row]) * minutes for row, minutes in committed_minutes.items())
+
+
+def test_readme_machines_table_is_the_files_own():
+    """The README's table of machines (between <!-- machines:begin/end -->) is what the committed
+    cross-machine jobs and the from-scratch report say: bits, time ratios and whole-bench times."""
+    import json
+    import statistics
+
+    runs = REPO_ROOT / "benchmarks" / "results"
+    cross = runs / "cross_machine_runs"
+    committed = json.loads((runs / "bench.json").read_text())
+    total = committed["job_minutes"]
+    amd = [json.loads(p.read_text()) for p in sorted((cross / "amd_epyc_17").glob("*.json"))]
+    scratch = json.loads((cross / "amd_epyc_17_from_scratch" / "bench.json").read_text())
+    wall = scratch["wall_from_scratch"]
+    assert wall["data_made"] and wall["workers"] == 2 and wall["machine"] == amd[0]["machine"]
+    assert len(scratch["runs"]) == len(committed["runs"]) == 41
+    # the same plan as the committed bench (only where its files went differs)
+    from cmcr_lite.bench import BenchPlan, _same_plan
+
+    assert _same_plan(scratch["plan"], BenchPlan.from_dict(committed["plan"]))
+    by_job = {(r["row"], r["seed"]): r for r in scratch["runs"]}
+    assert all(untimed(by_job[(r["row"], r["seed"])]) == untimed(r) for r in amd)  # same kind: bit for bit
+    committed_jobs = {(r["row"], r["seed"]): r for r in committed["runs"]}
+    assert all(untimed(r) != untimed(committed_jobs[k]) for k, r in by_job.items())
+    skylakex = _times("supervised_ceiling", "intel_xeon_207/skylakex_blas") + _times("cmcr", "intel_xeon_207/skylakex_blas")
+    rows = [
+        "| machine | OpenBLAS kernels | jobs | bits, against the committed jobs | time, against the committed jobs "
+        "| the whole bench on 2 cores |",
+        "|---|---|---|---|---|---|",
+        f"| the committed jobs' (not recorded) | SkylakeX (inferred) | all 41 | | 1× | about {total / 2:.0f} min "
+        "(an estimate from the jobs' own times) |",
+        f"| AMD EPYC, AVX2 | not recorded | ceiling, seeds 0 and 1 | equal for 3 steps, then apart in the last bits "
+        f"| {' and '.join(_times('supervised_ceiling', '.'))} | about 4 to 5 hours (an estimate) |",
+        f"| Intel Xeon model 207, AVX-512 | Prescott (OpenBLAS's generic) | ceiling, seeds 0 and 1 | apart within "
+        f"the first steps | {' and '.join(_times('supervised_ceiling', 'intel_xeon_207/prescott_blas'))} | |",
+        f"| the same, after `import cmcr_lite` | SkylakeX | ceiling and CMCR, seeds 0 and 1 | equal | ceiling "
+        f"{' and '.join(skylakex[:2])}, CMCR {' and '.join(skylakex[2:])} | about "
+        f"{statistics.mean(float(t[:-1]) for t in skylakex) * total / 2 / 60:.1f} hours (an estimate) |",
+        f"| AMD EPYC family 25 model 17, AVX-512 | Cooperlake (OpenBLAS's own) | every row, seeds 0 and 1 (14 jobs) "
+        f"| equal for 3 steps, then apart | {_weighted_compute(amd) / total:.2f}× the compute | about "
+        f"{_weighted_compute(amd) / 2 / 60:.1f} hours (an estimate) |",
+        f"| the same, in another session | Cooperlake | all 41, from scratch in one call | apart; the 14 jobs above "
+        f"equal | {_weighted_compute(scratch['runs']) / total:.2f}× the compute | **{wall['minutes']:.0f} min, "
+        "measured** |",
+    ]
+    readme = (REPO_ROOT / "README.md").read_text()
+    block = re.search(r"<!-- machines:begin -->\n(.*?)<!-- machines:end -->", readme, re.S)
+    assert block, "README.md lost its <!-- machines:begin --> ... <!-- machines:end --> block"
+    assert block.group(1).strip() == "\n".join(rows)
+    # the notes' and the README's reading of that second realization are its own summary's
+    notes = " ".join((cross / "README.md").read_text().split())
+    flat = " ".join(readme.split())
+    d = scratch["summary"]["differences"]
+
+    def pts(x):
+        return f"{100 * x:+.1f}".replace("-", "−")
+
+    for key, col in (("CMCR - PPKT", "miou"), ("CMCR - PPKT", "geometry twins told apart"),
+                     ("occupancy only - PPKT", "geometry twins told apart"), ("PPKT (A/A) - PPKT", "miou")):
+        v = d[key][col]
+        assert f"{pts(v['mean'])} [{pts(v['low'])}, {pts(v['high'])}]" in notes, (key, col)
+        assert f"{pts(v['mean'])} ({pts(v['low'])} to {pts(v['high'])})" in flat, (key, col)
+    assert f"**Wall time: {wall['minutes']:.0f} min**" in notes
+    assert f"summed to {scratch['job_minutes']:.0f} min of one-thread compute" in notes
+    assert f"CMCR's per-seed std is {100 * scratch['summary']['rows']['CMCR']['miou']['std']:.1f} points" in notes
