@@ -14,7 +14,7 @@ LAYERS = [
     ("losses", ["losses"]),
     ("methods", ["distillation", "cmcr", "teacher", "theory"]),
     ("loops", ["pretrain", "downstream"]),
-    ("analysis and notebooks", ["analysis", "viz", "bench", "experiments", "notebook"]),
+    ("analysis and notebooks", ["analysis", "viz", "seed_sets", "bench", "experiments", "notebook"]),
 ]
 LAYER_OF = {name: i for i, (_, names) in enumerate(LAYERS) for name in names}
 

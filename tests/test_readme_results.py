@@ -85,10 +85,8 @@ def test_readme_third_seed_set_numbers_are_the_committed_ones():
     miou = lambda results: 100 * np.array([r["miou"] for r in results])  # noqa: E731
     t, ppkt, aa = miou(third_runs), miou(ppkt_runs), miou(aa_runs)
     assert len(t) == len(ppkt) == len(aa) == 8
-    everything = np.concatenate([ppkt, aa, t])
     for text in (f"{t.mean():.1f} ± {t.std(ddof=1):.1f}", f"+{t.mean() - ppkt.mean():.1f} above the PPKT row",
-                 f"{aa.mean() - t.mean():.1f} below the A/A row", f"PPKT runs have std {everything.std(ddof=1):.2f}",
-                 f"seeds 3 and 7 at {ppkt[3]:.1f} and {ppkt[7]:.1f}"):
+                 f"{aa.mean() - t.mean():.1f} below the A/A row"):
         assert text in readme, f"README.md should quote {text!r} from the committed runs"
     # the class that makes the largest part of the A/A gap: its IoU per seed, and its share of the gap
     iou = lambda results, c: 100 * np.array([r["per_class"][c] for r in results])  # noqa: E731
@@ -104,6 +102,71 @@ def test_readme_third_seed_set_numbers_are_the_committed_ones():
                  f"+{share:.2f} of the +{aa.mean() - ppkt.mean():.2f} mIoU points",
                  f"mean over {n_classes} classes"):
         assert text in readme, f"README.md should quote {text!r} from the committed runs"
+
+
+def test_noise_floor_sets_numbers_are_the_committed_ones():
+    """benchmarks/results/noise_floor_sets_amd_epyc_17: its summary is what its job files and the
+    from-scratch report give (recomputed here with scipy's ANOVA, not the script's), and both READMEs
+    quote it."""
+    import json
+
+    import numpy as np
+    from scipy import stats
+
+    results = REPO_ROOT / "benchmarks" / "results"
+    folder = results / "noise_floor_sets_amd_epyc_17"
+    if not (folder / "noise_floor_sets.json").is_file():
+        return
+    summary = json.loads((folder / "noise_floor_sets.json").read_text())
+    report = json.loads((results / "cross_machine_runs" / "amd_epyc_17_from_scratch" / "bench.json").read_text())
+    jobs = {j["seed"]: j for j in (json.loads(p.read_text()) for p in folder.glob("ppkt__a_a_seed*.json"))}
+    sets = {"0–7": [r for r in report["runs"] if r["row"] == "PPKT"],
+            "100–107": [r for r in report["runs"] if r["row"] == "PPKT (A/A)"]}
+    sets.update({k: [jobs[s] for s in seeds] for k, seeds in summary["job_seeds"].items()})
+    assert sorted(jobs) == sorted(s for seeds in summary["job_seeds"].values() for s in seeds)
+    assert len({json.dumps(r["machine"], sort_keys=True) for runs in sets.values() for r in runs}) == 1
+    miou = {k: 100 * np.array([r["miou"] for r in sorted(runs, key=lambda r: r["seed"])]) for k, runs in sets.items()}
+    assert {k: list(v) for k, v in miou.items()} == summary["miou"]
+    anova = stats.f_oneway(*miou.values())
+    means = np.array([v.mean() for v in miou.values()])
+    pooled = np.sqrt(np.mean([v.var(ddof=1) for v in miou.values()]))
+    spread = summary["spread"]
+    assert np.isclose(spread["p"], anova.pvalue) and np.isclose(spread["std_of_means"], means.std(ddof=1))
+    assert np.isclose(spread["pooled_std"], pooled)
+    others = [k for k in miou if k != "100–107"]
+    assert max(miou, key=lambda k: miou[k].mean()) == "100–107"  # "the one outlier"
+    need = lambda sigma: int(np.ceil(2 * (1.96 * sigma) ** 2))  # noqa: E731  1.96 sigma sqrt(2/n) <= 1
+    gap = f"{100 * report['summary']['differences']['PPKT (A/A) - PPKT']['miou']['mean']:.2f}"
+    chance = summary["chance_of_gap"]
+    third = {j["seed"]: 100 * j["miou"] for j in (json.loads(p.read_text())
+                                                  for p in (results / "noise_floor_third_set_runs").glob("*.json"))}
+    here = {s: 100 * jobs[s]["miou"] for s in range(200, 208)}
+    # the committed table's per-seed std, pooled over its three PPKT sets (0-7, 100-107, 200-207)
+    committed_sets = [[100 * json.loads(p.read_text())["miou"] for p in (results / "bench_runs").glob(pattern)]
+                      for pattern in ("ppkt_seed*.json", "ppkt__a_a_seed*.json")] + [list(third.values())]
+    committed = float(np.sqrt(np.mean([np.var(v, ddof=1) for v in committed_sets])))
+    cone = [v["per_set"] for c, v in summary["class_iou"].items() if c == "traffic_cone"][0]
+    minutes = sum(j["seconds"] for j in jobs.values()) / 60
+    steps = float(np.median([j["pretrain_seconds_per_step"] for j in jobs.values()]))
+    readme = " ".join((REPO_ROOT / "README.md").read_text().split())
+    notes = " ".join((folder / "README.md").read_text().split())
+    both = [f"{means.std(ddof=1):.2f} points", f"{pooled / np.sqrt(8):.2f} that independent seeds",
+            f"pooled per-seed std of {pooled:.2f}", f"p = {anova.pvalue:.3f}", f"{100 * chance['1.0']:.1f} %",
+            f"{100 * chance[gap]:.1f} %",
+            f"{100 - round(100 * chance['1.0'])} % of draws", f"{need(pooled)} a side"]
+    for text in both:
+        assert text in readme and text in notes, f"both READMEs should quote {text!r}"
+    outlier = (f"({miou['100–107'].mean():.1f}, against {min(miou[k].mean() for k in others):.1f} to "
+               f"{max(miou[k].mean() for k in others):.1f} for the four others)")
+    assert outlier in readme and f"that bench's {float(gap):.2f}" in readme
+    for text in (f"within {max(abs(miou[a].mean() - miou[b].mean()) for a in others for b in others):.2f} points",
+                 f"{minutes:.0f} one-thread minutes", f"{steps:.2f} s per PPKT step",
+                 f"agree to {abs(np.mean(list(third.values())) - np.mean(list(here.values()))):.1f} points",
+                 f"differ by up to {max(abs(third[s] - here[s]) for s in here):.1f}",
+                 f"up to {max(cone.values()) - min(cone.values()):.1f} points",
+                 f"σ of {committed:.2f} would need {need(committed)}"):
+        assert text in notes, f"noise_floor_sets_amd_epyc_17/README.md should quote {text!r}"
+    assert max(summary["variance_shares"], key=summary["variance_shares"].get) == "traffic_cone"
 
 
 def test_cross_machine_numbers_are_the_committed_ones():
