@@ -169,6 +169,58 @@ def test_noise_floor_sets_numbers_are_the_committed_ones():
     assert max(summary["variance_shares"], key=summary["variance_shares"].get) == "traffic_cone"
 
 
+def ceiling_length_table(folder, report: dict) -> str:
+    """The ceiling at 20, 30 and 40 epochs (job files under ``folder/epochs<E>``) and at the bench's 60
+    (``report``'s ceiling jobs on the same seeds), mean of the seeds per column, as a markdown table."""
+    import json
+
+    import numpy as np
+
+    by_epochs = {int(d.name[len("epochs"):]): [json.loads(p.read_text()) for p in sorted(d.glob("*.json"))]
+                 for d in folder.glob("epochs*")}
+    seeds = sorted(r["seed"] for r in next(iter(by_epochs.values())))
+    by_epochs[report["plan"]["ceiling_epochs"]] = sorted(
+        (r for r in report["runs"] if r["row"] == "supervised ceiling" and r["seed"] in seeds), key=lambda r: r["seed"])
+    cols = [("mIoU", lambda r: r["miou"]), ("car vs truck told apart", lambda r: r["per_pair"]["car|truck"]),
+            ("terrain vs vegetation told apart", lambda r: r["per_pair"]["terrain|vegetation"])]
+    cols += [(f"{c} IoU", lambda r, c=c: r["per_class"][c]) for c in ("car", "truck", "terrain", "vegetation")]
+    lines = ["| epochs | steps | " + " | ".join(name for name, _ in cols) + " | minutes per job |",
+             "|---" * (len(cols) + 3) + "|"]
+    for epochs in sorted(by_epochs):
+        runs = by_epochs[epochs]
+        assert [r["seed"] for r in runs] == seeds
+        steps = len(runs[0]["history"]["step_loss"])
+        lines.append(f"| {epochs} | {steps} | " + " | ".join(f"{100 * np.mean([f(r) for r in runs]):.1f}" for _, f in cols)
+                     + f" | {np.mean([r['seconds'] for r in runs]) / 60:.1f} |")
+    return "\n".join(lines)
+
+
+def test_ceiling_length_table_is_the_files_own():
+    """benchmarks/results/ceiling_length_amd_epyc_17/README.md: its table is what the job files and the
+    from-scratch report (same machine kind) hold, and its words follow the numbers."""
+    import json
+
+    results = REPO_ROOT / "benchmarks" / "results"
+    folder = results / "ceiling_length_amd_epyc_17"
+    if not folder.is_dir():
+        return
+    report = json.loads((results / "cross_machine_runs" / "amd_epyc_17_from_scratch" / "bench.json").read_text())
+    notes = (folder / "README.md").read_text()
+    block = re.search(r"<!-- ceiling_length:begin -->\n(.*?)<!-- ceiling_length:end -->", notes, re.S)
+    assert block, "ceiling_length_amd_epyc_17/README.md lost its table markers"
+    table = ceiling_length_table(folder, report)
+    assert block.group(1).strip() == table
+    miou = {int(line.split("|")[1]): float(line.split("|")[3]) for line in table.splitlines()[2:]}
+    assert miou[60] - miou[40] > 1  # "still rising between 40 and 60 epochs"
+    flat = " ".join(notes.split())
+    readme = " ".join((REPO_ROOT / "README.md").read_text().split())
+    for text in (flat, readme):
+        assert f"+{miou[60] - miou[40]:.1f} mIoU points from 40 to 60 epochs" in text
+    jobs = [json.loads(p.read_text()) for p in folder.glob("epochs*/*.json")]
+    assert {json.dumps(j["machine"], sort_keys=True) for j in jobs} == {
+        json.dumps(r["machine"], sort_keys=True) for r in report["runs"] if r["row"] == "supervised ceiling"}
+
+
 def test_cross_machine_numbers_are_the_committed_ones():
     """benchmarks/results/cross_machine_runs/README.md and the README say how two ceiling jobs run on
     another kind of CPU compare with the committed ones; the committed files must say so too."""
