@@ -23,10 +23,11 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from cmcr_lite.bench import BenchPlan, _pool_map, _same_plan, prepare_data, run_job
-from cmcr_lite.pretrain import _parse_value  # --set values: JSON, else the text
+from cmcr_lite.pretrain import parse_fields  # --set values: JSON, else the text
 from cmcr_lite.seed_sets import chance_of_gap, spread_of_set_means, variance_shares
 
 ROW = "PPKT (A/A)"  # the same job as the PPKT row's: another seed set of the same method
@@ -179,9 +180,7 @@ def main(argv=None) -> dict:
     if args.output_root:
         fields["output_root"] = args.output_root
     if args.set:
-        fields["pretrain"] = {k: _parse_value(v) for k, _, v in (item.partition("=") for item in args.set)}
-    from dataclasses import replace
-
+        fields["pretrain"] = parse_fields(args.set)
     plan = replace(plan, **fields)
     report = None
     if args.report:

@@ -158,7 +158,7 @@ def ablation(seeds=(0, 1, 2), output_root="outputs/experiments/ablation", result
 def bench_main(argv) -> dict:
     """``python -m cmcr_lite.experiments bench [--smoke] [--seeds ...] ...``: see ``cmcr_lite.bench``."""
     from cmcr_lite.bench import BenchPlan, bench
-    from cmcr_lite.pretrain import _parse_value  # --set values: JSON, else the text
+    from cmcr_lite.pretrain import parse_fields  # --set values: JSON, else the text
 
     p = argparse.ArgumentParser(prog="python -m cmcr_lite.experiments bench",
                                 description="The benchmark that can decide the paper's claim (cmcr_lite.bench).")
@@ -186,7 +186,7 @@ def bench_main(argv) -> dict:
                                  "workers": a.workers, "dataroot": a.dataroot, "output_root": a.output_root,
                                  "results_name": a.name}.items() if v is not None}
     if a.set:
-        changes["pretrain"] = {k: _parse_value(v) for k, _, v in (item.partition("=") for item in a.set)}
+        changes["pretrain"] = parse_fields(a.set)
     seeds, extra = set(changes.get("seeds", plan.seeds)), set(changes.get("noise_floor_seeds", plan.noise_floor_seeds))
     if set(changes.get("aa_seeds", plan.aa_seeds)) & (seeds | extra):
         p.error("--aa-seeds must be disjoint from --seeds and --noise-floor-seeds (the A/A row is the noise floor)")
@@ -203,7 +203,7 @@ def bench_main(argv) -> dict:
 def label_efficiency_main(argv) -> dict:
     """``python -m cmcr_lite.experiments label-efficiency [--smoke] ...``: see ``bench.label_efficiency``."""
     from cmcr_lite.bench import BenchPlan, LabelEfficiencyPlan, label_efficiency
-    from cmcr_lite.pretrain import _parse_value
+    from cmcr_lite.pretrain import parse_fields
 
     p = argparse.ArgumentParser(prog="python -m cmcr_lite.experiments label-efficiency",
                                 description="Fine-tuning and linear probing at several label fractions, per "
@@ -223,7 +223,7 @@ def label_efficiency_main(argv) -> dict:
     bench_changes = {k: v for k, v in {"workers": a.workers, "dataroot": a.dataroot, "output_root": a.output_root,
                                        "seeds": a.seeds and tuple(a.seeds)}.items() if v is not None}
     if a.set:
-        bench_changes["pretrain"] = {k: _parse_value(v) for k, _, v in (item.partition("=") for item in a.set)}
+        bench_changes["pretrain"] = parse_fields(a.set)
     plan = LabelEfficiencyPlan(bench=replace(bench_plan, **bench_changes))
     if a.smoke:
         plan = replace(plan, seeds=(0, 1), fractions=(1 / 3, 1.0), finetune_steps=20,

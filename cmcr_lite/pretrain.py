@@ -391,6 +391,12 @@ def _parse_value(text: str):
         return text
 
 
+def parse_fields(items) -> dict:
+    """``["FIELD=VALUE", ...]`` (a ``--set`` list of top-level fields) -> {FIELD: VALUE}, each value
+    read as JSON, else kept as text."""
+    return {k: _parse_value(v) for k, _, v in (item.partition("=") for item in items)}
+
+
 def config_from_args(args) -> PretrainConfig:
     if args.config in ("lite", "full"):
         cfg = PretrainConfig.lite() if args.config == "lite" else PretrainConfig.full()
