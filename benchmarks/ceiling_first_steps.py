@@ -1,10 +1,10 @@
 """Does this machine round like the one that made a bench job? The first epoch of a supervised-ceiling
 job, recomputed here on one thread, against that job's own step losses.
 
-    python benchmarks/ceiling_first_steps.py [--job benchmarks/results/bench_runs/supervised_ceiling_seed0.json]
+    python benchmarks/ceiling_first_steps.py [--job benchmarks/results/bench_runs_ceiling_60ep/supervised_ceiling_seed0.json]
                                              [--dataroot data/nuscenes-bench]
 
-Why: a whole ceiling job takes 12-16 minutes; whether this machine's kernels (torch's, MKL's inside
+Why: a whole 60-epoch ceiling job takes 12-16 minutes; whether this machine's kernels (torch's, MKL's inside
 torch, OpenBLAS's inside MinkowskiEngine) give the committed bits shows within its first epoch of
 14 steps, in about 20 seconds on the bench set. The job's ``sizes`` and ``seed`` rebuild its
 config; one epoch of it trains on the same learning rate and the same batches as the job's first
@@ -24,7 +24,9 @@ os.environ["OMP_NUM_THREADS"] = "1"  # as in the bench's workers (bench._pool_ma
 from cmcr_lite.bench import BenchPlan, downstream_config  # noqa: E402
 from cmcr_lite.paths import BENCH_DATAROOT  # noqa: E402
 
-COMMITTED_JOB = Path(__file__).parent / "results" / "bench_runs" / "supervised_ceiling_seed0.json"
+# the committed jobs' machine made this one (the bench's ceiling under its earlier recipe); the
+# cross-machine runs were compared with it
+COMMITTED_JOB = Path(__file__).parent / "results" / "bench_runs_ceiling_60ep" / "supervised_ceiling_seed0.json"
 
 
 def first_epoch_losses(job: dict, dataroot, version: str) -> list:

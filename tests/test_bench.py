@@ -2,6 +2,7 @@
 known answer, and the whole pipeline end to end at toy size (every row, resumable)."""
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -111,14 +112,39 @@ def test_jobs_cover_every_row_and_seed():
     assert sorted(s for r, s in jobs if r == "PPKT") == list(range(8))
     assert sorted(s for r, s in jobs if r == "PPKT (A/A)") == list(range(100, 108))
     assert all(sorted(s for r, s in jobs if r == row) == list(range(5)) for row in ROWS if not row.startswith("PPKT"))
-    # longest first, by the committed bench's measured job times per row (PPKT and its A/A twin are
-    # one method, so they count as one): the short read-outs come last and the two workers end together
-    report = load_report()
+    # longest first, by job times per row measured on one kind of machine (AMD EPYC model 17): its
+    # from-scratch bench, and for the ceiling's current recipe its ceiling_recipes jobs (PPKT and its
+    # A/A twin are one method, so they count as one): the short read-outs come last and the two
+    # workers end together. (The committed bench's rows ran on two kinds of machine.)
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    report = load_report("bench", results / "cross_machine_runs" / "amd_epyc_17_from_scratch")
     minutes = {}
     for run in report["runs"]:
-        minutes.setdefault(run["row"].replace(" (A/A)", ""), []).append(run["seconds"] / 60)
+        if run["row"] != "supervised ceiling":
+            minutes.setdefault(run["row"].replace(" (A/A)", ""), []).append(run["seconds"] / 60)
+    recipe = f"b{plan.ceiling['batch_size']}_lr{plan.ceiling['lr']}_{plan.ceiling_epochs}ep"
+    minutes["supervised ceiling"] = [json.loads(p.read_text())["seconds"] / 60
+                                     for p in (results / "ceiling_recipes_amd_epyc_17" / recipe).glob("*.json")]
+    assert len(minutes["supervised ceiling"]) >= 2, recipe
     cost = [np.mean(minutes[row.replace(" (A/A)", "")]) for row, _ in jobs]
     assert cost == sorted(cost, reverse=True), [row for row, _ in jobs]
+
+
+def test_bench_md_says_where_the_jobs_ran_when_machines_differ():
+    """bench.md names the machines only when the jobs ran on more than one kind, with each kind's rows."""
+    from cmcr_lite.bench import _machines_sentence, machine_label
+
+    amd = {"cpu": "AMD EPYC", "cpu_capability": "AVX2", "cores": 2, "blas_kernels": None}
+    intel = {"cpu": "Intel Xeon", "cpu_capability": "AVX512", "cores": 2, "blas_kernels": "SkylakeX"}
+    assert machine_label(amd) == "AMD EPYC, AVX2" and machine_label(None) == "not recorded"
+    assert machine_label(intel) == "Intel Xeon, AVX512, OpenBLAS SkylakeX"
+    one = {"PPKT": {"machines": ["AMD EPYC, AVX2"]}, "CMCR": {"machines": ["AMD EPYC, AVX2"]}}
+    assert _machines_sentence(one) == ""
+    two = {"PPKT": {"machines": ["not recorded"]}, "supervised ceiling": {"machines": ["AMD EPYC, AVX2"]},
+           "CMCR": {"machines": ["AMD EPYC, AVX2", "not recorded"]}}
+    assert _machines_sentence(two) == (
+        "The jobs ran on 2 kinds of machine, so their times add up compute of different speeds (rows by "
+        "machine: AMD EPYC, AVX2: supervised ceiling, CMCR; not recorded: PPKT, CMCR).")
 
 
 def test_bench_command_refuses_overlapping_seed_sets(capsys):

@@ -1,8 +1,25 @@
 """The README quotes the bench's table; it must say what the committed results say."""
 import re
+from pathlib import Path
 
 from cmcr_lite.bench import _slug
 from cmcr_lite.paths import REPO_ROOT
+
+
+def committed_job(name: str) -> Path:
+    """The committed job ``name`` (``<row>_seed<k>.json``) that the cross-machine runs were compared
+    with: bench_runs/ holds the bench's jobs; the supervised ceiling's were replaced by a shorter recipe
+    after those runs, and its earlier 60-epoch jobs, made on the committed jobs' machine, are kept in
+    bench_runs_ceiling_60ep/."""
+    runs = REPO_ROOT / "benchmarks" / "results"
+    return runs / ("bench_runs_ceiling_60ep" if name.startswith("supervised_ceiling") else "bench_runs") / name
+
+
+def committed_paths() -> list:
+    """Every committed job of the bench as the cross-machine runs saw it (:func:`committed_job`)."""
+    runs = REPO_ROOT / "benchmarks" / "results"
+    return sorted([p for p in (runs / "bench_runs").glob("*.json") if not p.name.startswith("supervised_ceiling")]
+                  + list((runs / "bench_runs_ceiling_60ep").glob("*.json")))
 
 
 def first_table(markdown: str) -> str:
@@ -66,6 +83,26 @@ def test_readme_bench_numbers_are_the_committed_ones():
               f"std {100 * rows['PPKT']['miou']['std']:.1f} for PPKT and {100 * rows['CMCR']['miou']['std']:.1f} for CMCR"]
     for text in quoted:
         assert text in readme, f"README.md should quote {text!r} from bench.json"
+
+
+def test_readme_bench_times_are_the_jobs_own():
+    """The README's times for the whole bench: the committed jobs' one-thread minutes and half of them on
+    2 cores; the from-scratch run measured on the AMD EPYC of model 17 with the earlier 60-epoch ceiling;
+    and that run with its ceiling jobs swapped for the current recipe's on the same machine kind."""
+    import json
+    import statistics
+
+    results = REPO_ROOT / "benchmarks" / "results"
+    bench = json.loads((results / "bench.json").read_text())
+    scratch = json.loads((results / "cross_machine_runs" / "amd_epyc_17_from_scratch" / "bench.json").read_text())
+    flat = " ".join((REPO_ROOT / "README.md").read_text().split())
+    assert f"{bench['job_minutes']:.0f} min of one-thread jobs" in flat
+    assert f"about {bench['job_minutes'] / 2:.0f} min of wall time on 2 cores" in flat
+    wall = scratch["wall_from_scratch"]["minutes"]
+    old = sum(r["seconds"] for r in scratch["runs"] if r["row"] == "supervised ceiling") / 60
+    new = statistics.mean(r["seconds"] for r in recipe_jobs(results / "ceiling_recipes_amd_epyc_17")["b2_lr0.1_30ep"]) / 60
+    assert f"{wall:.0f} min from scratch on 2 cores of an AMD EPYC of model 17, measured" in flat
+    assert f"about {wall - (old - 5 * new) / 2:.0f} min there with today's (an estimate)" in flat
 
 
 def test_readme_third_seed_set_numbers_are_the_committed_ones():
@@ -233,7 +270,7 @@ def test_cross_machine_numbers_are_the_committed_ones():
     notes = " ".join((runs / "cross_machine_runs" / "README.md").read_text().split())
     first_diff, miou, pair, slower = [], [], [], []
     for path in other:
-        here, there = json.loads((runs / "bench_runs" / path.name).read_text()), json.loads(path.read_text())
+        here, there = json.loads(committed_job(path.name).read_text()), json.loads(path.read_text())
         assert here["sizes"] == there["sizes"] and here["seed"] == there["seed"]
         a, b = here["history"]["step_loss"], there["history"]["step_loss"]
         first_diff.append(next(i for i, (x, y) in enumerate(zip(a, b)) if x != y))
@@ -287,14 +324,14 @@ def test_openblas_kernel_runs_are_what_the_notes_say():
     assert [p.name for p in right_jobs] == ["cmcr_seed0.json", "cmcr_seed1.json", "supervised_ceiling_seed0.json",
                                             "supervised_ceiling_seed1.json"]
     for path in right_jobs:
-        committed, right = json.loads((runs / "bench_runs" / path.name).read_text()), json.loads(path.read_text())
+        committed, right = json.loads(committed_job(path.name).read_text()), json.loads(path.read_text())
         assert right["machine"]["blas_kernels"] == "SkylakeX"
         assert untimed(right) == untimed(committed), path.name  # bit for bit
         ratio.setdefault(path.name.rsplit("_seed", 1)[0], []).append(f"{right['seconds'] / committed['seconds']:.2f}×")
     generic_ratio, versus = [], []
     for seed in (0, 1):
         name = f"supervised_ceiling_seed{seed}.json"
-        committed = json.loads((runs / "bench_runs" / name).read_text())
+        committed = json.loads(committed_job(name).read_text())
         generic = json.loads((where / "prescott_blas" / name).read_text())
         right = json.loads((where / "skylakex_blas" / name).read_text())
         assert "blas_kernels" not in generic["machine"]  # run before the kernels were recorded
@@ -333,7 +370,7 @@ def test_amd_epyc_runs_are_what_the_notes_say():
     jobs = [json.loads(p.read_text()) for p in sorted(where.glob("*.json"))]
     assert len(jobs) == 14
     for here in jobs:
-        committed = json.loads((runs / "bench_runs" / f"{_slug(here['row'])}_seed{here['seed']}.json").read_text())
+        committed = json.loads(committed_job(f"{_slug(here['row'])}_seed{here['seed']}.json").read_text())
         assert here["machine"] == {"cpu": "AMD EPYC", "cpu_capability": "AVX512", "cores": 2,
                                    "blas_kernels": "Cooperlake"}
         assert untimed(here) != untimed(committed), (here["row"], here["seed"])
@@ -353,7 +390,10 @@ def test_amd_epyc_runs_are_what_the_notes_say():
                  f"PPKT {times['PPKT']}", f"PPKT A/A {times['PPKT (A/A)']}",
                  f"An occupancy-only step took {times['occupancy only']}"):
         assert text in notes, f"cross_machine_runs/README.md should say {text!r}"
-    whole, total = _weighted_compute(jobs), json.loads((runs / "bench.json").read_text())["job_minutes"]
+    from cmcr_lite.bench import _job_seconds
+
+    whole = _weighted_compute(jobs)
+    total = sum(_job_seconds(json.loads(p.read_text())) for p in committed_paths()) / 60  # the jobs compared with
     assert (f"gives {whole:.0f} min of one-thread compute for the whole bench against the committed {total:.0f} min: "
             f"about {whole / 2 / 60:.1f} hours on 2 cores") in notes
     for kernels, equal_to_committed, equal_to_here in (("cooperlake", 3, 14), ("skylakex", 3, 5)):
@@ -376,9 +416,9 @@ def _times(name: str, where: str, seeds=(0, 1)) -> list:
     runs = REPO_ROOT / "benchmarks" / "results"
     out = []
     for seed in seeds:
-        here, committed = (json.loads((folder / f"{name}_seed{seed}.json").read_text())
-                           for folder in (runs / "cross_machine_runs" / where, runs / "bench_runs"))
-        out.append(f"{here['seconds'] / committed['seconds']:.2f}×")
+        here = json.loads((runs / "cross_machine_runs" / where / f"{name}_seed{seed}.json").read_text())
+        there = json.loads(committed_job(f"{name}_seed{seed}.json").read_text())
+        out.append(f"{here['seconds'] / there['seconds']:.2f}×")
     return out
 
 
@@ -390,13 +430,12 @@ def _weighted_compute(jobs: list) -> float:
     import statistics
     from collections import defaultdict
 
-    runs = REPO_ROOT / "benchmarks" / "results"
     committed_minutes, ratio = defaultdict(float), defaultdict(list)
-    for path in (runs / "bench_runs").glob("*.json"):
+    for path in committed_paths():
         job = json.loads(path.read_text())
         committed_minutes[job["row"]] += job["seconds"] / 60
     for here in jobs:
-        committed = json.loads((runs / "bench_runs" / f"{_slug(here['row'])}_seed{here['seed']}.json").read_text())
+        committed = json.loads(committed_job(f"{_slug(here['row'])}_seed{here['seed']}.json").read_text())
         key = "pretrain_seconds_per_step" if here["row"] == "occupancy only" else "seconds"
         ratio[here["row"]].append(here[key] / committed[key])
     return sum(statistics.mean(ratio[row]) * minutes for row, minutes in committed_minutes.items())
@@ -410,28 +449,34 @@ def test_readme_machines_table_is_the_files_own():
 
     runs = REPO_ROOT / "benchmarks" / "results"
     cross = runs / "cross_machine_runs"
+    from dataclasses import replace
+
+    from cmcr_lite.bench import BenchPlan, _job_seconds, _same_plan
+
     committed = json.loads((runs / "bench.json").read_text())
-    total = committed["job_minutes"]
+    # the jobs these machines were compared with: the bench's, with its earlier 60-epoch ceiling
+    compared = [json.loads(p.read_text()) for p in committed_paths()]
+    total = sum(_job_seconds(r) for r in compared) / 60
     amd = [json.loads(p.read_text()) for p in sorted((cross / "amd_epyc_17").glob("*.json"))]
     scratch = json.loads((cross / "amd_epyc_17_from_scratch" / "bench.json").read_text())
     wall = scratch["wall_from_scratch"]
     assert wall["data_made"] and wall["workers"] == 2 and wall["machine"] == amd[0]["machine"]
-    assert len(scratch["runs"]) == len(committed["runs"]) == 41
-    # the same plan as the committed bench (only where its files went differs)
-    from cmcr_lite.bench import BenchPlan, _same_plan
-
-    assert _same_plan(scratch["plan"], BenchPlan.from_dict(committed["plan"]))
+    assert len(scratch["runs"]) == len(compared) == len(committed["runs"]) == 41
+    # the plan of the committed bench before its ceiling changed recipe (only where its files went differs)
+    earlier = replace(BenchPlan.from_dict(committed["plan"]), ceiling_epochs=60,
+                      ceiling={"lr": 0.05, "lr_head": None, "batch_size": 4})
+    assert _same_plan(scratch["plan"], earlier) and not _same_plan(scratch["plan"], BenchPlan.from_dict(committed["plan"]))
     by_job = {(r["row"], r["seed"]): r for r in scratch["runs"]}
     assert all(untimed(by_job[(r["row"], r["seed"])]) == untimed(r) for r in amd)  # same kind: bit for bit
-    committed_jobs = {(r["row"], r["seed"]): r for r in committed["runs"]}
+    committed_jobs = {(r["row"], r["seed"]): r for r in compared}
     assert all(untimed(r) != untimed(committed_jobs[k]) for k, r in by_job.items())
     skylakex = _times("supervised_ceiling", "intel_xeon_207/skylakex_blas") + _times("cmcr", "intel_xeon_207/skylakex_blas")
     rows = [
         "| machine | OpenBLAS kernels | jobs | bits, against the committed jobs | time, against the committed jobs "
         "| the whole bench on 2 cores |",
         "|---|---|---|---|---|---|",
-        f"| the committed jobs' (not recorded) | SkylakeX (inferred) | all 41 | | 1× | about {total / 2:.0f} min "
-        "(an estimate from the jobs' own times) |",
+        f"| the committed jobs', the 60-epoch ceiling's among them (not recorded) | SkylakeX (inferred) | all 41 | "
+        f"| 1× | about {total / 2:.0f} min (an estimate from the jobs' own times) |",
         f"| AMD EPYC, AVX2 | not recorded | ceiling, seeds 0 and 1 | equal for 3 steps, then apart in the last bits "
         f"| {' and '.join(_times('supervised_ceiling', '.'))} | about 4 to 5 hours (an estimate) |",
         f"| Intel Xeon model 207, AVX-512 | Prescott (OpenBLAS's generic) | ceiling, seeds 0 and 1 | apart within "
@@ -466,3 +511,134 @@ def test_readme_machines_table_is_the_files_own():
     assert f"**Wall time: {wall['minutes']:.0f} min**" in notes
     assert f"summed to {scratch['job_minutes']:.0f} min of one-thread compute" in notes
     assert f"CMCR's per-seed std is {100 * scratch['summary']['rows']['CMCR']['miou']['std']:.1f} points" in notes
+
+
+EARLIER = "b4_lr0.05_60ep (the bench's earlier)"  # the ceiling's recipe before the bench took b2_lr0.1_30ep
+
+
+def ceiling_table(rows: list, first: str = "recipe") -> str:
+    """A markdown table of supervised-ceiling jobs: one line per ``(name, jobs, spread)``, each column the
+    mean over the jobs in % (with the sample std when ``spread``), and the jobs' mean minutes."""
+    import numpy as np
+
+    cols = [("mIoU", lambda r: r["miou"]), ("car vs truck told apart", lambda r: r["per_pair"]["car|truck"]),
+            ("terrain vs vegetation told apart", lambda r: r["per_pair"]["terrain|vegetation"])]
+    cols += [(f"{c} IoU", lambda r, c=c: r["per_class"][c]) for c in ("car", "truck", "terrain", "vegetation")]
+    lines = [f"| {first} | batch | lr | epochs | steps | seeds | " + " | ".join(n for n, _ in cols) + " | minutes per job |",
+             "|---" * (len(cols) + 7) + "|"]
+    for name, runs, spread in rows:
+        c = runs[0]["sizes"]["ceiling"]
+        vals = [100 * np.array([f(r) for r in runs]) for _, f in cols]
+        cells = [f"{v.mean():.1f} ± {v.std(ddof=1):.1f}" if spread else f"{v.mean():.1f}" for v in vals]
+        seeds = ", ".join(str(r["seed"]) for r in runs)
+        lines.append(f"| {name} | {c['batch_size']} | {c['lr']} | {runs[0]['sizes']['ceiling_epochs']} | "
+                     f"{len(runs[0]['history']['step_loss'])} | {seeds} | " + " | ".join(cells)
+                     + f" | {np.mean([r['seconds'] for r in runs]) / 60:.1f} |")
+    return "\n".join(lines)
+
+
+def recipe_jobs(folder) -> dict:
+    """``{<recipe>_<E>ep: [job, ...] by seed}`` under ``folder``."""
+    import json
+
+    return {d.name: [json.loads(p.read_text()) for p in sorted(d.glob("*.json"))] for d in sorted(folder.glob("*ep"))}
+
+
+def ceiling_recipes_table(folder, report: dict) -> str:
+    """The ceiling under other recipes (job files under ``folder/<recipe>_<E>ep``) against the bench's
+    earlier recipe (``report``'s ceiling jobs), mean of seeds 0 and 1 per column; then every seed a
+    recipe has when it has more than two (mean ± sample std), as a markdown table."""
+    groups = recipe_jobs(folder)
+    earlier = sorted((r for r in report["runs"] if r["row"] == "supervised ceiling"), key=lambda r: r["seed"])
+    rows = [(EARLIER, [r for r in earlier if r["seed"] in (0, 1)], False)]
+    rows += [(name, [r for r in runs if r["seed"] in (0, 1)], False) for name, runs in groups.items()]
+    rows += [(EARLIER, earlier, True)] + [(name, runs, True) for name, runs in groups.items() if len(runs) > 2]
+    return ceiling_table(rows)
+
+
+def test_ceiling_recipes_table_is_the_files_own():
+    """benchmarks/results/ceiling_recipes_amd_epyc_17/README.md: its table is what the job files and the
+    AMD from-scratch report (same machine kind) hold."""
+    import json
+
+    results = REPO_ROOT / "benchmarks" / "results"
+    folder = results / "ceiling_recipes_amd_epyc_17"
+    report = json.loads((results / "cross_machine_runs" / "amd_epyc_17_from_scratch" / "bench.json").read_text())
+    notes = (folder / "README.md").read_text()
+    block = re.search(r"<!-- ceiling_recipes:begin -->\n(.*?)<!-- ceiling_recipes:end -->", notes, re.S)
+    assert block, "ceiling_recipes_amd_epyc_17/README.md lost its table markers"
+    assert block.group(1).strip() == ceiling_recipes_table(folder, report)
+    jobs = [json.loads(p.read_text()) for p in folder.glob("*ep/*.json")]
+    assert {json.dumps(j["machine"], sort_keys=True) for j in jobs} == {
+        json.dumps(r["machine"], sort_keys=True) for r in report["runs"] if r["row"] == "supervised ceiling"}
+    # the words under the table
+    ours = EARLIER
+    def row(name):
+        return next(l for l in ceiling_recipes_table(folder, report).splitlines() if l.startswith(f"| {name} |"))
+    miou = lambda name: float(row(name).split("|")[7])  # noqa: E731
+    pairs = lambda name: [float(row(name).split("|")[i]) for i in (8, 9)]  # noqa: E731
+    assert miou("b2_lr0.1_30ep") > miou(ours) and all(
+        a > b for a, b in zip(pairs("b2_lr0.1_30ep"), pairs(ours)))
+    assert miou("b4_lr0.1_30ep") < miou(ours)
+    flat = " ".join(notes.split())
+    assert f"lands {miou(ours) - miou('b2_lr0.05_30ep'):.1f} points below it" in flat
+    minutes = lambda name: float(row(name).split("|")[-2])  # noqa: E731
+    assert f"{minutes('b2_lr0.1_30ep'):.1f} against {minutes(ours):.1f} minutes per job" in flat
+    committed = sum(json.loads(committed_job(f"supervised_ceiling_seed{k}.json").read_text())["seconds"]
+                    for k in range(5)) / 60  # the bench's 60-epoch ceiling jobs, in its 245 minutes
+    saved = committed * (1 - minutes("b2_lr0.1_30ep") / minutes(ours))
+    assert f"ceiling jobs took {committed:.0f} of them" in flat
+    assert f"by about {5 * round(saved / 5)} (its" in flat and f"about {saved / 2:.0f} minutes of wall time" in flat
+    ratio = minutes("b2_lr0.1_30ep") / minutes(ours)
+    readme = " ".join((REPO_ROOT / "README.md").read_text().split())
+    for text in (flat, readme):
+        assert f"at {ratio:.1f} of its compute" in text
+
+
+def avx2_ceiling_table(here: list, there: list) -> str:
+    """The bench's ceiling recipe on the AMD EPYC of family 23, model 49 (``here``: the bench's five
+    ceiling jobs) against the AMD EPYC of model 17 that chose it (``there``), on the seeds both ran,
+    then every seed here."""
+    both = sorted({r["seed"] for r in here} & {r["seed"] for r in there})
+    return ceiling_table([("AMD EPYC family 25 model 17, AVX-512", [r for r in there if r["seed"] in both], True),
+                          ("AMD EPYC family 23 model 49, AVX2", [r for r in here if r["seed"] in both], True),
+                          ("AMD EPYC family 23 model 49, AVX2 (the bench's row)", here, True)], first="machine")
+
+
+def test_avx2_ceiling_jobs_are_the_benchs_row_and_what_the_notes_say():
+    """benchmarks/results/ceiling_recipes_amd_epyc_23_49: its five jobs are the bench's ceiling row
+    (bench_runs/ and bench.json), made on one kind of machine under the bench's current recipe; its
+    table, first differing step and time ratio are the files' own."""
+    import json
+
+    from cmcr_lite.bench import BenchPlan
+
+    results = REPO_ROOT / "benchmarks" / "results"
+    folder = results / "ceiling_recipes_amd_epyc_23_49"
+    plan = BenchPlan()
+    recipe = f"b{plan.ceiling['batch_size']}_lr{plan.ceiling['lr']}_{plan.ceiling_epochs}ep"
+    here = recipe_jobs(folder)[recipe]
+    there = recipe_jobs(results / "ceiling_recipes_amd_epyc_17")[recipe]
+    assert [r["seed"] for r in here] == list(plan.seeds)
+    assert {json.dumps(r["machine"], sort_keys=True) for r in here} == {json.dumps(
+        {"cpu": "AMD EPYC", "cpu_capability": "AVX2", "cores": 2, "blas_kernels": "Zen"}, sort_keys=True)}
+    bench = json.loads((results / "bench.json").read_text())
+    ceiling = sorted((r for r in bench["runs"] if r["row"] == "supervised ceiling"), key=lambda r: r["seed"])
+    for job, committed in zip(here, ceiling):
+        assert job == committed == json.loads((results / "bench_runs" / f"supervised_ceiling_seed{job['seed']}.json").read_text())
+        assert job["sizes"]["ceiling"] == plan.ceiling and job["sizes"]["ceiling_epochs"] == plan.ceiling_epochs
+    notes = (folder / "README.md").read_text()
+    block = re.search(r"<!-- avx2_ceiling:begin -->\n(.*?)<!-- avx2_ceiling:end -->", notes, re.S)
+    assert block, "ceiling_recipes_amd_epyc_23_49/README.md lost its table markers"
+    assert block.group(1).strip() == avx2_ceiling_table(here, there)
+    flat = " ".join(notes.split())
+    by_seed = {r["seed"]: r for r in there}
+    first = [next(i for i, (a, b) in enumerate(zip(r["history"]["step_loss"], by_seed[r["seed"]]["history"]["step_loss"]))
+                  if a != b) for r in here if r["seed"] in by_seed]
+    span = f"{min(first)}" if min(first) == max(first) else f"{min(first)} to {max(first)}"
+    assert f"equal for the first {span} steps" in flat, first
+    ratio = [r["seconds"] / by_seed[r["seed"]]["seconds"] for r in here if r["seed"] in by_seed]
+    assert f"{ratio[0]:.2f}× and {ratio[1]:.2f}× the time" in flat
+    assert f"seeds 2 and 3 {ratio[2]:.2f}× and {ratio[3]:.2f}×" in flat
+    drift = max(abs(r["miou"] - by_seed[r["seed"]]["miou"]) for r in here if r["seed"] in by_seed)
+    assert f"by up to {100 * drift:.1f} points per seed" in flat
