@@ -196,6 +196,16 @@ def test_noise_floor_sets_numbers_are_the_committed_ones():
     outlier = (f"({miou['100–107'].mean():.1f}, against {min(miou[k].mean() for k in others):.1f} to "
                f"{max(miou[k].mean() for k in others):.1f} for the four others)")
     assert outlier in readme and f"that bench's {float(gap):.2f}" in readme
+    # what 12 a side would cost on the from-scratch run's machine, with the bench's current ceiling
+    ppkt_job = np.mean([r["seconds"] for r in report["runs"] if r["row"].startswith("PPKT")]) / 60
+    extra = 2 * (need(pooled) - 8) * ppkt_job
+    old = sum(r["seconds"] for r in report["runs"] if r["row"] == "supervised ceiling") / 60
+    new = np.mean([r["seconds"] for r in recipe_jobs(results / "ceiling_recipes_amd_epyc_17")["b2_lr0.1_30ep"]]) / 60
+    wall = report["wall_from_scratch"]["minutes"] - (old - 5 * new) / 2 + extra / 2
+    assert wall > 120  # "past its 2-hour budget"
+    for text in (f"{need(pooled) - 8} more PPKT seeds on each side, {extra:.0f} more one-thread minutes",
+                 f"{ppkt_job:.1f} per PPKT job", f"about {wall:.0f} min of wall time"):
+        assert text in readme, f"README.md should quote {text!r}"
     for text in (f"within {max(abs(miou[a].mean() - miou[b].mean()) for a in others for b in others):.2f} points",
                  f"{minutes:.0f} one-thread minutes", f"{steps:.2f} s per PPKT step",
                  f"agree to {abs(np.mean(list(third.values())) - np.mean(list(here.values()))):.1f} points",
