@@ -531,11 +531,12 @@ def markdown_report(summary: dict, plan: BenchPlan, minutes: float, wall: dict |
     floor = (f"; PPKT also on {list(plan.noise_floor_seeds)}, so the noise floor compares {len(ppkt_seeds)} "
              f"seeds of PPKT with {len(plan.aa_seeds)} of the A/A row {list(plan.aa_seeds)}"
              if plan.noise_floor_seeds else f"; A/A row {list(plan.aa_seeds)}")
+    machines = _machines_sentence(rows)
     lines = [f"# The bench: {n} seeds per row ({list(plan.seeds)}{floor}), "
              f"{plan.pretrain_epochs} pretraining epochs ({plan.pretrain_schedule} learning rate)", "",
              f"Compute: {minutes:.0f} min of one-thread jobs in all (each job's own time, summed, where it was "
              f"measured); {_wall_sentence(wall, minutes, plan.workers)}"
-             + (f" {_machines_sentence(rows)}" if _machines_sentence(rows) else ""), "",
+             + (f" {machines}" if machines else ""), "",
              "Values in %, mean ± sample std over seeds. mIoU and IoU columns: the 16-class read-out on the val "
              "split (a linear softmax probe of the frozen trunk's features, fitted to its optimum by L-BFGS, so "
              "it adds no noise of its own; the supervised ceiling's own predictions; the same probe on the "

@@ -1,8 +1,8 @@
 """The decisive benchmark (cmcr_lite.bench): its statistics by closed form, its probes on data with a
 known answer, and the whole pipeline end to end at toy size (every row, resumable)."""
 import json
+import sys
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +14,11 @@ from cmcr_lite.bench import (COLUMNS, PROBE, ROWS, BenchPlan, _job_seconds, benc
                              label_efficiency_summary, load_report, t_interval, welch_interval)
 from cmcr_lite.classes import class_index
 from cmcr_lite.experiments import main as experiments_main
+from cmcr_lite.paths import REPO_ROOT
 from cmcr_lite.runtime import machine
+
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+from ceiling_recipes import recipe_folder  # noqa: E402
 
 
 def test_t_interval_by_hand():
@@ -116,13 +120,13 @@ def test_jobs_cover_every_row_and_seed():
     # from-scratch bench, and for the ceiling's current recipe its ceiling_recipes jobs (PPKT and its
     # A/A twin are one method, so they count as one): the short read-outs come last and the two
     # workers end together. (The committed bench's rows ran on two kinds of machine.)
-    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    results = REPO_ROOT / "benchmarks" / "results"
     report = load_report("bench", results / "cross_machine_runs" / "amd_epyc_17_from_scratch")
     minutes = {}
     for run in report["runs"]:
         if run["row"] != "supervised ceiling":
             minutes.setdefault(run["row"].replace(" (A/A)", ""), []).append(run["seconds"] / 60)
-    recipe = f"b{plan.ceiling['batch_size']}_lr{plan.ceiling['lr']}_{plan.ceiling_epochs}ep"
+    recipe = recipe_folder(plan.ceiling, plan.ceiling_epochs)
     minutes["supervised ceiling"] = [json.loads(p.read_text())["seconds"] / 60
                                      for p in (results / "ceiling_recipes_amd_epyc_17" / recipe).glob("*.json")]
     assert len(minutes["supervised ceiling"]) >= 2, recipe
