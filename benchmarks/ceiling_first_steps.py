@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-os.environ["OMP_NUM_THREADS"] = "1"  # as in the bench's workers (bench._pool_map)
+os.environ["OMP_NUM_THREADS"] = "1"  # as in the bench's workers (bench.pool_map)
 
 from cmcr_lite.bench import BenchPlan, downstream_config  # noqa: E402
 from cmcr_lite.paths import BENCH_DATAROOT  # noqa: E402

@@ -53,7 +53,7 @@ def summary_line(name: str, epochs: int, results: list) -> dict:
 
 
 def main(argv=None):
-    from cmcr_lite.bench import BenchPlan, _pool_map, prepare_data, run_job
+    from cmcr_lite.bench import BenchPlan, pool_map, prepare_data, run_job
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--epochs", type=int, default=30)
@@ -73,7 +73,7 @@ def main(argv=None):
                        output_root=f"outputs/experiments/ceiling_{name}_{args.epochs}ep")
         jobs += [(plan.to_dict(), root, "supervised ceiling", s, str(args.out / recipe_folder(RECIPES[name], args.epochs)))
                  for s in args.seeds]
-    results = _pool_map(run_job, jobs, base.workers, "ceiling recipes", True)
+    results = pool_map(run_job, jobs, base.workers, "ceiling recipes", True)
     lines = []
     for i, name in enumerate(args.recipe):
         line = summary_line(name, args.epochs, results[i * len(args.seeds):(i + 1) * len(args.seeds)])

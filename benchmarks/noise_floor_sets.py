@@ -26,7 +26,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from cmcr_lite.bench import BenchPlan, _pool_map, _same_plan, prepare_data, run_job
+from cmcr_lite.bench import BenchPlan, pool_map, _same_plan, prepare_data, run_job
 from cmcr_lite.pretrain import parse_fields  # --set values: JSON, else the text
 from cmcr_lite.seed_sets import chance_of_gap, spread_of_set_means, variance_shares
 
@@ -190,7 +190,7 @@ def main(argv=None) -> dict:
     t0 = time.time()
     root = prepare_data(plan)
     seeds = [s for seeds in args.sets for s in seeds]
-    jobs = _pool_map(run_job, [(plan.to_dict(), root, ROW, s, str(args.out)) for s in seeds], plan.workers,
+    jobs = pool_map(run_job, [(plan.to_dict(), root, ROW, s, str(args.out)) for s in seeds], plan.workers,
                      "noise-floor seed sets", True)
     try:
         by_set = gather_sets(report, args.sets, jobs, plan)

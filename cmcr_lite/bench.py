@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -80,7 +81,15 @@ class BenchPlan:
     output_root: str = "outputs/experiments/bench"
     results_name: str = "bench"
     workers: int = 2                             # jobs at once, one thread each
+    # the frozen trunk's BatchNorm in every read-out: "running" (the statistics pretraining left, as
+    # every downstream read-out uses them) or "recalibrated" (re-estimated by one pass over the train
+    # scans, downstream.recalibrate_batchnorm), the control for stale running statistics
+    batchnorm: str = "running"
     pretrain: dict = field(default_factory=dict)  # extra PretrainConfig.lite fields (the smoke sizes)
+
+    def __post_init__(self):
+        if self.batchnorm not in ("running", "recalibrated"):
+            raise ValueError(f"BenchPlan: batchnorm must be 'running' or 'recalibrated', got {self.batchnorm!r}")
 
     @classmethod
     def smoke(cls, **overrides) -> "BenchPlan":
@@ -100,13 +109,16 @@ class BenchPlan:
 
 
 # ------------------------------------------------------------------------------------------ jobs
-def _slug(row: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in row).strip("_").lower()
+def row_slug(row: str) -> str:
+    """A row's file name: "PPKT (A/A)" -> "ppkt__a_a", "+ MIM" -> "plus_mim", "CMCR (occupancy ×10)" ->
+    "cmcr__occupancy_x10"."""
+    row = row.replace("+", "plus").replace("×", "x")
+    return "".join(c if c.isalnum() or c == "." else "_" for c in row).strip("_").lower()
 
 
 def pretrain_checkpoint(plan: BenchPlan, row: str, seed: int) -> Path:
     """Where the pretraining of ``row`` on ``seed`` keeps its checkpoint (under ``plan.output_root``)."""
-    return Path(plan.output_root) / f"{_slug(row)}_seed{seed}" / "pretrain" / "checkpoint.pt"
+    return Path(plan.output_root) / f"{row_slug(row)}_seed{seed}" / "pretrain" / "checkpoint.pt"
 
 
 def bench_jobs(plan: BenchPlan) -> list:
@@ -120,9 +132,21 @@ def bench_jobs(plan: BenchPlan) -> list:
     return jobs
 
 
+# The paper's ablation ladder on the bench (cmcr_lite.ladder): PPKT, then one CMCR part more per rung,
+# named as in ``cmcr.ABLATION_STEPS``; "CMCR" (the bench's own row) is the last rung, which adds occupancy.
+LADDER = ("+ decoupling", "+ codebook", "+ MIM", "+ GeoMIM")
+NCE_AND_OCCUPANCY = "PPKT + occupancy"  # the NCE next to the occupancy/intensity terms, nothing else
+_DIAGNOSTIC = re.compile(r"CMCR \(occupancy ×([0-9.]+)\)")
+
+
+def diagnostic_row(weight: float) -> str:
+    """The name of the diagnostic row "CMCR with the occupancy and intensity weights × ``weight``"."""
+    return f"CMCR (occupancy ×{weight:g})"
+
+
 def pretrain_fields(row: str) -> dict:
-    """The ``PretrainConfig`` fields of a pretrained row."""
-    from cmcr_lite.cmcr import CMCROptions
+    """The ``PretrainConfig`` fields of a pretrained row (ValueError for a row that is not pretrained)."""
+    from cmcr_lite.cmcr import ABLATION_STEPS, CMCROptions
 
     if row in ("PPKT", "PPKT (A/A)"):
         return {"method": "ppkt"}
@@ -130,7 +154,24 @@ def pretrain_fields(row: str) -> dict:
         return {"method": "cmcr", "cmcr": CMCROptions.occupancy_only()}
     if row == "CMCR":
         return {"method": "cmcr", "cmcr": CMCROptions()}
+    if row in LADDER:
+        return {"method": "cmcr", "cmcr": ABLATION_STEPS[row]}
+    if row == NCE_AND_OCCUPANCY:
+        return {"method": "cmcr", "cmcr": CMCROptions.contrastive_and_occupancy()}
+    diagnostic = _DIAGNOSTIC.fullmatch(row)
+    if diagnostic:
+        w = float(diagnostic.group(1))
+        return {"method": "cmcr", "cmcr": CMCROptions(occupancy_weight=w, intensity_weight=w)}
     raise ValueError(f"bench: {row!r} is not a pretrained row")
+
+
+def is_pretrained(row: str) -> bool:
+    """Whether ``row`` pretrains a trunk (every row but random init, the ceiling and the image reference)."""
+    try:
+        pretrain_fields(row)
+    except ValueError:
+        return False
+    return True
 
 
 def _per_pair(conf) -> dict:
@@ -140,17 +181,21 @@ def _per_pair(conf) -> dict:
 PROBE = "softmax, L-BFGS to convergence"  # the linear probe's name in each result's sizes: a change re-reads
 
 
-def frozen_trunk(config, pretrained, seed: int):
+def frozen_trunk(config, pretrained, seed: int, recalibrate_on=None):
     """A ``SegmentationModel`` in eval mode with the trunk of ``pretrained`` (a checkpoint path), or
-    a random trunk initialised from ``seed`` when it is None."""
+    a random trunk initialised from ``seed`` when it is None. ``recalibrate_on`` (keyframes): its
+    BatchNorm statistics re-estimated on them (``downstream.recalibrate_batchnorm``)."""
     import torch
 
+    from cmcr_lite.downstream import recalibrate_batchnorm
     from cmcr_lite.downstream.model import SegmentationModel, load_pretrained_trunk
 
     torch.manual_seed(seed)
     model = SegmentationModel(config.backbone, config.num_classes)
     if pretrained is not None:
         load_pretrained_trunk(model, str(pretrained), config)
+    if recalibrate_on is not None:
+        recalibrate_batchnorm(model, recalibrate_on, config)
     return model.eval()
 
 
@@ -191,6 +236,18 @@ def linear_readout(model, train, val, config, seed: int, train_indices=None, own
     yt_points = np.concatenate([np.asarray(s.point_labels) for s in tr])
     out.update(features_twin_summary(xt_points, yt_points, xv, yv, mlp_seed=seed))
     return out
+
+
+def pretrain_config(plan: BenchPlan, row: str, seed: int, root: str, **fields):
+    """The ``PretrainConfig`` of a pretrained row's job: the lite preset with the plan's epochs,
+    schedule and extra fields, the row's method and options, writing to :func:`pretrain_checkpoint`'s
+    folder; ``fields`` override (say, ``gradient_every`` or another ``output_dir``)."""
+    from cmcr_lite.pretrain import PretrainConfig
+
+    return PretrainConfig.lite(**{**plan.pretrain, **pretrain_fields(row), "dataroot": root, "version": plan.version,
+                                  "epochs": plan.pretrain_epochs, "seed": seed, "lr_schedule": plan.pretrain_schedule,
+                                  "output_dir": str(pretrain_checkpoint(plan, row, seed).parent),
+                                  "tensorboard": False, **fields})
 
 
 def _pretrained_steps(checkpoint: Path) -> int:
@@ -255,20 +312,20 @@ def run_job(plan_dict: dict, root: str, row: str, seed: int, runs_dir: str, need
     from cmcr_lite.runtime import atomic_path, machine
 
     plan = BenchPlan.from_dict(plan_dict)
-    run_dir = Path(plan.output_root) / f"{_slug(row)}_seed{seed}"
-    done = Path(runs_dir) / f"{_slug(row)}_seed{seed}.json"
+    run_dir = Path(plan.output_root) / f"{row_slug(row)}_seed{seed}"
+    done = Path(runs_dir) / f"{row_slug(row)}_seed{seed}.json"
     # a result is reused when it was made with this plan's sizes and probe; with more epochs the
     # pretraining resumes from its checkpoint and continues (the loop's resume ignores ``epochs``)
     sizes = {"pretrain": plan.pretrain}  # the trunk's architecture, read by every row
-    if row in PRETRAINED:
+    if is_pretrained(row):
         sizes.update(pretrain_epochs=plan.pretrain_epochs, pretrain_schedule=plan.pretrain_schedule)
     elif row == "supervised ceiling":
         sizes.update(ceiling_epochs=plan.ceiling_epochs, ceiling=plan.ceiling)
     if row != "supervised ceiling":
-        sizes["probe"] = PROBE
+        sizes["probe"] = PROBE if plan.batchnorm == "running" else f"{PROBE}, BatchNorm {plan.batchnorm}"
     previous = json.loads(done.read_text()) if done.is_file() else {}
     ckpt = pretrain_checkpoint(plan, row, seed)
-    missing = need_checkpoint and row in PRETRAINED and not ckpt.is_file()
+    missing = need_checkpoint and is_pretrained(row) and not ckpt.is_file()
     if previous.get("sizes") == sizes and not missing:  # results without sizes (the first jobs) are read out again
         return previous
     torch.set_num_threads(1)
@@ -278,14 +335,12 @@ def run_job(plan_dict: dict, root: str, row: str, seed: int, runs_dir: str, need
     t0 = time.time()
     # the CPU it ran on: its step times, and the last bits of its floats, depend on it (runtime.machine)
     result = {"row": row, "seed": seed, "sizes": sizes, "machine": machine()}
-    from cmcr_lite.pretrain import PretrainConfig, pretrain
+    from cmcr_lite.pretrain import pretrain
 
     lite = lambda mode, **kw: downstream_config(mode, plan.pretrain, seed, **kw)  # noqa: E731
-    if row in PRETRAINED:
-        cfg = PretrainConfig.lite(**{**plan.pretrain, **pretrain_fields(row), "dataroot": root,
-                                     "version": plan.version, "epochs": plan.pretrain_epochs, "seed": seed,
-                                     "lr_schedule": plan.pretrain_schedule,
-                                     "output_dir": str(run_dir / "pretrain"), "tensorboard": False})
+    recalibrate = train if plan.batchnorm == "recalibrated" else None
+    if is_pretrained(row):
+        cfg = pretrain_config(plan, row, seed, root)
         resume = _resumable(cfg, ckpt, row, seed)
         steps_before = _pretrained_steps(ckpt) if resume else 0
         out = pretrain(cfg, resume=resume, progress=False, keyframes=train)
@@ -297,11 +352,12 @@ def run_job(plan_dict: dict, root: str, row: str, seed: int, runs_dir: str, need
                                                else _measured_step_time(previous))
         t_readout = time.time()
         probe_cfg = lite("linear_probe")
-        result.update(linear_readout(frozen_trunk(probe_cfg, out["checkpoint"], seed), train, val, probe_cfg, seed))
+        result.update(linear_readout(frozen_trunk(probe_cfg, out["checkpoint"], seed, recalibrate), train, val,
+                                     probe_cfg, seed))
         result["readout_seconds"] = time.time() - t_readout
     elif row == "random init":
         probe_cfg = lite("linear_probe")
-        result.update(linear_readout(frozen_trunk(probe_cfg, None, seed), train, val, probe_cfg, seed))
+        result.update(linear_readout(frozen_trunk(probe_cfg, None, seed, recalibrate), train, val, probe_cfg, seed))
     elif row == "supervised ceiling":
         cfg = lite("finetune", epochs=plan.ceiling_epochs, **plan.ceiling)
         model, history = train_segmentation(cfg, train, pretrained=None, progress=False)
@@ -403,14 +459,18 @@ def _machines_sentence(rows: dict) -> str:
             f"speeds (rows by machine: {where}).")
 
 
-def summarize(results: list, plan: BenchPlan) -> dict:
-    """{"rows": {row: {column: {"mean", "std", "values"}}}, "differences": ..., "checks": ...}.
+def rescored(results: list) -> list:
+    """``results`` with the confusion-matrix columns recomputed from each result's matrix, so a change
+    of the metric's rules (``metrics``) reaches results written before it without rerunning their jobs."""
+    return [{**r, **summarize_confusion(np.asarray(r["confusion"])), "per_pair": _per_pair(np.asarray(r["confusion"]))}
+            if "confusion" in r else r for r in results]
 
-    The confusion-matrix columns are recomputed from each result's matrix, so a change of the metric's
-    rules (``metrics``) reaches results written before it without rerunning their jobs."""
-    results = [{**r, **summarize_confusion(np.asarray(r["confusion"])), "per_pair": _per_pair(np.asarray(r["confusion"]))}
-               if "confusion" in r else r for r in results]
-    by_row = {row: sorted([r for r in results if r["row"] == row], key=lambda r: r["seed"]) for row in ROWS}
+
+def summarize_rows(results: list, row_names) -> tuple:
+    """(rows, by_row): per row of ``row_names`` that has results, {column: {"mean", "std", "values"}} (sample
+    std over seeds) with its seeds, per twin pair and per class means, loss flatness, step time and
+    machines; ``by_row``: {row: its results sorted by seed}. ``results`` must be :func:`rescored`."""
+    by_row = {row: sorted([r for r in results if r["row"] == row], key=lambda r: r["seed"]) for row in row_names}
     rows = {}
     for row, runs in by_row.items():
         if not runs:
@@ -425,21 +485,35 @@ def summarize(results: list, plan: BenchPlan) -> dict:
                                   for c in runs[0]["per_class"]}
         curves = [[h["loss"] for h in r["history"]] for r in runs
                   if isinstance(r.get("history"), list) and len(r["history"]) >= 2 and "loss" in r["history"][0]]
-        if curves and row in PRETRAINED:
+        if curves and is_pretrained(row):
             # how flat the end of the curve is: the last epoch's share of the whole drop of the loss
             rows[row]["last_epoch_share"] = float(np.mean([(c[-2] - c[-1]) / (c[0] - c[-1]) for c in curves]))
         steps = [r["pretrain_seconds_per_step"] for r in runs if r.get("pretrain_seconds_per_step") is not None]
         if steps:
             rows[row]["seconds_per_step"] = float(np.mean(steps))
         rows[row]["machines"] = sorted({machine_label(r.get("machine")) for r in runs})
+    return rows, by_row
+
+
+def paired_differences(by_row: dict, pairs, columns=COLUMNS) -> dict:
+    """{"a - b": {column: {"mean", "low", "high"}}} for each (a, b) of ``pairs`` whose rows both have
+    results: the mean of a - b over the seeds both have, with its 95 % Student-t interval."""
     diffs = {}
-    for a, b in DIFFERENCES:
-        if a in rows and b in rows:
+    for a, b in pairs:
+        if by_row.get(a) and by_row.get(b):
             va, vb = {r["seed"]: r for r in by_row[a]}, {r["seed"]: r for r in by_row[b]}
             common = sorted(set(va) & set(vb))
             diffs[f"{a} - {b}"] = {col: dict(zip(("mean", "low", "high"),
                                                  t_interval([va[s][col] - vb[s][col] for s in common])))
-                                   for col in COLUMNS}
+                                   for col in columns}
+    return diffs
+
+
+def summarize(results: list, plan: BenchPlan) -> dict:
+    """{"rows": {row: {column: {"mean", "std", "values"}}}, "differences": ..., "checks": ...}, every
+    confusion-matrix column recomputed by today's ``metrics`` (:func:`rescored`)."""
+    rows, by_row = summarize_rows(rescored(results), ROWS)
+    diffs = paired_differences(by_row, DIFFERENCES)
     if "PPKT" in rows and "PPKT (A/A)" in rows:
         aa, ppkt = rows["PPKT (A/A)"], rows["PPKT"]
         diffs["PPKT (A/A) - PPKT"] = {col: dict(zip(("mean", "low", "high"),
@@ -494,7 +568,7 @@ COLUMN_TITLES = {"miou": "mIoU", "geometry-only": "geometry-only IoU", "appearan
                  "appearance twins in features (MLP)": "appearance twins in features (MLP)"}
 
 
-def _job_seconds(result: dict) -> float:
+def job_seconds(result: dict) -> float:
     """A job's compute in seconds, whatever part of it an earlier call ran: a pretrained row's every
     step at its measured seconds per step, plus its read-out (``readout_seconds``). Results made
     before the read-out was timed: their own time, plus the pretraining's when a later call only
@@ -644,6 +718,7 @@ def _same_plan(saved: dict, plan: BenchPlan) -> bool:
     """Whether a report's plan is ``plan``, where its results were written aside (another output
     root or data root changes where the jobs ran, not what they computed)."""
     here = json.loads(json.dumps(plan.to_dict()))
+    saved = {**BenchPlan().to_dict(), **saved}  # fields added since take their defaults
     return {k: v for k, v in saved.items() if k not in ("output_root", "dataroot")} == {
         k: v for k, v in here.items() if k not in ("output_root", "dataroot")}
 
@@ -658,14 +733,14 @@ def bench(plan: BenchPlan | None = None, progress: bool = True, results_dir: Pat
     jobs = bench_jobs(plan)
     runs_dir = str(results_dir / f"{plan.results_name}_runs")
     # a call that finds no job result runs the whole bench, so its wall time is the budget's measure
-    from_scratch = not any((Path(runs_dir) / f"{_slug(row)}_seed{seed}.json").is_file() for row, seed in jobs)
+    from_scratch = not any((Path(runs_dir) / f"{row_slug(row)}_seed{seed}.json").is_file() for row, seed in jobs)
     data_made = not bench_dataroot(plan).exists()
     previous = load_report(plan.results_name, results_dir)
     root = prepare_data(plan, progress)
-    results = _pool_map(run_job, [(plan.to_dict(), root, row, seed, runs_dir) for row, seed in jobs], plan.workers,
+    results = pool_map(run_job, [(plan.to_dict(), root, row, seed, runs_dir) for row, seed in jobs], plan.workers,
                         "bench jobs", progress)
     minutes_this_call = (time.time() - t0) / 60
-    minutes = sum(_job_seconds(r) for r in results) / 60  # every job's compute, whenever it ran
+    minutes = sum(job_seconds(r) for r in results) / 60  # every job's compute, whenever it ran
     if from_scratch:
         wall = {"minutes": minutes_this_call, "workers": plan.workers, "data_made": data_made, "machine": machine()}
     else:  # a resumed call keeps the from-scratch measure of the same plan, if there is one
@@ -791,7 +866,7 @@ def _le_job(plan_dict: dict, root: str, pretraining: str, fraction: float, mode:
     from cmcr_lite.runtime import atomic_path, machine
 
     bench_plan = BenchPlan.from_dict(plan_dict["bench"])
-    done = Path(runs_dir) / f"{_slug(pretraining)}_{mode}_f{fraction:.4f}_seed{seed}.json"
+    done = Path(runs_dir) / f"{row_slug(pretraining)}_{mode}_f{fraction:.4f}_seed{seed}.json"
     probe = PROBE if mode == "linear_probe" else None
     if done.is_file():
         previous = json.loads(done.read_text())
@@ -850,7 +925,7 @@ def label_efficiency_summary(runs: list) -> dict:
     return table
 
 
-def _pool_map(fn, jobs: list, workers: int, desc: str, progress: bool) -> list:
+def pool_map(fn, jobs: list, workers: int, desc: str, progress: bool) -> list:
     """``[fn(*job) for job in jobs]`` in ``workers`` spawned processes on one OpenMP thread each."""
     from tqdm.auto import tqdm
 
@@ -892,11 +967,11 @@ def label_efficiency(plan: LabelEfficiencyPlan | None = None, progress: bool = T
     bench_runs = str(results_dir / f"{b.results_name}_runs")
     pre = [(b.to_dict(), root, row, s, bench_runs, True) for row in plan.pretrainings if row != "random init"
            for s in plan.seeds]
-    _pool_map(run_job, pre, b.workers, "pretrainings (bench jobs)", progress)  # the trunks, probed as in the bench
+    pool_map(run_job, pre, b.workers, "pretrainings (bench jobs)", progress)  # the trunks, probed as in the bench
     runs_dir = str(results_dir / f"{plan.results_name}_runs")
     jobs = [(plan.to_dict(), root, p, f, m, s, runs_dir) for p in plan.pretrainings for m in plan.modes
             for f in plan.fractions for s in plan.seeds]
-    results = _pool_map(_le_job, jobs, b.workers, "label-efficiency jobs", progress)
+    results = pool_map(_le_job, jobs, b.workers, "label-efficiency jobs", progress)
     table = label_efficiency_summary(results)
     scans = {f"{r['fraction']:.4f}": r["train_scans"] for r in results}
     lines = [f"# Label efficiency: mIoU (%) on val, mean ± sample std over seeds {list(plan.seeds)}", "",

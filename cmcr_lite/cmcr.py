@@ -91,6 +91,12 @@ class CMCROptions:
         return cls(decouple=False, codebook=False, mim=False, geomim=False, occupancy=False)
 
     @classmethod
+    def contrastive_and_occupancy(cls) -> "CMCROptions":
+        """PPKT's InfoNCE plus the occupancy and intensity terms read from the shared 3D features, no
+        decoupling, codebook or MIM: does the LiDAR-only target still teach next to the NCE?"""
+        return cls(decouple=False, codebook=False, mim=False, geomim=False, occupancy=True)
+
+    @classmethod
     def occupancy_only(cls) -> "CMCROptions":
         """LiDAR-only self-supervision (ALSO-style): occupancy + intensity from the shared 3D features,
         no image term at all. A positive control: what the reconstruction target alone teaches."""
@@ -138,6 +144,21 @@ class CMCRModel(nn.Module):
                          if options.codebook else None)
         self.image_decoder = ImageDecoder(feature_dim) if options.mim else None
         self.occupancy_decoder = OccupancyDecoder(latent_dim=feature_dim) if options.occupancy else None
+
+    def term_weights(self) -> dict:
+        """{term: weight} of every loss term that is switched on, in the formula's order: ``loss`` is
+        the sum of weight × term over these (the per-term gradient diagnostic reads them too)."""
+        o = self.opt
+        weights = {"nce": 1.0} if o.nce else {}
+        if o.decouple:
+            weights["orth"] = o.orth_weight
+        if o.codebook:
+            weights.update(cmcm=1.0, commit_points=1.0, commit_pixels=1.0)
+        if o.mim:
+            weights["mim"] = o.mim_weight
+        if o.occupancy:
+            weights.update(occupancy=o.occupancy_weight, intensity=o.intensity_weight)
+        return weights
 
     # -- features ---------------------------------------------------------------------------------
     def features_3d(self, x):
@@ -191,9 +212,9 @@ class CMCRModel(nn.Module):
         o, dev = self.opt, x.F.device
         images = batch["images"].to(dev)
         f3d, g3d = self.features_3d(x)
-        terms, weights = {}, {}
+        terms = {}
         if not (o.nce or o.decouple or o.codebook or o.mim):  # a LiDAR-only run never reads the images
-            return self._occupancy_terms(batch, f3d, g3d, terms, weights)
+            return self._occupancy_terms(batch, f3d, g3d, terms)
         pv, pp = batch["pair_voxels"].to(dev), batch["pair_pixels"].to(dev)
         # The full-resolution 2D maps are built only where a decoder reads them (MIM): the losses on
         # pairs read the paired pixels only, the same values as indexing the upsampled map.
@@ -204,13 +225,12 @@ class CMCRModel(nn.Module):
         if o.nce:
             terms["nce"] = point_pixel_infonce(f3d[pv], f2d_pairs, tau=self.tau, num_matches=self.num_matches,
                                                generator=generator)
-            weights["nce"] = 1.0
         if o.decouple:
             orth = orthogonality_loss(f3d, g3d)
             if o.orth_2d:  # over the pixels of the trunk-resolution maps
                 flat = lambda t: t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])  # noqa: E731
                 orth = orth + orthogonality_loss(flat(f2d_low), flat(g2d_low))
-            terms["orth"], weights["orth"] = orth, o.orth_weight
+            terms["orth"] = orth
 
         q3d = f3d  # without a codebook the decoders read the continuous shared features
         if o.codebook:
@@ -218,7 +238,6 @@ class CMCRModel(nn.Module):
             sel = torch.randperm(len(pv), generator=generator, device="cpu")[:m].to(dev)
             cb = self.codebook(f3d[pv[sel]], f2d_pairs[sel])
             terms.update(cmcm=cb["cmcm"], commit_points=cb["commit_points"], commit_pixels=cb["commit_pixels"])
-            weights.update(cmcm=1.0, commit_points=1.0, commit_pixels=1.0)
             terms["perplexity_points"], terms["perplexity_pixels"] = cb["perplexity_points"], cb["perplexity_pixels"]
         if o.codebook and (o.occupancy or o.geomim):  # quantise only what a decoder reads
             q3d = self.codebook.quantize(f3d)[0]
@@ -260,12 +279,11 @@ class CMCRModel(nn.Module):
                 terms["geomim_pixels"] = replaced.float().sum()
             pred = self.image_decoder(decoder_in)
             terms["mim"] = reconstruction_loss(pred, target, masks, o.mim_masked_only)
-            weights["mim"] = o.mim_weight
             self.last_reconstruction = pred.detach()
 
-        return self._occupancy_terms(batch, q3d, g3d, terms, weights)
+        return self._occupancy_terms(batch, q3d, g3d, terms)
 
-    def _occupancy_terms(self, batch: dict, q3d, g3d, terms: dict, weights: dict) -> dict:
+    def _occupancy_terms(self, batch: dict, q3d, g3d, terms: dict) -> dict:
         """Add the occupancy and intensity terms (when switched on) from the 3D latents q3d (+ g3d),
         and the weighted sum ``loss``."""
         o, dev = self.opt, q3d.device
@@ -279,7 +297,6 @@ class CMCRModel(nn.Module):
             pred = self.occupancy_decoder.forward_pairs(latents, batch["queries"].to(dev), points, qi, pi)
             occ = occupancy_losses(pred, batch["query_occupied"].to(dev), batch["query_intensity"].to(dev), qi)
             terms["occupancy"], terms["intensity"] = occ["occupancy"], occ["intensity"]
-            weights["occupancy"], weights["intensity"] = o.occupancy_weight, o.intensity_weight
 
-        terms["loss"] = sum(weights[k] * terms[k] for k in weights)
+        terms["loss"] = sum(w * terms[k] for k, w in self.term_weights().items())
         return terms

@@ -5,6 +5,8 @@
     python -m cmcr_lite.experiments bench                      # the decisive benchmark (cmcr_lite.bench, ~2 h)
     python -m cmcr_lite.experiments bench --smoke              # the same at toy size (minutes)
     python -m cmcr_lite.experiments label-efficiency           # fine-tune / probe at few labels (bench trunks)
+    python -m cmcr_lite.experiments ladder                     # the paper's ablation on the bench (cmcr_lite.ladder)
+    python -m cmcr_lite.experiments mechanism                  # which loss terms move the trunk (cmcr_lite.mechanism)
 
 Each run pretrains (or resumes) into ``outputs/experiments/<name>/<method>_seed<k>/``, linear-probes
 the trunk on the embedded ``train`` split, evaluates per point on ``val``, and the summary (mean ± std
@@ -178,13 +180,16 @@ def bench_main(argv) -> dict:
     p.add_argument("--name", help="results name (default bench, or bench_smoke)")
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                    help="extra PretrainConfig.lite fields (JSON values) for every pretraining, e.g. num_matches=256")
+    p.add_argument("--batchnorm", choices=("running", "recalibrated"),
+                   help="the frozen trunk's BatchNorm statistics in every read-out (default running; recalibrated: "
+                        "re-estimated on the train scans, the control for stale statistics)")
     a = p.parse_args(argv)
     plan = BenchPlan.smoke() if a.smoke else BenchPlan()
     changes = {k: v for k, v in {"seeds": a.seeds and tuple(a.seeds), "aa_seeds": a.aa_seeds and tuple(a.aa_seeds),
                                  "noise_floor_seeds": None if a.noise_floor_seeds is None else tuple(a.noise_floor_seeds),
                                  "pretrain_epochs": a.epochs, "ceiling_epochs": a.ceiling_epochs,
                                  "workers": a.workers, "dataroot": a.dataroot, "output_root": a.output_root,
-                                 "results_name": a.name}.items() if v is not None}
+                                 "results_name": a.name, "batchnorm": a.batchnorm}.items() if v is not None}
     if a.set:
         changes["pretrain"] = parse_fields(a.set)
     seeds, extra = set(changes.get("seeds", plan.seeds)), set(changes.get("noise_floor_seeds", plan.noise_floor_seeds))
@@ -236,6 +241,66 @@ def label_efficiency_main(argv) -> dict:
     return report
 
 
+def ladder_main(argv) -> dict:
+    """``python -m cmcr_lite.experiments ladder [--smoke] [--diagnostic-weights W ...] ...``: see ``cmcr_lite.ladder``."""
+    from cmcr_lite.ladder import LadderPlan, ladder
+
+    p = argparse.ArgumentParser(prog="python -m cmcr_lite.experiments ladder",
+                                description="The paper's ablation ladder on the bench (cmcr_lite.ladder); resumable.")
+    p.add_argument("--smoke", action="store_true", help="toy size (the bench's smoke plan): minutes")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds of every row (default: the bench's, 0-4)")
+    p.add_argument("--diagnostic-weights", type=float, nargs="*",
+                   help="rows 'CMCR (occupancy xW)' with the occupancy and intensity weights times W (diagnostic, "
+                        "not the paper's method); default none")
+    p.add_argument("--workers", type=int, help="jobs at once, one thread each (default 2)")
+    p.add_argument("--dataroot", help="the data's root (default data/nuscenes-bench; --smoke: the embedded set)")
+    p.add_argument("--output-root", help="where each job's checkpoints go (default: the bench's)")
+    p.add_argument("--results-dir", help="where <name>.{json,md,png} and the job results go (default benchmarks/results)")
+    p.add_argument("--name", help="results name (default ladder, or ladder_smoke)")
+    p.add_argument("--batchnorm", choices=("running", "recalibrated"),
+                   help="the frozen trunk's BatchNorm statistics in every read-out (default running); with "
+                        "recalibrated, the job results go to <name>_runs/ instead of the bench's")
+    a = p.parse_args(argv)
+    plan = LadderPlan.smoke() if a.smoke else LadderPlan()
+    bench_changes = {k: v for k, v in {"seeds": a.seeds and tuple(a.seeds), "workers": a.workers,
+                                       "dataroot": a.dataroot, "output_root": a.output_root,
+                                       "batchnorm": a.batchnorm}.items() if v is not None}
+    changes = {k: v for k, v in {"results_name": a.name, "diagnostic_weights": None if a.diagnostic_weights is None
+                                 else tuple(a.diagnostic_weights)}.items() if v is not None}
+    if a.batchnorm == "recalibrated":  # other read-outs of the same trunks: results apart from the bench's
+        name = a.name or plan.results_name
+        name = name if name.endswith("_recalibrated") else f"{name}_recalibrated"
+        bench_changes["results_name"] = changes["results_name"] = name
+    plan = replace(plan, bench=replace(plan.bench, **bench_changes), **changes)
+    report = ladder(plan, results_dir=a.results_dir)
+    print((Path(a.results_dir or RESULTS_DIR) / f"{plan.results_name}.md").read_text())
+    return report
+
+
+def mechanism_main(argv) -> dict:
+    """``python -m cmcr_lite.experiments mechanism [--smoke] ...``: see ``cmcr_lite.mechanism``."""
+    from cmcr_lite.mechanism import MechanismPlan, mechanism
+
+    p = argparse.ArgumentParser(prog="python -m cmcr_lite.experiments mechanism",
+                                description="Which loss terms shape the 3D trunk: per-term gradients over a bench "
+                                            "pretraining and one full-size step (cmcr_lite.mechanism); resumable.")
+    p.add_argument("--smoke", action="store_true", help="toy size (the bench's smoke plan): minutes")
+    p.add_argument("--row", help="the bench row to pretrain with the diagnostic (default CMCR)")
+    p.add_argument("--seed", type=int, help="default 0")
+    p.add_argument("--every", type=int, help="steps between two measurements (default 10)")
+    p.add_argument("--no-full-step", action="store_true", help="skip the full-preset step at nuScenes density")
+    p.add_argument("--results-dir", help="where <name>.{json,md,png} go (default benchmarks/results)")
+    p.add_argument("--name", help="results name (default mechanism, or mechanism_smoke)")
+    a = p.parse_args(argv)
+    plan = MechanismPlan.smoke() if a.smoke else MechanismPlan()
+    changes = {k: v for k, v in {"row": a.row, "seed": a.seed, "gradient_every": a.every, "results_name": a.name,
+                                 "full_step": False if a.no_full_step else None}.items() if v is not None}
+    plan = replace(plan, **changes)
+    report = mechanism(plan, results_dir=a.results_dir)
+    print((Path(a.results_dir or RESULTS_DIR) / f"{plan.results_name}.md").read_text())
+    return report
+
+
 def main(argv=None):
     import sys
 
@@ -244,8 +309,12 @@ def main(argv=None):
         return bench_main(argv[1:])
     if argv[:1] == ["label-efficiency"]:
         return label_efficiency_main(argv[1:])
+    if argv[:1] == ["ladder"]:
+        return ladder_main(argv[1:])
+    if argv[:1] == ["mechanism"]:
+        return mechanism_main(argv[1:])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("experiment", choices=["baseline", "ablation", "bench", "label-efficiency"])
+    p.add_argument("experiment", choices=["baseline", "ablation", "bench", "label-efficiency", "ladder", "mechanism"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=None,
                    help=f"pretraining epochs per run (lite preset: 4 steps each); default {DEFAULT_EPOCHS}")

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from cmcr_lite.cmcr import CMCRModel, CMCROptions
 from cmcr_lite.data.pipeline import PairedScanDataset, PipelineConfig, batch_to_sparse_tensor, collate_pairs
 from cmcr_lite.distillation import DistillationModel, distillation_loss
+from cmcr_lite.gradients import gradient_shares, term_gradients
 from cmcr_lite.models.image_encoder import ResNet50Encoder
 from cmcr_lite.models.minkunet import MinkUNetConfig
 from cmcr_lite.runtime import atomic_path, check_resumable, resolve_device, save_checkpoint_atomic, seed_everything
@@ -90,6 +91,9 @@ class PretrainConfig:
     tensorboard: bool = True             # write losses, lr and step times to <output_dir>/tensorboard
     output_dir: str = "outputs/pretrain"
     cmcr: CMCROptions = field(default_factory=CMCROptions)  # used when method == "cmcr"
+    # the per-term gradient diagnostic (cmcr_lite.gradients) every this many steps, into the history and
+    # TensorBoard; 0: off. It costs one extra backward pass per loss term and changes no weight.
+    gradient_every: int = 0
 
     def __post_init__(self):
         if isinstance(self.cmcr, dict):
@@ -109,6 +113,7 @@ class PretrainConfig:
             "image_encoder": self.image_encoder in ("resnet50", "small_teacher"),
             "device": self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
             "num_workers": self.num_workers is None or self.num_workers >= 0,
+            "gradient_every": self.gradient_every >= 0,
             # CMCR's MIM needs masked images and its occupancy head needs query points
             "pipeline.mask_prob": not self.pipeline.mim_masks or self.pipeline.mask_prob > 0,
             "pipeline.occupancy_queries": not self.pipeline.occupancy or self.pipeline.occupancy_queries > 0,
@@ -211,6 +216,15 @@ def training_losses(model: nn.Module, config: PretrainConfig, batch: dict, x, ge
     return {"loss": distillation_loss(config.method, f3d, f2d, batch, config.tau, config.num_matches, generator)}
 
 
+def trunk_gradient_shares(model: nn.Module, config: PretrainConfig, terms: dict) -> dict:
+    """The per-term gradient diagnostic (``gradients.gradient_shares``) of one step's ``terms`` on the
+    3D trunk's parameters: each weighted term of CMCR (``CMCRModel.term_weights``), or PPKT / SLidR's
+    single loss. ``model`` unwrapped (not DistributedDataParallel)."""
+    weights = model.term_weights() if config.method == "cmcr" else {"loss": 1.0}
+    params = [p for p in model.backbone.parameters() if p.requires_grad]
+    return gradient_shares(term_gradients(terms, weights, params))
+
+
 # ------------------------------------------------------------------------------------------ loop
 LR_SCHEDULES = ("constant", "cosine")
 
@@ -228,7 +242,7 @@ def learning_rate(config: PretrainConfig, step: int, total_steps: int) -> float:
 def resume_ignores(config: PretrainConfig) -> set:
     """The config fields a resumed run may change: where it writes and runs, and the epoch count of a
     constant-rate run (more epochs continue it; under a schedule they would change every rate taken)."""
-    return ({"output_dir", "num_workers", "device", "tensorboard"}
+    return ({"output_dir", "num_workers", "device", "tensorboard", "gradient_every"}
             | ({"epochs"} if config.lr_schedule == "constant" else set())
             | ({"cmcr"} if config.method != "cmcr" else set()))
 
@@ -339,7 +353,7 @@ def pretrain(config: PretrainConfig, resume: bool = False, progress: bool = True
         model.train()
         bar = tqdm(loader, desc=f"{config.method} epoch {epoch + 1}/{config.epochs}", leave=False,
                    disable=not progress or rank != 0)
-        terms_seen = []
+        terms_seen, gradients = [], []
         steps_per_epoch = len(loader)
         tick = time.perf_counter()
         for step, batch in enumerate(bar):
@@ -349,22 +363,30 @@ def pretrain(config: PretrainConfig, resume: bool = False, progress: bool = True
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(config, epoch * steps_per_epoch + step, config.epochs * steps_per_epoch)
             terms = training_losses(model, config, batch, x, generator)
+            global_step = epoch * steps_per_epoch + step
+            if config.gradient_every and global_step % config.gradient_every == 0:
+                gradients.append({"step": global_step, **trunk_gradient_shares(core, config, terms)})
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             optimizer.step()
             terms_seen.append({k: float(v.detach()) for k, v in terms.items()})
             bar.set_postfix(loss=f"{terms_seen[-1]['loss']:.3f}")
             if writer is not None:
-                global_step = epoch * steps_per_epoch + step
                 for k, v in terms_seen[-1].items():
                     writer.add_scalar(f"pretrain/{k}", v, global_step)
                 writer.add_scalar("pretrain/lr", optimizer.param_groups[0]["lr"], global_step)
                 writer.add_scalar("time/data_seconds", data_seconds, global_step)
                 writer.add_scalar("time/step_seconds", time.perf_counter() - tick, global_step)
+                if gradients and gradients[-1]["step"] == global_step:
+                    for k, v in gradients[-1].items():
+                        for stat, value in (v.items() if k != "step" else ()):
+                            writer.add_scalar(f"gradients/{k}_{stat}", value, global_step)
             tick = time.perf_counter()
         record = {"epoch": epoch, "steps": len(terms_seen), "lr": optimizer.param_groups[0]["lr"]}
         for k in (terms_seen[0] if terms_seen else {"loss": 0}):
             record[k] = float(np.mean([t[k] for t in terms_seen])) if terms_seen else float("nan")
+        if gradients:
+            record["gradients"] = gradients
         history.append(record)
         if rank == 0:
             save_checkpoint_atomic({

@@ -1,4 +1,5 @@
 """Shared fixtures: the embedded synthetic nuScenes dataset (generated once if missing)."""
+import copy
 from pathlib import Path
 
 import pytest
@@ -21,3 +22,13 @@ def keyframes(synthetic_root):
     from cmcr_lite.data.nuscenes_loader import NuScenesKeyframes
 
     return NuScenesKeyframes(synthetic_root, VERSION, split="all")
+
+
+@pytest.fixture(scope="module")
+def two_keyframes(synthetic_root):
+    """The first two train keyframes of the embedded set (a copy: tests may not share its state)."""
+    from cmcr_lite.data.nuscenes_loader import NuScenesKeyframes
+
+    kf = copy.copy(NuScenesKeyframes(synthetic_root, "v1.0-synthetic", split="train"))
+    kf.sample_tokens = kf.sample_tokens[:2]
+    return kf

@@ -10,7 +10,7 @@ import torch
 from scipy import stats
 
 from cmcr_lite.analysis.probes import mlp_twin_probe, softmax_probe, twin_probe
-from cmcr_lite.bench import (COLUMNS, PROBE, ROWS, BenchPlan, _job_seconds, bench, bench_jobs, bench_verdict,
+from cmcr_lite.bench import (COLUMNS, PROBE, ROWS, BenchPlan, job_seconds, bench, bench_jobs, bench_verdict,
                              label_efficiency_summary, load_report, t_interval, welch_interval)
 from cmcr_lite.classes import class_index
 from cmcr_lite.experiments import main as experiments_main
@@ -99,11 +99,11 @@ def test_job_seconds_count_every_step_of_a_pretraining_resumed_mid_run():
     pretraining only when their time is shorter than it."""
     history = [{"epoch": e, "steps": 27} for e in range(20)]
     resumed = {"seconds": 435.0, "pretrain_seconds_per_step": 0.968, "history": history, "readout_seconds": 30.0}
-    assert _job_seconds(resumed) == pytest.approx(0.968 * 540 + 30.0)
+    assert job_seconds(resumed) == pytest.approx(0.968 * 540 + 30.0)
     older = {"seconds": 40.0, "pretrain_seconds_per_step": 0.968, "history": history}  # read out again only
-    assert _job_seconds(older) == pytest.approx(40.0 + 0.968 * 540)
-    assert _job_seconds({**older, "seconds": 600.0}) == 600.0  # ran in one go
-    assert _job_seconds({"seconds": 36.0}) == 36.0  # a row without pretraining
+    assert job_seconds(older) == pytest.approx(40.0 + 0.968 * 540)
+    assert job_seconds({**older, "seconds": 600.0}) == 600.0  # ran in one go
+    assert job_seconds({"seconds": 36.0}) == 36.0  # a row without pretraining
 
 
 def test_jobs_cover_every_row_and_seed():
@@ -207,7 +207,7 @@ def test_bench_end_to_end_at_toy_size(tmp_path, synthetic_root):
         run = next(x for x in written["runs"] if x["row"] == row)
         assert len(run["history"]) == 1 and run["pretrain_seconds_per_step"] > 0
         # run in one go, its compute is its own time: every step at the measured rate, plus the read-out
-        assert 0 < run["readout_seconds"] < run["seconds"] and _job_seconds(run) == pytest.approx(run["seconds"], abs=0.05)
+        assert 0 < run["readout_seconds"] < run["seconds"] and job_seconds(run) == pytest.approx(run["seconds"], abs=0.05)
     occupancy = next(x for x in written["runs"] if x["row"] == "occupancy only")
     assert {"occupancy", "intensity"} <= set(occupancy["history"][0]) and "nce" not in occupancy["history"][0]
     md = (tmp_path / "toy.md").read_text()

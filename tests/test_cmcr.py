@@ -1,5 +1,4 @@
 """The CMCR objective wired into pretraining: every part switches on and off, configs are checked."""
-import copy
 from dataclasses import replace
 
 import pytest
@@ -10,15 +9,6 @@ from cmcr_lite.data.pipeline import PipelineConfig
 from cmcr_lite.models.image_encoder import SmallImageTeacher
 from cmcr_lite.models.minkunet import MinkUNetConfig
 from cmcr_lite.pretrain import PretrainConfig, pretrain
-
-
-@pytest.fixture(scope="module")
-def two_keyframes(synthetic_root):
-    from cmcr_lite.data.nuscenes_loader import NuScenesKeyframes
-
-    kf = copy.copy(NuScenesKeyframes(synthetic_root, "v1.0-synthetic", split="train"))
-    kf.sample_tokens = kf.sample_tokens[:2]
-    return kf
 
 
 def tiny(tmp_path, options, **kw):

@@ -19,10 +19,9 @@ def test_gpu_step_benchmark_runs_small_on_cpu(tmp_path):
 
 
 def test_synthetic_scans_pair_points_inside_the_images(tmp_path):
-    spec = importlib.util.spec_from_file_location("gpu_step", REPO_ROOT / "benchmarks" / "gpu_step.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    kf = bench.SyntheticScans(1, tmp_path, points=34_000)[0]
+    from cmcr_lite.data.dense_scans import NuScenesDensityScans
+
+    kf = NuScenesDensityScans(1, tmp_path, points=34_000)[0]
     assert 30_000 <= len(kf.points) <= 34_000 and kf.images.shape == (6, 900, 1600, 3)
     cam, row, col = kf.pair_pixels.T
     assert cam.min() == 0 and cam.max() == 5 and (row >= 0).all() and (row < 900).all() and (col < 1600).all()

@@ -12,9 +12,9 @@ LAYERS = [
     ("data", ["paths", "data"]),
     ("models", ["models"]),
     ("losses", ["losses"]),
-    ("methods", ["distillation", "cmcr", "teacher", "theory"]),
+    ("methods", ["distillation", "cmcr", "gradients", "teacher", "theory"]),
     ("loops", ["pretrain", "downstream"]),
-    ("analysis and notebooks", ["analysis", "viz", "seed_sets", "bench", "experiments", "notebook"]),
+    ("analysis and notebooks", ["analysis", "viz", "seed_sets", "bench", "ladder", "mechanism", "experiments", "notebook"]),
 ]
 LAYER_OF = {name: i for i, (_, names) in enumerate(LAYERS) for name in names}
 

@@ -3,7 +3,7 @@ import re
 import sys
 from pathlib import Path
 
-from cmcr_lite.bench import BenchPlan, _slug
+from cmcr_lite.bench import BenchPlan, row_slug
 from cmcr_lite.paths import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
@@ -392,7 +392,7 @@ def test_amd_epyc_runs_are_what_the_notes_say():
     jobs = [json.loads(p.read_text()) for p in sorted(where.glob("*.json"))]
     assert len(jobs) == 14
     for here in jobs:
-        committed = json.loads(committed_job(f"{_slug(here['row'])}_seed{here['seed']}.json").read_text())
+        committed = json.loads(committed_job(f"{row_slug(here['row'])}_seed{here['seed']}.json").read_text())
         assert here["machine"] == {"cpu": "AMD EPYC", "cpu_capability": "AVX512", "cores": 2,
                                    "blas_kernels": "Cooperlake"}
         assert untimed(here) != untimed(committed), (here["row"], here["seed"])
@@ -412,10 +412,10 @@ def test_amd_epyc_runs_are_what_the_notes_say():
                  f"PPKT {times['PPKT']}", f"PPKT A/A {times['PPKT (A/A)']}",
                  f"An occupancy-only step took {times['occupancy only']}"):
         assert text in notes, f"cross_machine_runs/README.md should say {text!r}"
-    from cmcr_lite.bench import _job_seconds
+    from cmcr_lite.bench import job_seconds
 
     whole = _weighted_compute(jobs)
-    total = sum(_job_seconds(json.loads(p.read_text())) for p in committed_paths()) / 60  # the jobs compared with
+    total = sum(job_seconds(json.loads(p.read_text())) for p in committed_paths()) / 60  # the jobs compared with
     assert (f"gives {whole:.0f} min of one-thread compute for the whole bench against the committed {total:.0f} min: "
             f"about {whole / 2 / 60:.1f} hours on 2 cores") in notes
     for kernels, equal_to_committed, equal_to_here in (("cooperlake", 3, 14), ("skylakex", 3, 5)):
@@ -457,7 +457,7 @@ def _weighted_compute(jobs: list) -> float:
         job = json.loads(path.read_text())
         committed_minutes[job["row"]] += job["seconds"] / 60
     for here in jobs:
-        committed = json.loads(committed_job(f"{_slug(here['row'])}_seed{here['seed']}.json").read_text())
+        committed = json.loads(committed_job(f"{row_slug(here['row'])}_seed{here['seed']}.json").read_text())
         key = "pretrain_seconds_per_step" if here["row"] == "occupancy only" else "seconds"
         ratio[here["row"]].append(here[key] / committed[key])
     return sum(statistics.mean(ratio[row]) * minutes for row, minutes in committed_minutes.items())
@@ -473,12 +473,12 @@ def test_readme_machines_table_is_the_files_own():
     cross = runs / "cross_machine_runs"
     from dataclasses import replace
 
-    from cmcr_lite.bench import _job_seconds, _same_plan
+    from cmcr_lite.bench import job_seconds, _same_plan
 
     committed = json.loads((runs / "bench.json").read_text())
     # the jobs these machines were compared with: the bench's, with its earlier 60-epoch ceiling
     compared = [json.loads(p.read_text()) for p in committed_paths()]
-    total = sum(_job_seconds(r) for r in compared) / 60
+    total = sum(job_seconds(r) for r in compared) / 60
     amd = [json.loads(p.read_text()) for p in sorted((cross / "amd_epyc_17").glob("*.json"))]
     scratch = json.loads((cross / "amd_epyc_17_from_scratch" / "bench.json").read_text())
     wall = scratch["wall_from_scratch"]

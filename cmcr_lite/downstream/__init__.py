@@ -63,7 +63,7 @@ from cmcr_lite.downstream.config import LOSSES, MODES, DownstreamConfig
 from cmcr_lite.downstream.data import (SegmentationScans, batch_to_sparse, collate_scans, keyframe_indices_for_fraction,
                                        select_scenes_by_fraction)
 from cmcr_lite.downstream.evaluate import (ScanFeatures, channel_moments, evaluate, extract_features, iter_features,
-                                           point_predictions, predict_scan, scan_confusion)
+                                           point_predictions, predict_scan, recalibrate_batchnorm, scan_confusion)
 from cmcr_lite.downstream.model import PretrainedWeightsError, SegmentationModel, load_pretrained_trunk
 from cmcr_lite.downstream.train import (load_segmentation_checkpoint, make_optimizer, make_scheduler,
                                         train_segmentation)
@@ -74,5 +74,5 @@ __all__ = [
     "keyframe_indices_for_fraction", "SegmentationScans", "collate_scans", "batch_to_sparse", "SegmentationModel",
     "PretrainedWeightsError", "load_pretrained_trunk", "make_optimizer", "make_scheduler", "train_segmentation",
     "load_segmentation_checkpoint", "ScanFeatures", "iter_features", "extract_features", "channel_moments",
-    "point_predictions", "predict_scan", "scan_confusion", "evaluate", "main",
+    "point_predictions", "predict_scan", "scan_confusion", "evaluate", "recalibrate_batchnorm", "main",
 ]

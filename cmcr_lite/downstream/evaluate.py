@@ -65,6 +65,36 @@ def extract_features(model: SegmentationModel, keyframes, config: Optional[Downs
     return list(iter_features(model, keyframes, config, indices, progress))
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(model: SegmentationModel, keyframes, config: Optional[DownstreamConfig] = None,
+                          indices: Optional[Sequence[int]] = None, progress: bool = False) -> SegmentationModel:
+    """Re-estimate the trunk's BatchNorm running statistics from one pass over ``keyframes``.
+
+    A read-out runs the trunk in eval mode, which normalises with the running mean and variance that
+    pretraining accumulated. After a short pretraining those lag behind the weights (momentum 0.1 per
+    step, and the weights moved at every step), so eval-mode features are not those the trunk was
+    trained to give. Here every BatchNorm of the trunk forgets its statistics and takes the plain
+    average of the per-scan ones (``momentum=None``) over the scans, one scan per batch, without
+    augmentation and without gradients; no weight changes. Returns ``model`` in eval mode.
+    """
+    config = config or DownstreamConfig()
+    device = next(model.parameters()).device
+    norms = [m for m in model.trunk.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the pass
+    model.trunk.train()
+    dataset = SegmentationScans.from_config(keyframes, config, indices, train=False)
+    try:
+        for i in tqdm(range(len(dataset)), desc="BatchNorm statistics", disable=not progress):
+            model.features(batch_to_sparse(collate_scans([dataset[i]]), device))
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+    return model.eval()
+
+
 def channel_moments(feature_rows) -> tuple:
     """Per-channel mean and standard deviation ((D,) float32 each) over all rows of an iterable of
     (V_i, D) tensors, accumulated in float64."""

@@ -1,0 +1,89 @@
+"""The per-term gradient diagnostic: each term's gradient is autograd's on that term alone, the terms
+add up to the total's gradient, and switching the diagnostic on changes no weight."""
+import copy
+from dataclasses import replace
+
+import pytest
+import torch
+
+from cmcr_lite.cmcr import CMCROptions
+from cmcr_lite.data.pipeline import PairedScanDataset, batch_to_sparse_tensor, collate_pairs
+from cmcr_lite.gradients import gradient_shares, term_gradients
+from cmcr_lite.models.image_encoder import SmallImageTeacher
+from cmcr_lite.pretrain import build_model, pretrain, training_losses, trunk_gradient_shares
+
+from test_cmcr import replace_small, tiny
+
+
+def _one_step(tmp_path, keyframes, options):
+    cfg = tiny(tmp_path, replace_small(options))
+    torch.manual_seed(0)
+    model = build_model(cfg, SmallImageTeacher(width=8, stride=4)).train()
+    batch = collate_pairs([PairedScanDataset(keyframes, cfg.pipeline, seed=0)[i] for i in range(2)])
+    terms = training_losses(model, cfg, batch, batch_to_sparse_tensor(batch, torch.device("cpu")),
+                            torch.Generator().manual_seed(0))
+    return cfg, model, terms
+
+
+def _grad_of(loss, params):
+    """The reference: ``loss.backward()`` into zeroed ``.grad`` fields, flattened."""
+    for p in params:
+        p.grad = None
+    loss.backward(retain_graph=True)
+    return torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1) for p in params])
+
+
+def test_each_term_is_autograd_on_that_term_and_they_add_up_to_the_total(tmp_path, two_keyframes):
+    _, model, terms = _one_step(tmp_path, two_keyframes, CMCROptions())
+    weights = model.term_weights()
+    assert set(weights) == {"nce", "orth", "cmcm", "commit_points", "commit_pixels", "mim", "occupancy", "intensity"}
+    params = [p for p in model.backbone.parameters() if p.requires_grad]
+    grads = term_gradients(terms, weights, params)
+    for name, w in weights.items():
+        reference = _grad_of(w * terms[name], params)
+        assert torch.allclose(grads[name], reference, rtol=1e-5, atol=1e-8), name
+    total = _grad_of(terms["loss"], params)
+    assert torch.allclose(sum(grads.values()), total, rtol=1e-4, atol=1e-7)
+    assert total.norm() > 0 and grads["nce"].norm() > 0 and grads["occupancy"].norm() > 0
+
+
+def test_shares_follow_their_definitions():
+    g = {"a": torch.tensor([3.0, 0.0]), "b": torch.tensor([1.0, 2.0]), "zero": torch.zeros(2)}
+    s = gradient_shares(g)
+    total = torch.tensor([4.0, 2.0])
+    assert s["total"]["norm"] == pytest.approx(float(total.norm()))
+    assert s["a"]["norm"] == pytest.approx(3.0)
+    assert s["a"]["cosine"] == pytest.approx(12.0 / (3.0 * float(total.norm())))
+    assert s["a"]["share"] == pytest.approx(12.0 / 20.0) and s["b"]["share"] == pytest.approx(8.0 / 20.0)
+    assert sum(v["share"] for k, v in s.items() if k != "total") == pytest.approx(1.0)
+    assert s["zero"] == {"norm": 0.0, "cosine": 0.0, "share": 0.0}
+
+
+def test_the_loop_records_shares_every_n_steps_and_changes_no_weight(tmp_path, two_keyframes):
+    options = replace_small(CMCROptions())
+    runs = {}
+    for every in (0, 1):
+        torch.manual_seed(0)
+        cfg = tiny(tmp_path / f"every{every}", options, gradient_every=every)
+        runs[every] = pretrain(cfg, progress=False, keyframes=copy.copy(two_keyframes),
+                               image_trunk=SmallImageTeacher(width=8, stride=4))
+    off, on = runs[0], runs[1]
+    assert "gradients" not in off["history"][0]
+    records = on["history"][0]["gradients"]
+    assert [r["step"] for r in records] == list(range(on["history"][0]["steps"]))
+    assert set(records[0]) == {"step", "total", *on["model"].term_weights()}
+    for a, b in zip(off["model"].backbone.state_dict().values(), on["model"].backbone.state_dict().values()):
+        assert torch.equal(a, b)
+    assert on["history"][0]["loss"] == off["history"][0]["loss"]
+
+
+def test_ppkt_has_one_term(tmp_path, two_keyframes):
+    cfg, model, terms = _one_step(tmp_path, two_keyframes, CMCROptions())
+    ppkt_cfg = replace(cfg, method="ppkt")
+    torch.manual_seed(0)
+    ppkt = build_model(ppkt_cfg, SmallImageTeacher(width=8, stride=4)).train()
+    batch = collate_pairs([PairedScanDataset(two_keyframes, ppkt_cfg.pipeline, seed=0)[i] for i in range(2)])
+    t = training_losses(ppkt, ppkt_cfg, batch, batch_to_sparse_tensor(batch, torch.device("cpu")),
+                        torch.Generator().manual_seed(0))
+    shares = trunk_gradient_shares(ppkt, ppkt_cfg, t)
+    assert set(shares) == {"loss", "total"} and shares["loss"]["share"] == pytest.approx(1.0)
