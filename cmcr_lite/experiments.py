@@ -7,6 +7,7 @@
     python -m cmcr_lite.experiments label-efficiency           # fine-tune / probe at few labels (bench trunks)
     python -m cmcr_lite.experiments ladder                     # the paper's ablation on the bench (cmcr_lite.ladder)
     python -m cmcr_lite.experiments mechanism                  # which loss terms move the trunk (cmcr_lite.mechanism)
+    python -m cmcr_lite.experiments readme                     # rewrite the README's generated result blocks
 
 Each run pretrains (or resumes) into ``outputs/experiments/<name>/<method>_seed<k>/``, linear-probes
 the trunk on the embedded ``train`` split, evaluates per point on ``val``, and the summary (mean ± std
@@ -244,6 +245,7 @@ def label_efficiency_main(argv) -> dict:
 def ladder_main(argv) -> dict:
     """``python -m cmcr_lite.experiments ladder [--smoke] [--diagnostic-weights W ...] ...``: see ``cmcr_lite.ladder``."""
     from cmcr_lite.ladder import LadderPlan, ladder
+    from cmcr_lite.pretrain import parse_fields
 
     p = argparse.ArgumentParser(prog="python -m cmcr_lite.experiments ladder",
                                 description="The paper's ablation ladder on the bench (cmcr_lite.ladder); resumable.")
@@ -257,14 +259,23 @@ def ladder_main(argv) -> dict:
     p.add_argument("--output-root", help="where each job's checkpoints go (default: the bench's)")
     p.add_argument("--results-dir", help="where <name>.{json,md,png} and the job results go (default benchmarks/results)")
     p.add_argument("--name", help="results name (default ladder, or ladder_smoke)")
+    p.add_argument("--bench-name", help="the bench's results name, whose PPKT, CMCR and occupancy-only jobs are "
+                                        "reused (default bench, or bench_smoke)")
+    p.add_argument("--report-only", action="store_true",
+                   help="run no job: summarise the job results already there (e.g. while a long call runs)")
     p.add_argument("--batchnorm", choices=("running", "recalibrated"),
                    help="the frozen trunk's BatchNorm statistics in every read-out (default running); with "
                         "recalibrated, the job results go to <name>_runs/ instead of the bench's")
+    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                   help="extra PretrainConfig.lite fields (JSON values) for every pretraining, as the bench's --set")
     a = p.parse_args(argv)
     plan = LadderPlan.smoke() if a.smoke else LadderPlan()
     bench_changes = {k: v for k, v in {"seeds": a.seeds and tuple(a.seeds), "workers": a.workers,
                                        "dataroot": a.dataroot, "output_root": a.output_root,
-                                       "batchnorm": a.batchnorm}.items() if v is not None}
+                                       "batchnorm": a.batchnorm, "results_name": a.bench_name}.items()
+                     if v is not None}
+    if a.set:
+        bench_changes["pretrain"] = parse_fields(a.set)
     changes = {k: v for k, v in {"results_name": a.name, "diagnostic_weights": None if a.diagnostic_weights is None
                                  else tuple(a.diagnostic_weights)}.items() if v is not None}
     if a.batchnorm == "recalibrated":  # other read-outs of the same trunks: results apart from the bench's
@@ -272,7 +283,7 @@ def ladder_main(argv) -> dict:
         name = name if name.endswith("_recalibrated") else f"{name}_recalibrated"
         bench_changes["results_name"] = changes["results_name"] = name
     plan = replace(plan, bench=replace(plan.bench, **bench_changes), **changes)
-    report = ladder(plan, results_dir=a.results_dir)
+    report = ladder(plan, results_dir=a.results_dir, report_only=a.report_only)
     print((Path(a.results_dir or RESULTS_DIR) / f"{plan.results_name}.md").read_text())
     return report
 
@@ -280,6 +291,7 @@ def ladder_main(argv) -> dict:
 def mechanism_main(argv) -> dict:
     """``python -m cmcr_lite.experiments mechanism [--smoke] ...``: see ``cmcr_lite.mechanism``."""
     from cmcr_lite.mechanism import MechanismPlan, mechanism
+    from cmcr_lite.pretrain import parse_fields
 
     p = argparse.ArgumentParser(prog="python -m cmcr_lite.experiments mechanism",
                                 description="Which loss terms shape the 3D trunk: per-term gradients over a bench "
@@ -289,16 +301,52 @@ def mechanism_main(argv) -> dict:
     p.add_argument("--seed", type=int, help="default 0")
     p.add_argument("--every", type=int, help="steps between two measurements (default 10)")
     p.add_argument("--no-full-step", action="store_true", help="skip the full-preset step at nuScenes density")
+    p.add_argument("--full-points", type=int, help="LiDAR points per scan of the full-preset step (default 34000)")
+    p.add_argument("--dataroot", help="the data's root (default data/nuscenes-bench; --smoke: the embedded set)")
+    p.add_argument("--output-root", help="where the checkpoints go (default: the bench's)")
     p.add_argument("--results-dir", help="where <name>.{json,md,png} go (default benchmarks/results)")
     p.add_argument("--name", help="results name (default mechanism, or mechanism_smoke)")
+    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                   help="extra PretrainConfig.lite fields (JSON values) for every pretraining, as the bench's --set")
     a = p.parse_args(argv)
     plan = MechanismPlan.smoke() if a.smoke else MechanismPlan()
+    bench_changes = {k: v for k, v in {"dataroot": a.dataroot, "output_root": a.output_root}.items() if v is not None}
+    if a.set:
+        bench_changes["pretrain"] = parse_fields(a.set)
     changes = {k: v for k, v in {"row": a.row, "seed": a.seed, "gradient_every": a.every, "results_name": a.name,
+                                 "full_points": a.full_points,
                                  "full_step": False if a.no_full_step else None}.items() if v is not None}
+    changes["bench"] = replace(plan.bench, **bench_changes)
     plan = replace(plan, **changes)
     report = mechanism(plan, results_dir=a.results_dir)
     print((Path(a.results_dir or RESULTS_DIR) / f"{plan.results_name}.md").read_text())
     return report
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+README_BLOCKS = ("ladder",)  # <!-- NAME:begin --> ... <!-- NAME:end --> blocks generated from results files
+
+
+def readme_block(name: str) -> str:
+    """The text of the README's generated block ``name``, from the committed results files."""
+    if name == "ladder":
+        from cmcr_lite.ladder import load_ladder, readme_block as ladder_block
+
+        mechanism_file = RESULTS_DIR / "mechanism.json"
+        return ladder_block(load_ladder()["summary"],
+                            json.loads(mechanism_file.read_text()) if mechanism_file.is_file() else None)
+    raise ValueError(f"no README block {name!r}; blocks are {README_BLOCKS}")
+
+
+def readme_with_blocks(text: str) -> str:
+    """``text`` (the README) with every generated block rewritten from the results files."""
+    for name in README_BLOCKS:
+        begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+        if begin not in text or end not in text:
+            raise ValueError(f"README.md: no {begin} ... {end} block")
+        head, rest = text.split(begin, 1)
+        text = head + begin + "\n" + readme_block(name) + "\n" + end + rest.split(end, 1)[1]
+    return text
 
 
 def main(argv=None):
@@ -313,8 +361,13 @@ def main(argv=None):
         return ladder_main(argv[1:])
     if argv[:1] == ["mechanism"]:
         return mechanism_main(argv[1:])
+    if argv[:1] == ["readme"]:  # rewrite the README's generated blocks from the committed results
+        README.write_text(readme_with_blocks(README.read_text()))
+        print(f"{README}: blocks {', '.join(README_BLOCKS)} rewritten")
+        return None
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("experiment", choices=["baseline", "ablation", "bench", "label-efficiency", "ladder", "mechanism"])
+    p.add_argument("experiment", choices=["baseline", "ablation", "bench", "label-efficiency", "ladder", "mechanism",
+                                          "readme"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=None,
                    help=f"pretraining epochs per run (lite preset: 4 steps each); default {DEFAULT_EPOCHS}")

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from cmcr_lite.bench import (COLUMN_TITLES, COLUMNS, LADDER, NCE_AND_OCCUPANCY, RESULTS_DIR, BenchPlan,
                              diagnostic_row, job_seconds, paired_differences, pool_map, prepare_data, rescored,
-                             run_job, summarize_rows)
+                             row_slug, run_job, summarize_rows)
 
 RUNGS = ("PPKT",) + LADDER + ("CMCR",)
 REUSED = ("PPKT", "CMCR", "occupancy only")  # the bench's rows, read from its results
@@ -67,10 +67,11 @@ class LadderPlan:
 
 
 def ladder_jobs(plan: LadderPlan) -> list:
-    """[(row, seed)] of every row on the bench's seeds, the slowest first (the CMCR-like rows)."""
-    slow_first = [diagnostic_row(w) for w in plan.diagnostic_weights] + list(REUSED[1:]) + [
-        NCE_AND_OCCUPANCY, "+ GeoMIM", "+ MIM", "+ codebook", "+ decoupling", "PPKT"]
-    return [(row, s) for row in slow_first for s in plan.bench.seeds]
+    """[(row, seed)] of every row on the bench's seeds: the ladder's rows, slowest first, then the
+    diagnostic rows (so a call cut short leaves the paper's ablation complete first)."""
+    rows = list(REUSED[1:]) + [NCE_AND_OCCUPANCY, "+ GeoMIM", "+ MIM", "+ codebook", "+ decoupling", "PPKT"]
+    rows += [diagnostic_row(w) for w in plan.diagnostic_weights]
+    return [(row, s) for row in rows for s in plan.bench.seeds]
 
 
 def summarize_ladder(results: list, plan: LadderPlan) -> dict:
@@ -92,13 +93,14 @@ def markdown_ladder(summary: dict, plan: LadderPlan, minutes: float) -> str:
              f"Compute: {minutes:.0f} min of one-thread jobs in all (the reused bench rows included). Values in %, "
              "mean ± sample std over seeds; the read-out is the bench's (see bench.md). Diagnostic rows "
              "(`CMCR (occupancy ×w)`) are not the paper's method: its weights are 1.", "",
-             "| row | " + " | ".join(COLUMN_TITLES[c] for c in COLUMNS) + " | s / step |",
-             "|---" * (len(COLUMNS) + 2) + "|"]
+             "| row | seeds | " + " | ".join(COLUMN_TITLES[c] for c in COLUMNS) + " | s / step |",
+             "|---" * (len(COLUMNS) + 3) + "|"]
     for row in plan.rows():
         if row in rows:
             cells = [f"{100 * rows[row][c]['mean']:.1f} ± {100 * rows[row][c]['std']:.1f}" for c in COLUMNS]
             sps = rows[row].get("seconds_per_step")
-            lines.append(f"| {row} | " + " | ".join(cells) + f" | {'' if sps is None else f'{sps:.2f}'} |")
+            lines.append(f"| {row} | {len(rows[row]['seeds'])} | " + " | ".join(cells)
+                         + f" | {'' if sps is None else f'{sps:.2f}'} |")
     lines += ["", "## Paired differences (points of %, mean and 95 % interval over the seeds both rows have)", "",
               "| difference | " + " | ".join(COLUMN_TITLES[c] for c in LADDER_COLUMNS) + " |",
               "|---" * (len(LADDER_COLUMNS) + 1) + "|"]
@@ -136,22 +138,28 @@ def ladder_figure(summary: dict, path: Path):
     plt.close(fig)
 
 
-def ladder(plan: LadderPlan | None = None, progress: bool = True, results_dir: Path | None = None) -> dict:
+def ladder(plan: LadderPlan | None = None, progress: bool = True, results_dir: Path | None = None,
+           report_only: bool = False) -> dict:
     """Run (or resume) every job of ``plan`` and write ``<results_dir>/<results_name>.{json,md,png}``.
     The new rows' job results go to ``<results_name>_runs/``; PPKT, CMCR and occupancy only are the
-    bench's (``<bench.results_name>_runs/``), reused when there."""
+    bench's (``<bench.results_name>_runs/``), reused when there. ``report_only``: run nothing, and
+    summarise the job results that are there (the report then says how many seeds each row has)."""
     from cmcr_lite.runtime import atomic_path
 
     plan = plan or LadderPlan()
     results_dir = Path(results_dir) if results_dir is not None else RESULTS_DIR
     t0 = time.time()
-    root = prepare_data(plan.bench, progress)
+    root = None if report_only else prepare_data(plan.bench, progress)
     # the bench's rows are read from (or, when missing, run into) the bench's folder; the ladder's own
     # rows go to their own folder
     bench_runs, own_runs = results_dir / f"{plan.bench.results_name}_runs", results_dir / f"{plan.results_name}_runs"
     jobs = [(plan.bench.to_dict(), root, row, seed, str(bench_runs if row in REUSED else own_runs))
             for row, seed in ladder_jobs(plan)]
-    results = pool_map(run_job, jobs, plan.bench.workers, "ladder jobs", progress)
+    if report_only:  # summarise the jobs done so far (e.g. while a long call is still running)
+        done = [Path(job[4]) / f"{row_slug(job[2])}_seed{job[3]}.json" for job in jobs]
+        results = [json.loads(p.read_text()) for p in done if p.is_file()]
+    else:
+        results = pool_map(run_job, jobs, plan.bench.workers, "ladder jobs", progress)
     minutes = sum(job_seconds(r) for r in results) / 60
     summary = summarize_ladder(results, plan)
     report = {"plan": plan.to_dict(), "minutes_this_call": (time.time() - t0) / 60, "job_minutes": minutes,
@@ -175,3 +183,84 @@ def step_seconds(summary: dict) -> dict:
     """{row: seconds per pretraining step} of the rows that measured it."""
     return {row: r["seconds_per_step"] for row, r in summary["rows"].items() if "seconds_per_step" in r}
 
+
+
+# ------------------------------------------------------------------------------------------ reading
+# What "keeps both" means for a row, fixed before the diagnostic rows ran: it keeps PPKT's appearance
+# twins when it tells them apart within APPEARANCE_TOLERANCE of PPKT (mean paired difference), and it
+# keeps occupancy's geometry twins when its paired gain over PPKT is at least GEOMETRY_SHARE of occupancy
+# only's, with a 95 % interval that excludes 0.
+APPEARANCE_TOLERANCE = 0.02
+GEOMETRY_SHARE = 0.5
+
+
+def says(d: dict) -> str:
+    """A difference in points with its interval: '+7.6 [+4.4, +10.8]'."""
+    return f"{100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
+
+
+def keeps_both(summary: dict, row: str) -> dict | None:
+    """{"appearance", "geometry", "both"} for ``row`` by the rule above, or None when its paired
+    differences (or occupancy only's) are missing."""
+    diffs = summary["differences"]
+    d, occ = diffs.get(f"{row} - PPKT"), diffs.get("occupancy only - PPKT")
+    if d is None or occ is None:
+        return None
+    geometry, appearance = d["geometry twins told apart"], d["appearance twins told apart"]
+    keeps = {"appearance": appearance["mean"] >= -APPEARANCE_TOLERANCE,
+             "geometry": geometry["low"] > 0
+             and geometry["mean"] >= GEOMETRY_SHARE * occ["geometry twins told apart"]["mean"]}
+    return {**keeps, "both": keeps["appearance"] and keeps["geometry"]}
+
+
+def ladder_verdict(summary: dict) -> str:
+    """The ladder in words, every number read from ``summary`` (a ladder report's ``"summary"``):
+    each rung against the one below, PPKT + occupancy and occupancy only against PPKT, and the
+    diagnostic rows by :func:`keeps_both`."""
+    diffs, rows = summary["differences"], summary["rows"]
+    cols = (("geometry twins told apart", "geometry twins"), ("appearance twins told apart", "appearance twins"),
+            ("miou", "mIoU"))
+
+    def line(name):
+        d = diffs[name]
+        if any(d[col]["low"] != d[col]["low"] for col, _ in cols):  # NaN: one seed in common, no interval
+            return f"**{name}**: " + "; ".join(f"{label} {100 * d[col]['mean']:+.1f}" for col, label in cols) + (
+                " (one seed: no interval yet)")
+        zero = [label for col, label in cols if d[col]["low"] <= 0 <= d[col]["high"]]
+        return (f"**{name}**: " + "; ".join(f"{label} {says(d[col])}" for col, label in cols)
+                + (f" (intervals that include 0: {', '.join(zero)})" if zero else " (no interval includes 0)"))
+    out = ["Each rung against the one below, paired over the seeds (points of %, 95 % interval):"]
+    out += [f"- {line(f'{a} - {b}')}" for b, a in zip(RUNGS[:-1], RUNGS[1:]) if f"{a} - {b}" in diffs]
+    out.append("Against PPKT:")
+    out += [f"- {line(f'{r} - PPKT')}" for r in ("CMCR", NCE_AND_OCCUPANCY, "occupancy only") if f"{r} - PPKT" in diffs]
+    diagnostic = [r for r in rows if r.startswith("CMCR (occupancy ×")]
+    if diagnostic:
+        out.append(f"Diagnostic rows (not the paper's weights), against PPKT; a row keeps PPKT's appearance twins when "
+                   f"it stays within {100 * APPEARANCE_TOLERANCE:.0f} points of them, and occupancy's geometry twins when "
+                   f"its gain is at least {100 * GEOMETRY_SHARE:.0f} % of occupancy only's with an interval above 0:")
+        for r in diagnostic:
+            k = keeps_both(summary, r)
+            verdict = "" if k is None else (" — keeps both" if k["both"] else " — keeps " + (
+                "the appearance twins only" if k["appearance"] else "the geometry twins only" if k["geometry"]
+                else "neither"))
+            out.append(f"- {line(f'{r} - PPKT')} ({len(rows[r]['seeds'])} seeds){verdict}")
+    return "\n".join(out)
+
+
+def readme_block(summary: dict, mechanism: dict | None = None) -> str:
+    """The README's ladder summary: each row's paired difference to PPKT on the twins and mIoU, and
+    (given a mechanism report) the gradient shares in one sentence. Generated, never typed."""
+    cols = ("geometry twins told apart", "appearance twins told apart", "miou")
+    lines = ["| row − PPKT (points, 95 % interval) | seeds | geometry twins told apart | appearance twins told apart | mIoU |",
+             "|---|---|---|---|---|"]
+    for name, d in summary["differences"].items():
+        row, _, ref = name.partition(" - ")
+        if ref == "PPKT":
+            lines.append(f"| {row} | {len(summary['rows'][row]['seeds'])} | " + " | ".join(says(d[c]) for c in cols) + " |")
+    if mechanism is not None:
+        t = mechanism["lite"]["table"]
+        lidar = sum(t[k]["share"]["median"] for k in ("occupancy", "intensity"))
+        lines += ["", f"Over a bench pretraining of CMCR at the paper's weights, the NCE carries a median "
+                      f"{100 * t['nce']['share']['median']:.0f} % of the 3D trunk's gradient, occupancy and intensity "
+                      f"together {100 * lidar:.0f} % (`benchmarks/results/mechanism.md`)."]
+    return "\n".join(lines)

@@ -15,7 +15,8 @@ Three measurements, one report (``benchmarks/results/mechanism.{json,md,png}``):
 3. **The codebook's matching term (CMCM) and the occupancy loss**: the soft code assignments'
    entropy against log K and the CMCM value against log M on bench batches of the trained model;
    CMCM and the occupancy loss per epoch in every bench job that has them (CMCR, occupancy only,
-   PPKT + occupancy, the diagnostic rows), read from the job results.
+   PPKT + occupancy, the diagnostic rows), read from the job results; and how much the trained
+   occupancy decoders read the trunk's latents at all (own, shuffled and mean latents).
 """
 from __future__ import annotations
 
@@ -160,6 +161,63 @@ def codebook_readings(checkpoint: str, plan: MechanismPlan, root: str) -> dict:
             "perplexity_points_last_epoch": state["history"][-1].get("perplexity_points")}
 
 
+CONTROL_ROWS = ("occupancy only", "PPKT + occupancy", "CMCR")
+
+
+def trained_checkpoint(plan: MechanismPlan, row: str, root: str, progress: bool = False) -> str:
+    """The seed-``plan.seed`` checkpoint of a bench row, pretrained with the bench's recipe into the
+    bench's checkpoint folder when it is not there (a finished one is reused as is)."""
+    from cmcr_lite.pretrain import pretrain
+
+    return str(pretrain(pretrain_config(plan.bench, row, plan.seed, root), resume=True, progress=progress)["checkpoint"])
+
+
+def latent_control(checkpoints: dict, plan: MechanismPlan, root: str) -> dict:
+    """How much the trained occupancy decoder reads the trunk: its occupancy BCE and intensity L1 on
+    ``plan.codebook_batches`` train batches with each point's own latent, with the latents shuffled
+    across the batch's points (same values, wrong points), and with every latent set to their mean.
+    If the shuffled latents cost the decoder little, the offsets q − p_j it also reads carry the task,
+    and the trunk gets little to learn from it. {row: {variant: {"occupancy", "intensity"}}}."""
+    import torch
+
+    from cmcr_lite.data.nuscenes_loader import NuScenesKeyframes
+    from cmcr_lite.data.pipeline import PairedScanDataset, batch_to_sparse_tensor, collate_pairs
+    from cmcr_lite.losses.occupancy import occupancy_losses
+    from cmcr_lite.pretrain import build_model
+
+    keyframes = NuScenesKeyframes(root, plan.bench.version, split="train")
+    out = {}
+    for row, path in checkpoints.items():
+        cfg = pretrain_config(plan.bench, row, plan.seed, root)
+        model = build_model(cfg)
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["model"])
+        model.eval()
+        dataset = PairedScanDataset(keyframes, cfg.pipeline, seed=plan.seed)
+        g = torch.Generator().manual_seed(plan.seed)
+        sums = {}
+        with torch.no_grad():
+            for b in range(plan.codebook_batches):
+                batch = collate_pairs([dataset[(2 * b) % len(dataset)], dataset[(2 * b + 1) % len(dataset)]])
+                f3d, g3d = model.features_3d(batch_to_sparse_tensor(batch, torch.device("cpu")))
+                q3d = model.codebook.quantize(f3d)[0] if model.codebook is not None else f3d
+                latents = (q3d + g3d if g3d is not None else q3d)[batch["voxel_of_point"]]
+                variants = {"own": latents, "shuffled": latents[torch.randperm(len(latents), generator=g)],
+                            "mean": latents.mean(0, keepdim=True).expand_as(latents)}
+                qi, pi = batch["neighbour_query"], batch["neighbour_point"]
+                for name, lat in variants.items():
+                    pred = model.occupancy_decoder.forward_pairs(lat, batch["queries"], batch["points"][:, :3], qi, pi)
+                    losses = occupancy_losses(pred, batch["query_occupied"], batch["query_intensity"], qi)
+                    acc = sums.setdefault(name, {"occupancy": 0.0, "intensity": 0.0})
+                    acc["occupancy"] += float(losses["occupancy"]) / plan.codebook_batches
+                    acc["intensity"] += float(losses["intensity"]) / plan.codebook_batches
+                # the best constant: every pair predicted at the share of occupied pairs (entropy of that share)
+                share = float(batch["query_occupied"][qi].float().mean())
+                prior = sums.setdefault("prior", {"occupancy": 0.0, "intensity": float("nan")})
+                prior["occupancy"] += -(share * math.log(share) + (1 - share) * math.log(1 - share)) / plan.codebook_batches
+        out[row] = sums
+    return out
+
+
 def loss_curves(*runs_dirs: Path) -> dict:
     """{row: {term: {seed: [per-epoch mean]}}} of the occupancy, intensity, CMCM and NCE terms in
     every job result under ``runs_dirs`` (the bench's and the ladder's) that has them."""
@@ -194,6 +252,11 @@ def markdown_mechanism(report: dict) -> str:
                      f"{v['cosine']['median']:+.2f} |")
     lines.append(f"| total | {lite['total']['norm']['first']:.3g} | {lite['total']['norm']['median']:.3g} | "
                  f"{lite['total']['norm']['last']:.3g} | 1 | 1 | 1 | 1 |")
+    ratios = weight_ratios(report)
+    lines += ["", "‖g_NCE‖ / (‖g_occupancy‖ + ‖g_intensity‖): median over the steps "
+                  f"{ratios['lite_median']:.2f}, at initialisation {ratios['lite_first']:.1f}"
+                  + (f"; in the full-preset step below {ratios['full_first']:.1f}" if "full_first" in ratios else "")
+                  + ". The diagnostic rows' weights are read from these (`CMCR (occupancy ×w)`, `cmcr_lite.ladder`)."]
     full = report.get("full")
     if full:
         lines += ["", f"## One step of the `full` preset at nuScenes density (initialisation, CPU, "
@@ -212,7 +275,18 @@ def markdown_mechanism(report: dict) -> str:
               f"{c['max_p']:.5f} against 1/K = {c['one_over_k']:.5f}. CMCM {c['cmcm']:.4f} against log M = "
               f"{c['log_m']:.4f} (M = {c['m']} pairs); the matching logits S_ij of a point spread over "
               f"{c['s_spread']:.4f} across the M pixels (S_ii − mean_j S_ij = {c['s_diag_minus_mean']:+.5f}).", "",
-              "## Loss per epoch in the bench jobs (mean over seeds, first → last epoch)", "",
+              "## Does the occupancy decoder read the trunk?", "",
+              f"The trained decoders (seed {plan['seed']}) on {plan['codebook_batches']} train batches: occupancy BCE "
+              "and intensity L1 with each point's own latent, with the latents shuffled across points, and with "
+              "every latent set to their mean; 'constant' is the BCE of predicting the share of occupied "
+              "(query, neighbour) pairs for every pair (no decoder at all).", "",
+              "| row | occupancy (own) | occupancy (shuffled) | occupancy (mean) | occupancy (constant) | intensity (own) "
+              "| intensity (shuffled) | intensity (mean) |", "|---|---|---|---|---|---|---|---|"]
+    for row, v in report["latent_control"].items():
+        cells = [v[k]["occupancy"] for k in ("own", "shuffled", "mean", "prior")] + [
+            v[k]["intensity"] for k in ("own", "shuffled", "mean")]
+        lines.append(f"| {row} | " + " | ".join(f"{x:.4f}" for x in cells) + " |")
+    lines += ["", "## Loss per epoch in the bench jobs (mean over seeds, first → last epoch)", "",
               "| row | term | seeds | first epoch | last epoch |", "|---|---|---|---|---|"]
     for row, terms in report["curves"].items():
         for term, seeds in terms.items():
@@ -225,7 +299,8 @@ def markdown_mechanism(report: dict) -> str:
 
 
 def mechanism_figure(report: dict, path: Path):
-    """Gradient norms and shares per term over the lite run; occupancy loss and CMCM per epoch."""
+    """2 x 2: gradient norms and shares per term over the lite run; occupancy loss and CMCM per epoch
+    in the bench jobs (one colour per row). Terms with no path to the trunk (norm 0) are named, not drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -235,25 +310,32 @@ def mechanism_figure(report: dict, path: Path):
 
     records = report["lite"]["records"]
     terms = [k for k in records[0] if k not in ("step", "total")]
+    unreached = [t for t in terms if all(r[t]["norm"] == 0 for r in records)]
     steps = [r["step"] for r in records]
-    fig, axes = plt.subplots(1, 4, figsize=(18, 4.2), constrained_layout=True)
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8), constrained_layout=True)
+    (norms, shares), (occupancy, cmcm) = axes
     for i, t in enumerate(terms):
-        axes[0].plot(steps, [max(r[t]["norm"], 1e-12) for r in records], label=t, color=f"C{i}")
-        axes[1].plot(steps, [r[t]["share"] for r in records], label=t, color=f"C{i}")
-    axes[0].set(yscale="log", title="‖∂(w·term)/∂trunk‖ over training", xlabel="step", ylabel="gradient norm")
-    axes[1].set(title="share of the total gradient", xlabel="step", ylabel="⟨g_term, g⟩ / ‖g‖²")
-    axes[1].axhline(0, color="k", lw=0.8)
-    axes[0].legend(fontsize=7, ncol=2)
-    for ax, term, title in ((axes[2], "occupancy", "occupancy loss per epoch"), (axes[3], "cmcm", "CMCM per epoch")):
-        for j, (row, curves) in enumerate(report["curves"].items()):
+        if t in unreached:
+            continue
+        norms.plot(steps, [r[t]["norm"] for r in records], label=t, color=f"C{i}")
+        shares.plot(steps, [r[t]["share"] for r in records], label=t, color=f"C{i}")
+    norms.set(yscale="log", title="‖∂(w·term)/∂trunk‖ over the pretraining", xlabel="step", ylabel="gradient norm")
+    norms.legend(fontsize=7, ncol=2, title=("not drawn (no path to the trunk): " + ", ".join(unreached)) if unreached
+                 else None, title_fontsize=7)
+    shares.set(title="share of the trunk's gradient, ⟨g_term, g⟩ / ‖g‖²", xlabel="step", ylabel="share (sums to 1)")
+    shares.axhline(0, color="k", lw=0.8)
+    colour = {row: f"C{i}" for i, row in enumerate(sorted(report["curves"]))}
+    for ax, term, title in ((occupancy, "occupancy", "occupancy loss per epoch (BCE, nats)"),
+                            (cmcm, "cmcm", "CMCM per epoch (nats)")):
+        for row, curves in report["curves"].items():
             if term in curves:
-                c = np.mean([v for v in curves[term].values()], axis=0)
-                ax.plot(np.arange(1, len(c) + 1), c, marker=".", label=f"{row} ({len(curves[term])} seeds)", color=f"C{j}")
-        ax.set(title=title, xlabel="epoch", ylabel="mean loss of the epoch")
-        ax.legend(fontsize=7)
+                c = np.mean(list(curves[term].values()), axis=0)
+                ax.plot(np.arange(1, len(c) + 1), c, marker=".", color=colour[row], label=f"{row} ({len(curves[term])} seeds)")
+        ax.set(title=title, xlabel="epoch", ylabel="mean of the epoch, over seeds")
     if "codebook" in report:
-        axes[3].axhline(report["codebook"]["log_m"], color="k", ls=":", lw=1, label="log M")
-        axes[3].legend(fontsize=7)
+        cmcm.axhline(report["codebook"]["log_m"], color="k", ls=":", lw=1, label="log M (unrelated pairs)")
+    occupancy.legend(fontsize=7)
+    cmcm.legend(fontsize=7)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=80)
     plt.close(fig)
@@ -275,8 +357,12 @@ def mechanism(plan: MechanismPlan | None = None, progress: bool = True, results_
     if plan.full_step:
         same = previous.get("plan", {}).get("full_points") == plan.full_points and previous.get("full")
         full = previous["full"] if same else full_step_shares(plan.full_points, plan.seed)
+    checkpoints = {row: run["checkpoint"] if row == plan.row else trained_checkpoint(plan, row, root, progress)
+                   for row in CONTROL_ROWS}
     report = {"plan": plan.to_dict(), "minutes_this_call": None,
-              "lite": {"records": run["records"], "table": share_table(run["records"])},
+              "latent_control": latent_control(checkpoints, plan, root),
+              "lite": {"records": run["records"], "table": share_table(run["records"]),
+                       "history": [{k: v for k, v in h.items() if k != "gradients"} for h in run["history"]]},
               "full": full, "codebook": codebook_readings(run["checkpoint"], plan, root),
               "curves": loss_curves(results_dir / f"{plan.bench.results_name}_runs", results_dir / f"{LadderPlan().results_name}_runs")}
     report["minutes_this_call"] = (time.time() - t0) / 60
@@ -287,3 +373,65 @@ def mechanism(plan: MechanismPlan | None = None, progress: bool = True, results_
         tmp.write_text(markdown_mechanism(report))
     mechanism_figure(report, results_dir / f"{plan.results_name}.png")
     return report
+
+
+def norm_ratio(shares: dict) -> float:
+    """‖g_NCE‖ / (‖g_occupancy‖ + ‖g_intensity‖) of one measurement (:func:`gradients.gradient_shares`)."""
+    return shares["nce"]["norm"] / (shares["occupancy"]["norm"] + shares["intensity"]["norm"])
+
+
+def weight_ratios(report: dict) -> dict:
+    """How much weaker the occupancy and intensity terms pull on the trunk than the NCE: the median of
+    :func:`norm_ratio` over the lite run's measurements, its value at initialisation, and (when
+    measured) at the full preset's step. The diagnostic rows' weights are read from these."""
+    ratios = [norm_ratio(r) for r in report["lite"]["records"]]
+    out = {"lite_median": float(np.median(ratios)), "lite_first": ratios[0]}
+    if report.get("full"):
+        out["full_first"] = norm_ratio(report["full"]["shares"])
+    return out
+
+
+def mechanism_verdict(report: dict) -> str:
+    """The measurements in words, every number read from ``report`` (a mechanism report)."""
+    t, c = report["lite"]["table"], report["codebook"]
+    occ = ("occupancy", "intensity")
+    lidar_share = sum(t[k]["share"]["median"] for k in occ)
+    ratios = weight_ratios(report)
+    others = [k for k in t if k not in ("nce", "total") + occ]
+    out = [f"**Gradient shares, lite bench run.** Over the {len(report['lite']['records'])} measured steps of "
+           f"{report['plan']['row']}'s pretraining the NCE carries a median {100 * t['nce']['share']['median']:.1f} % "
+           f"of the 3D trunk's gradient (cosine {t['nce']['cosine']['median']:+.2f} with it); occupancy and intensity "
+           f"together {100 * lidar_share:.1f} %, their gradient norms summing to 1/{ratios['lite_median']:.1f} of the "
+           f"NCE's (median over the steps; at initialisation 1/{ratios['lite_first']:.0f}); every "
+           f"other term at most {100 * max(abs(t[k]['share']['median']) for k in others):.1f} %."]
+    full = report.get("full")
+    if full:
+        s = full["shares"]
+        out.append(f"**At the paper's sizes** (one `full` step at initialisation): the NCE "
+                   f"{100 * s['nce']['share']:.1f} %, occupancy and intensity {100 * sum(s[k]['share'] for k in occ):.1f} %, "
+                   f"their norms 1/{ratios['full_first']:.1f} of the NCE's.")
+    curves = report["curves"]
+
+    def last(row, term):
+        return float(np.mean([v[-1] for v in curves[row][term].values()]))
+    rows = [r for r in ("occupancy only", "PPKT + occupancy", "CMCR") if "occupancy" in curves.get(r, {})]
+    if rows:
+        out.append("**The occupancy loss** at the last epoch (mean over seeds): " + ", ".join(
+            f"{r} {last(r, 'occupancy'):.4f}" for r in rows) + ": the decoder learns about as well next to the NCE "
+            "as alone.")
+    ctrl = report.get("latent_control")
+    if ctrl:
+        out.append("**Does the decoder read the trunk?** Occupancy BCE of the trained decoders with each point's "
+                   "own latent → latents shuffled across points → every latent the mean: " + "; ".join(
+                       f"{r} {v['own']['occupancy']:.4f} → {v['shuffled']['occupancy']:.4f} → {v['mean']['occupancy']:.4f}"
+                       for r, v in ctrl.items())
+                   + f" (a constant prediction: {next(iter(ctrl.values()))['prior']['occupancy']:.4f}). "
+                   + ("In every run the decoder does worse with shuffled latents than with no decoder at all: it "
+                      "reads the trunk's features, and finds what the occupancy target needs in each of them, "
+                      "whether or not that trunk tells the geometry twins apart."
+                      if all(v["shuffled"]["occupancy"] > v["prior"]["occupancy"] for v in ctrl.values()) else
+                      "In some run the decoder does no worse with shuffled latents than a constant prediction: "
+                      "there, the trunk's features are not what it reads."))
+    out.append(f"**CMCM** sits at {c['cmcm']:.4f} against log M = {c['log_m']:.4f}; the trained soft assignments' "
+               f"entropy is {c['entropy']:.4f} nats against log K = {c['log_k']:.4f}.")
+    return "\n\n".join(out)

@@ -1,6 +1,5 @@
 """The ablation ladder and the mechanism report on the bench, at toy size; the BatchNorm recalibration."""
 import json
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -55,7 +54,10 @@ def test_ladder_end_to_end_at_toy_size_reuses_the_bench_rows(tmp_path, synthetic
     plan = LadderPlan(bench=BenchPlan.smoke(seeds=(0,), workers=1, dataroot=str(synthetic_root), pretrain=TINY,
                                             output_root=str(tmp_path / "runs"), results_name="toy"),
                       diagnostic_weights=(10,), results_name="ladder_toy")
-    report = ladder(plan, progress=False, results_dir=tmp_path)
+    # the README's command at toy size (its bench folder named like the toy bench's, so its rows are reused)
+    report = experiments_main(["ladder", "--smoke", "--diagnostic-weights", "10", "--name", "ladder_toy", *common, *sets,
+                               "--bench-name", "toy"])
+    assert report["plan"] == plan.to_dict()
     # the bench's rows come from its results, untouched; the new rows sit beside them
     assert json.loads((tmp_path / "toy_runs" / "cmcr_seed0.json").read_text()) == bench_cmcr
     assert len(list((tmp_path / "toy_runs").glob("*.json"))) == 7  # the bench's rows only
@@ -80,14 +82,26 @@ def test_ladder_end_to_end_at_toy_size_reuses_the_bench_rows(tmp_path, synthetic
 def test_mechanism_at_toy_size(tmp_path, synthetic_root):
     from cmcr_lite.mechanism import MechanismPlan, mechanism
 
-    plan = MechanismPlan.smoke(bench=BenchPlan.smoke(seeds=(0,), workers=1, dataroot=str(synthetic_root),
-                                                     pretrain=TINY, output_root=str(tmp_path / "runs")),
-                               full_points=2_000)
-    report = mechanism(replace(plan, full_step=False), progress=False, results_dir=tmp_path)
+    plan = MechanismPlan.smoke(bench=BenchPlan.smoke(dataroot=str(synthetic_root), pretrain=TINY,
+                                                     output_root=str(tmp_path / "runs")), full_points=2_000)
+    report = experiments_main(["mechanism", "--smoke", "--full-points", "2000", "--dataroot", str(synthetic_root),
+                               "--output-root", str(tmp_path / "runs"), "--results-dir", str(tmp_path), "--set"]
+                              + [f"{k}={json.dumps(v)}" for k, v in TINY.items()])
+    assert report["plan"] == plan.to_dict()
+    assert set(report["full"]["shares"]) == {"nce", "orth", "cmcm", "commit_points", "commit_pixels", "mim",
+                                             "occupancy", "intensity", "total"}
+    again = mechanism(plan, progress=False, results_dir=tmp_path)  # resumes: the full step is kept, not redone
+    assert again["full"] == report["full"]
     lite = report["lite"]
     assert [r["step"] for r in lite["records"]] == list(range(0, 4, 2))  # 4 steps on 9 scans at batch 2
     for record in lite["records"]:
         assert sum(v["share"] for k, v in record.items() if k not in ("step", "total")) == pytest.approx(1.0)
+    from cmcr_lite.mechanism import CONTROL_ROWS
+
+    assert set(report["latent_control"]) == set(CONTROL_ROWS)
+    for row in CONTROL_ROWS:
+        v = report["latent_control"][row]
+        assert set(v) == {"own", "shuffled", "mean", "prior"} and 0 < v["prior"]["occupancy"] <= np.log(2)
     c = report["codebook"]
     assert c["entropy"] <= c["log_k"] + 1e-6 and c["log_m"] == pytest.approx(np.log(c["m"]))
     assert "CMCM" in (tmp_path / "mechanism_smoke.md").read_text()
@@ -112,3 +126,12 @@ def test_recalibrated_batchnorm_holds_the_statistics_of_one_pass(synthetic_root)
     assert len(seen) == 3 and not model.training and bn.momentum == momentum
     assert torch.allclose(bn.running_mean, torch.stack(seen).mean(0), atol=1e-5)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())  # no weight changed
+
+
+def test_readme_blocks_are_what_the_results_files_say():
+    """The README's generated blocks equal what ``python -m cmcr_lite.experiments readme`` writes now:
+    a results file changed without regenerating fails here."""
+    from cmcr_lite.experiments import README, readme_with_blocks
+
+    text = README.read_text()
+    assert text == readme_with_blocks(text), "run `python -m cmcr_lite.experiments readme`"
