@@ -1,4 +1,4 @@
-"""CMCR: contrastive distillation plus what only one modality knows (paper.md sections 3-4).
+"""CMCR: contrastive distillation plus what only one modality knows (docs/paper.md sections 3-4).
 
 On top of PPKT's point-pixel InfoNCE on the *shared* features F^3D, F^2D, CMCR adds
   * decoupled *specific* features G^3D, G^2D (second 1x1 heads) with an orthogonality loss;

@@ -1,4 +1,4 @@
-"""PPKT and SLidR: contrastive image-to-LiDAR distillation, the model and its loss (paper.md §3-4).
+"""PPKT and SLidR: contrastive image-to-LiDAR distillation, the model and its loss (docs/paper.md §3-4).
 
 The baselines CMCR builds on. A MinkUNet student with one 1x1 head gives shared 3D features F^3D;
 a frozen image trunk with one trainable 1x1 head gives shared 2D features F^2D (both L2-normalised);

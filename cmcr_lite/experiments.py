@@ -242,23 +242,39 @@ def label_efficiency_main(argv) -> dict:
     return report
 
 
+def add_plan_options(p: argparse.ArgumentParser, default_name: str):
+    """The options every bench-job command shares (``BenchPlan`` fields and where results go)."""
+    p.add_argument("--smoke", action="store_true", help="toy size (the bench's smoke plan): minutes")
+    p.add_argument("--dataroot", help="the data's root (default data/nuscenes-bench; --smoke: the embedded set)")
+    p.add_argument("--output-root", help="where each job's checkpoints go (default: the bench's)")
+    p.add_argument("--results-dir", help="where <name>.{json,md,png} and the job results go (default benchmarks/results)")
+    p.add_argument("--name", help=f"results name (default {default_name}, or {default_name}_smoke)")
+    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                   help="extra PretrainConfig.lite fields (JSON values) for every pretraining, as the bench's --set")
+
+
+def plan_changes(a: argparse.Namespace, **more) -> dict:
+    """``BenchPlan`` fields from the options of :func:`add_plan_options` (and ``more``) that were given."""
+    from cmcr_lite.pretrain import parse_fields
+
+    changes = {k: v for k, v in {"dataroot": a.dataroot, "output_root": a.output_root, **more}.items() if v is not None}
+    if a.set:
+        changes["pretrain"] = parse_fields(a.set)
+    return changes
+
+
 def ladder_main(argv) -> dict:
     """``python -m cmcr_lite.experiments ladder [--smoke] [--diagnostic-weights W ...] ...``: see ``cmcr_lite.ladder``."""
     from cmcr_lite.ladder import LadderPlan, ladder
-    from cmcr_lite.pretrain import parse_fields
 
     p = argparse.ArgumentParser(prog="python -m cmcr_lite.experiments ladder",
                                 description="The paper's ablation ladder on the bench (cmcr_lite.ladder); resumable.")
-    p.add_argument("--smoke", action="store_true", help="toy size (the bench's smoke plan): minutes")
+    add_plan_options(p, "ladder")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds of every row (default: the bench's, 0-4)")
     p.add_argument("--diagnostic-weights", type=float, nargs="*",
                    help="rows 'CMCR (occupancy xW)' with the occupancy and intensity weights times W (diagnostic, "
                         "not the paper's method); default none")
     p.add_argument("--workers", type=int, help="jobs at once, one thread each (default 2)")
-    p.add_argument("--dataroot", help="the data's root (default data/nuscenes-bench; --smoke: the embedded set)")
-    p.add_argument("--output-root", help="where each job's checkpoints go (default: the bench's)")
-    p.add_argument("--results-dir", help="where <name>.{json,md,png} and the job results go (default benchmarks/results)")
-    p.add_argument("--name", help="results name (default ladder, or ladder_smoke)")
     p.add_argument("--bench-name", help="the bench's results name, whose PPKT, CMCR and occupancy-only jobs are "
                                         "reused (default bench, or bench_smoke)")
     p.add_argument("--report-only", action="store_true",
@@ -266,16 +282,10 @@ def ladder_main(argv) -> dict:
     p.add_argument("--batchnorm", choices=("running", "recalibrated"),
                    help="the frozen trunk's BatchNorm statistics in every read-out (default running); with "
                         "recalibrated, the job results go to <name>_runs/ instead of the bench's")
-    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
-                   help="extra PretrainConfig.lite fields (JSON values) for every pretraining, as the bench's --set")
     a = p.parse_args(argv)
     plan = LadderPlan.smoke() if a.smoke else LadderPlan()
-    bench_changes = {k: v for k, v in {"seeds": a.seeds and tuple(a.seeds), "workers": a.workers,
-                                       "dataroot": a.dataroot, "output_root": a.output_root,
-                                       "batchnorm": a.batchnorm, "results_name": a.bench_name}.items()
-                     if v is not None}
-    if a.set:
-        bench_changes["pretrain"] = parse_fields(a.set)
+    bench_changes = plan_changes(a, seeds=a.seeds and tuple(a.seeds), workers=a.workers, batchnorm=a.batchnorm,
+                                 results_name=a.bench_name)
     changes = {k: v for k, v in {"results_name": a.name, "diagnostic_weights": None if a.diagnostic_weights is None
                                  else tuple(a.diagnostic_weights)}.items() if v is not None}
     if a.batchnorm == "recalibrated":  # other read-outs of the same trunks: results apart from the bench's
@@ -291,28 +301,19 @@ def ladder_main(argv) -> dict:
 def mechanism_main(argv) -> dict:
     """``python -m cmcr_lite.experiments mechanism [--smoke] ...``: see ``cmcr_lite.mechanism``."""
     from cmcr_lite.mechanism import MechanismPlan, mechanism
-    from cmcr_lite.pretrain import parse_fields
 
     p = argparse.ArgumentParser(prog="python -m cmcr_lite.experiments mechanism",
                                 description="Which loss terms shape the 3D trunk: per-term gradients over a bench "
                                             "pretraining and one full-size step (cmcr_lite.mechanism); resumable.")
-    p.add_argument("--smoke", action="store_true", help="toy size (the bench's smoke plan): minutes")
+    add_plan_options(p, "mechanism")
     p.add_argument("--row", help="the bench row to pretrain with the diagnostic (default CMCR)")
     p.add_argument("--seed", type=int, help="default 0")
     p.add_argument("--every", type=int, help="steps between two measurements (default 10)")
     p.add_argument("--no-full-step", action="store_true", help="skip the full-preset step at nuScenes density")
     p.add_argument("--full-points", type=int, help="LiDAR points per scan of the full-preset step (default 34000)")
-    p.add_argument("--dataroot", help="the data's root (default data/nuscenes-bench; --smoke: the embedded set)")
-    p.add_argument("--output-root", help="where the checkpoints go (default: the bench's)")
-    p.add_argument("--results-dir", help="where <name>.{json,md,png} go (default benchmarks/results)")
-    p.add_argument("--name", help="results name (default mechanism, or mechanism_smoke)")
-    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
-                   help="extra PretrainConfig.lite fields (JSON values) for every pretraining, as the bench's --set")
     a = p.parse_args(argv)
     plan = MechanismPlan.smoke() if a.smoke else MechanismPlan()
-    bench_changes = {k: v for k, v in {"dataroot": a.dataroot, "output_root": a.output_root}.items() if v is not None}
-    if a.set:
-        bench_changes["pretrain"] = parse_fields(a.set)
+    bench_changes = plan_changes(a)
     changes = {k: v for k, v in {"row": a.row, "seed": a.seed, "gradient_every": a.every, "results_name": a.name,
                                  "full_points": a.full_points,
                                  "full_step": False if a.no_full_step else None}.items() if v is not None}

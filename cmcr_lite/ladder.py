@@ -15,7 +15,7 @@ does (``cmcr.ABLATION_STEPS``): ``+ decoupling``, ``+ codebook``, ``+ MIM``, ``+
   shares (``cmcr_lite.gradients``), never from val numbers.
 
 Every job is a bench job (``bench.run_job``: same seeds, pretraining recipe, read-out and checkpoint
-folders), so the bench's PPKT, CMCR and occupancy-only results are reused, never rerun. Output:
+folders), so the bench's random-init, PPKT, CMCR and occupancy-only results are reused, never rerun. Output:
 ``benchmarks/results/<results_name>.{json,md,png}`` with the paired differences (95 % Student-t
 intervals) of every row against PPKT and of every rung against the rung below, and each new job's
 result in ``benchmarks/results/<results_name>_runs/``.
@@ -32,7 +32,7 @@ from cmcr_lite.bench import (COLUMN_TITLES, COLUMNS, LADDER, NCE_AND_OCCUPANCY, 
                              row_slug, run_job, summarize_rows)
 
 RUNGS = ("PPKT",) + LADDER + ("CMCR",)
-REUSED = ("PPKT", "CMCR", "occupancy only")  # the bench's rows, read from its results
+REUSED = ("random init", "PPKT", "CMCR", "occupancy only")  # the bench's rows, read from its results
 
 
 @dataclass
@@ -51,13 +51,14 @@ class LadderPlan:
 
     def rows(self) -> tuple:
         """Every row of the report, in table order."""
-        return RUNGS + (NCE_AND_OCCUPANCY, "occupancy only") + tuple(diagnostic_row(w) for w in self.diagnostic_weights)
+        return (("random init",) + RUNGS + (NCE_AND_OCCUPANCY, "occupancy only")
+                + tuple(diagnostic_row(w) for w in self.diagnostic_weights))
 
     def differences(self) -> tuple:
         """(row, minus row) pairs: every row against PPKT, each rung against the one below, and the
         diagnostic rows against CMCR."""
         rows = self.rows()
-        pairs = [(r, "PPKT") for r in rows if r != "PPKT"]
+        pairs = [(r, "PPKT") for r in rows if r not in ("PPKT", "random init")]
         pairs += [(a, b) for b, a in zip(RUNGS[1:-1], RUNGS[2:])]
         pairs += [(diagnostic_row(w), "CMCR") for w in self.diagnostic_weights]
         return tuple(pairs)
@@ -69,7 +70,8 @@ class LadderPlan:
 def ladder_jobs(plan: LadderPlan) -> list:
     """[(row, seed)] of every row on the bench's seeds: the ladder's rows, slowest first, then the
     diagnostic rows (so a call cut short leaves the paper's ablation complete first)."""
-    rows = list(REUSED[1:]) + [NCE_AND_OCCUPANCY, "+ GeoMIM", "+ MIM", "+ codebook", "+ decoupling", "PPKT"]
+    rows = ["CMCR", "occupancy only", NCE_AND_OCCUPANCY, "+ GeoMIM", "+ MIM", "+ codebook", "+ decoupling", "PPKT",
+            "random init"]
     rows += [diagnostic_row(w) for w in plan.diagnostic_weights]
     return [(row, s) for row in rows for s in plan.bench.seeds]
 

@@ -1,4 +1,4 @@
-"""Segmentation metrics: confusion matrix, per-class IoU and mIoU (paper.md §5, "Metric").
+"""Segmentation metrics: confusion matrix, per-class IoU and mIoU (docs/paper.md §5, "Metric").
 
 Convention: ``conf[t, p]`` counts points of ground-truth class ``t`` predicted as ``p``; points
 whose *target* is the ignore index (0) are dropped before counting. A prediction of the ignore

@@ -1,6 +1,6 @@
 """A self-supervised 2D teacher for the embedded dataset: dense (pixel-level) contrastive learning.
 
-In CMCR the 2D branch is a *frozen* ResNet-50 with self-supervised MoCo-v2 weights (paper.md §3.2):
+In CMCR the 2D branch is a *frozen* ResNet-50 with self-supervised MoCo-v2 weights (docs/paper.md §3.2):
 no labels ever reach the teacher. A ResNet-50 trained on ImageNet means little on our synthetic
 street, so this module trains a :class:`~cmcr_lite.models.image_encoder.SmallImageTeacher` the same
 *label-free* way, on the camera images of the ``teacher`` split only (never the LiDAR, never the

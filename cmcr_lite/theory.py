@@ -1,4 +1,4 @@
-"""The information-theoretic argument of CMCR (paper.md §1.2) in small, exact, runnable form.
+"""The information-theoretic argument of CMCR (docs/paper.md §1.2) in small, exact, runnable form.
 
 Everything here is a toy: two *views* X and Y (stand-ins for the point cloud X^P and the image
 X^I) built from a latent that is partly **shared** (s) and partly **view-specific** (u_x, u_y)::
@@ -430,7 +430,7 @@ def train_with_reconstruction(model: TwoViewGaussian, dim_shared: Optional[int] 
     (dim ``dim_specific``, default ``model.du``); a linear decoder maps [shared; specific] back to
     the view. Loss = L_NCE(shared_x, shared_y) + ``rec_weight`` * 0.5 * (MSE(x̂, x) + MSE(ŷ, y)),
     the Gaussian-NLL form of the Barber–Agakov bound I(Z;X) >= H(X) + E log q(X|Z)
-    (paper.md §1.2, step 3). Other arguments as :func:`train_infonce_encoders`.
+    (docs/paper.md §1.2, step 3). Other arguments as :func:`train_infonce_encoders`.
     """
     if rec_weight <= 0:
         raise ValueError(f"train_with_reconstruction: rec_weight must be > 0, got {rec_weight}")

@@ -1,4 +1,4 @@
-"""Unified codebook (paper.md §4.3): EMA step by hand, ST gradient, assignment, CMCM, commitment."""
+"""Unified codebook (docs/paper.md §4.3): EMA step by hand, ST gradient, assignment, CMCM, commitment."""
 import math
 
 import pytest

@@ -1,4 +1,4 @@
-"""Point–pixel and superpixel InfoNCE against explicit loops (paper.md §4.1)."""
+"""Point–pixel and superpixel InfoNCE against explicit loops (docs/paper.md §4.1)."""
 import math
 
 import pytest

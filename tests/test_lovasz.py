@@ -1,4 +1,4 @@
-"""Lovász-softmax against the exact Jaccard loss, and the downstream CE + Lovász loss (paper.md §5)."""
+"""Lovász-softmax against the exact Jaccard loss, and the downstream CE + Lovász loss (docs/paper.md §5)."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""MIM masks and the boolean removal of masked pairs (the official integer-index bug, paper.md 6.3)."""
+"""MIM masks and the boolean removal of masked pairs (the official integer-index bug, docs/paper.md §6.3)."""
 import numpy as np
 import pytest
 

@@ -1,4 +1,4 @@
-"""Confusion matrix, IoU and mIoU against hand-made matrices (paper.md §5, "Metric")."""
+"""Confusion matrix, IoU and mIoU against hand-made matrices (docs/paper.md §5, "Metric")."""
 import math
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Occupancy queries, neighbourhoods, decoder and losses (cmcr_lite/losses/occupancy.py, paper.md §2, §4.5).
+"""Occupancy queries, neighbourhoods, decoder and losses (cmcr_lite/losses/occupancy.py, docs/paper.md §2, §4.5).
 
 References: a flat wall at x = 10 m seen from the origin (query positions known in closed form), a
 brute-force O(QN) radius search, and BCE / L1 written out with numpy.

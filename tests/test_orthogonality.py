@@ -1,4 +1,4 @@
-"""Orthogonality loss L_orth = ||F^T G||_F / D^2 on row-normalised features (paper.md §4.2)."""
+"""Orthogonality loss L_orth = ||F^T G||_F / D^2 on row-normalised features (docs/paper.md §4.2)."""
 import math
 
 import pytest

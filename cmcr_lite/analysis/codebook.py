@@ -1,4 +1,4 @@
-"""Diagnostics of the multi-modal unified codebook (paper.md §3.3, §4.3), used by notebook 04.
+"""Diagnostics of the multi-modal unified codebook (docs/paper.md §3.3, §4.3), used by notebook 04.
 
 The codebook itself lives in :mod:`cmcr_lite.losses.codebook`; this module only *observes* it:
 

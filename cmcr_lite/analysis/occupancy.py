@@ -1,4 +1,4 @@
-"""Evaluating and rendering CMCR's occupancy head (notebook 06; paper.md §2, §3.3, §4.5).
+"""Evaluating and rendering CMCR's occupancy head (notebook 06; docs/paper.md §2, §3.3, §4.5).
 
 "Occupancy" in CMCR (as in ALSO and the released code) is **implicit point-query occupancy along
 LiDAR rays**: query points just behind a surface ("in", occupied), just in front of it ("out", free)

@@ -7,7 +7,7 @@ pair is dropped.
 
 The official code drops them with ``matching_points[1 - mask[r, c]]``: ``1 - bool_array`` is an
 *integer* array of 0s and 1s, so NumPy reads it as fancy indices and every pair collapses onto
-pair #0 or pair #1 (../shared/paper.md section 6.3). The correct filter is the boolean ``~mask[r, c]``;
+pair #0 or pair #1 (docs/paper.md section 6.3). The correct filter is the boolean ``~mask[r, c]``;
 ``drop_masked_pairs`` does that, and ``tests/test_masking.py`` shows the difference.
 
 Where the masks are drawn: the released code draws its 16-px patches on the raw 1600x900 image and

@@ -1,4 +1,4 @@
-"""Occupancy query points along LiDAR rays (CMCR's ALSO-style occupancy estimation, paper.md section 2).
+"""Occupancy query points along LiDAR rays (CMCR's ALSO-style occupancy estimation, docs/paper.md section 2).
 
 Every LiDAR return ``p`` tells us that the ray from the sensor to ``p`` is *empty* and that the space
 just behind ``p`` is *occupied*. Per scan, query points are drawn along these rays, before
@@ -29,7 +29,7 @@ KIND_IN, KIND_OUT, KIND_OUT_FAR = 0, 1, 2
 
 def sample_query_points(points_xyz, intensity, rng=None, n_queries: int = 2048, band: float = 0.1,
                         origin: Sequence[float] = (0.0, 0.0, 0.0)) -> dict:
-    """Ray-based occupancy queries for one scan (paper.md §2).
+    """Ray-based occupancy queries for one scan (docs/paper.md §2).
 
     Call this on the *un-augmented* points (sensor frame), then move the queries with the points
     (``transform_queries``).
@@ -157,7 +157,7 @@ def _cap_neighbours(qidx: np.ndarray, pidx: np.ndarray, k: int, rng: Optional[np
 def neighbourhood_pairs(queries, points, radius: float = 1.0, batch_q=None, batch_p=None,
                         max_neighbours: Optional[int] = None, rng=None,
                         pick: str = "first") -> Tuple[torch.Tensor, torch.Tensor]:
-    """Every point within ``radius`` metres of each query, in the same sample (paper.md §4.5).
+    """Every point within ``radius`` metres of each query, in the same sample (docs/paper.md §4.5).
 
     A k-d tree per sample (``scipy.spatial.cKDTree.query_ball_point``, distance <= radius), not a
     quadratic loop.

@@ -1,4 +1,4 @@
-"""Downstream semantic segmentation: fine-tuning and linear probing of a (pretrained) MinkUNet (paper.md §5).
+"""Downstream semantic segmentation: fine-tuning and linear probing of a (pretrained) MinkUNet (docs/paper.md §5).
 
 The protocol is SLidR's, which CMCR keeps:
 

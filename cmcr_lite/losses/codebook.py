@@ -1,4 +1,4 @@
-"""Multi-modal unified codebook (paper.md §3.3, §4.3): quantisation, CMCM, EMA and commitment.
+"""Multi-modal unified codebook (docs/paper.md §3.3, §4.3): quantisation, CMCM, EMA and commitment.
 
 CMCR quantises the *shared* features of both modalities with **one** codebook of K = 400 codes of
 D = 64 dimensions, so that a LiDAR point and the pixel it projects to are pushed to the same code.
@@ -37,9 +37,9 @@ The codebook is adapted from CMG's ``Cross_VQEmbeddingEMA`` and has four parts:
    with ``q_p = e_{k*(p)}``, ``q_v = e_{k*(v)}`` the codes *before* this step's EMA update. Each
    modality is pulled to its own code and to the other modality's code.
 
-CMCM, L_commit_p and L_commit_v each enter the total loss with weight 1 (paper.md §4.3).
+CMCM, L_commit_p and L_commit_v each enter the total loss with weight 1 (docs/paper.md §4.3).
 
-Differences from the official code (all deliberate, see paper.md §4.3):
+Differences from the official code (all deliberate, see docs/paper.md §4.3):
 
 - **Memory.** The official training step quantises all voxels and all 12×224×416 ≈ 1.1 M pixels
   per GPU with one ``addmm`` each, so the pixel distance matrix alone is 1.1 M × 400 floats
@@ -50,7 +50,7 @@ Differences from the official code (all deliberate, see paper.md §4.3):
   that shift is ``−min S`` and moves the exponents *up*, so it does not protect against overflow. Here
   ``log P`` is an exact ``log_softmax`` and the InfoNCE is a ``cross_entropy`` (log-sum-exp). The
   value agrees with the official one up to its 1e-10 / ε guards. (CMG also multiplies its CMCM by
-  0.5; paper.md records weight 1 for CMCR, which is what we return.)
+  0.5; docs/paper.md records weight 1 for CMCR, which is what we return.)
 - **Train-only EMA.** The official CMCR update has no ``self.training`` guard (CMG has one) and
   needs an initialised ``torch.distributed``. Here the EMA runs only in training mode and the
   all-reduce is skipped when ``torch.distributed`` is not initialised.
@@ -109,7 +109,7 @@ def perplexity(indices: torch.Tensor, num_codes: int) -> torch.Tensor:
 
 
 def cmcm_loss(log_p_points: torch.Tensor, log_p_pixels: torch.Tensor) -> torch.Tensor:
-    """Cross-modal code matching InfoNCE from log soft assignments (paper.md §4.3).
+    """Cross-modal code matching InfoNCE from log soft assignments (docs/paper.md §4.3).
 
     Args:
         log_p_points: (M, K) float, ``log P_p``; row i is a log-distribution over the K codes.
@@ -129,7 +129,7 @@ def cmcm_loss(log_p_points: torch.Tensor, log_p_pixels: torch.Tensor) -> torch.T
 
 
 class UnifiedCodebook(nn.Module):
-    """One EMA codebook shared by the 3D and 2D shared features (paper.md §3.3, §4.3).
+    """One EMA codebook shared by the 3D and 2D shared features (docs/paper.md §3.3, §4.3).
 
     Buffers (in ``state_dict()``, not in ``parameters()``; only the EMA changes them):
         embedding: (K, D) float — the codes, initialised U(−1, 1) and then L2-normalised.

@@ -1,4 +1,4 @@
-"""Contrastive distillation losses (paper.md §4.1): point–pixel and superpoint–superpixel InfoNCE.
+"""Contrastive distillation losses (docs/paper.md §4.1): point–pixel and superpoint–superpixel InfoNCE.
 
 CMCR's ``L_NCE`` is the PPKT point–pixel InfoNCE: every LiDAR point that projects into a camera
 image forms a *pair* with the pixel it lands on. A set of pairs is sampled, and for each sampled
@@ -116,7 +116,7 @@ def sample_matches(num_pairs: int, num_matches: int = 2048,
 def point_pixel_infonce(point_feats: torch.Tensor, pixel_feats: torch.Tensor, tau: float = 0.07,
                         num_matches: int = 2048, generator: Optional[torch.Generator] = None,
                         symmetric: bool = False) -> torch.Tensor:
-    """PPKT point–pixel InfoNCE (CMCR's ``L_NCE``, paper.md §4.1).
+    """PPKT point–pixel InfoNCE (CMCR's ``L_NCE``, docs/paper.md §4.1).
 
     Args:
         point_feats: (M, C) float — 3D (shared) features of the paired points/voxels.
@@ -171,7 +171,7 @@ def scatter_mean(feats: torch.Tensor, index: torch.Tensor,
 def superpixel_infonce(point_feats: torch.Tensor, pixel_feats: torch.Tensor,
                        point_superpixel: torch.Tensor, pixel_superpixel: torch.Tensor,
                        tau: float = 0.07, symmetric: bool = False) -> torch.Tensor:
-    """SLidR superpoint–superpixel InfoNCE with average pooling (paper.md §4.1, "Alternative").
+    """SLidR superpoint–superpixel InfoNCE with average pooling (docs/paper.md §4.1, "Alternative").
 
     Superpixel ids are *global*: int64, unique across all images of the batch (e.g.
     ``image_index * max_superpixels_per_image + local_id``). Negative ids mean "no superpixel" and

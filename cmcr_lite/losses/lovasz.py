@@ -1,4 +1,4 @@
-"""Lovász-softmax and the downstream segmentation loss (paper.md §5, "Loss").
+"""Lovász-softmax and the downstream segmentation loss (docs/paper.md §5, "Loss").
 
 Berman, Triki & Blaschko, "The Lovász-Softmax loss: a tractable surrogate for the optimization of
 the intersection-over-union measure in neural networks", CVPR 2018.
@@ -102,7 +102,7 @@ def lovasz_softmax(probs: torch.Tensor, labels: torch.Tensor,
 
 def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor,
                       ignore_index: Optional[int] = 0) -> torch.Tensor:
-    """Downstream semantic-segmentation loss: cross-entropy + Lovász-softmax (paper.md §5).
+    """Downstream semantic-segmentation loss: cross-entropy + Lovász-softmax (docs/paper.md §5).
 
     Args:
         logits: (N, C) float — per-point (or per-voxel) class scores, C = 17 for nuScenes

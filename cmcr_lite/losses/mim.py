@@ -1,4 +1,4 @@
-"""Masked image modelling (MIM) and its geometry-enhanced variant (paper.md §2, §3.3, §4.4).
+"""Masked image modelling (MIM) and its geometry-enhanced variant (docs/paper.md §2, §3.3, §4.4).
 
 A camera image is masked in 16x16-pixel patches (``data/masking.py``); the frozen 2D encoder sees the
 masked image, and a small conv decoder reconstructs the *unmasked* image from
@@ -12,7 +12,7 @@ an MSE against the unmasked target (``reconstruction_loss``).
 Geometry enhancement (``geometry_enhanced_replacement``) is the paper figure's "Feature Replacement in
 Masked Area": inside masked pixels that some LiDAR point projects into, F̄^2D is replaced by the
 quantised 3D feature F̄^3D of those points, so the decoder must fill the holes with LiDAR-derived
-codes. **The released code does not implement it** (paper.md §4.4, §6.2 item 1): nothing there
+codes. **The released code does not implement it** (docs/paper.md §4.4, §6.2 item 1): nothing there
 scatters 3D features into the image plane. Our version is a reconstruction from the figure.
 
 Pairs inside masked pixels. The data pipeline drops every point-pixel pair whose pixel is masked
@@ -39,7 +39,7 @@ __all__ = [
 
 # ----------------------------------------------------------------------------------- decoder
 class ImageDecoder(nn.Module):
-    """The CMCR image reconstruction decoder (paper.md §3.3), at full image resolution.
+    """The CMCR image reconstruction decoder (docs/paper.md §3.3), at full image resolution.
 
     Conv3x3 in_dim->32, ReLU, Conv3x3 32->16, ReLU, Conv3x3 16->3, Sigmoid (padding 1, so the
     spatial size is kept). ``(B, in_dim, H, W)`` float -> ``(B, 3, H, W)`` RGB in [0, 1].
@@ -65,7 +65,7 @@ class ImageDecoder(nn.Module):
 
 
 def mim_input_features(specific_2d: torch.Tensor, quantized_2d: torch.Tensor) -> torch.Tensor:
-    """The decoder input G^2D + F̄^2D (an addition, as the released code does; paper.md §4.3-4.4).
+    """The decoder input G^2D + F̄^2D (an addition, as the released code does; docs/paper.md §4.3-4.4).
 
     specific_2d: (B, D, H, W) float -- G^2D, the un-normalised specific 2D features.
     quantized_2d: (B, D, H, W) float -- F̄^2D, the quantised shared features (straight-through), or
@@ -84,7 +84,7 @@ def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, masks: Optiona
 
     pred, target: (B, 3, H, W) float in [0, 1]; masks: (B, H, W) bool, True = masked pixel.
 
-    * ``masked_only=False`` (default) -- **the released CMCR code** (paper.md §4.4): the mean squared
+    * ``masked_only=False`` (default) -- **the released CMCR code** (docs/paper.md §4.4): the mean squared
       error over *all* pixels and channels of *all* images, masked or not; ``masks`` is ignored.
     * ``masked_only=True`` -- **the MAE convention**: the mean over the masked pixels only (all three
       channels), pooled over the batch, i.e. ``sum(mask * err^2) / (3 * sum(mask))``. Images without
@@ -111,9 +111,9 @@ def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, masks: Optiona
 def geometry_enhanced_replacement(quantized_2d: torch.Tensor, quantized_3d_voxels: torch.Tensor,
                                   pair_voxels: torch.Tensor, pair_pixels: torch.Tensor,
                                   masks: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Geometry-enhanced MIM: "feature replacement in masked area" (paper figure; paper.md §4.4).
+    """Geometry-enhanced MIM: "feature replacement in masked area" (paper figure; docs/paper.md §4.4).
 
-    **Absent from the released CMCR code** (paper.md §4.4 and §6.2 item 1); this reconstructs it.
+    **Absent from the released CMCR code** (docs/paper.md §4.4 and §6.2 item 1); this reconstructs it.
 
     Every masked pixel that at least one LiDAR point projects into gets, instead of its quantised 2D
     feature F̄^2D, the *mean* quantised 3D feature F̄^3D of the points (voxels) paired with it.

@@ -1,4 +1,4 @@
-"""Occupancy and intensity estimation (paper.md §2 "Occupancy query points", §3.3, §4.5): ``L_occ``.
+"""Occupancy and intensity estimation (docs/paper.md §2 "Occupancy query points", §3.3, §4.5): ``L_occ``.
 
 CMCR borrows ALSO's self-supervised surface reconstruction. Every LiDAR return ``p`` tells us that
 the ray from the sensor to ``p`` is *empty* and that the space just behind ``p`` is *occupied*.
@@ -62,7 +62,7 @@ from cmcr_lite.data.occupancy_queries import (KIND_IN, KIND_OUT, KIND_OUT_FAR,  
 # Decoder
 # ---------------------------------------------------------------------------------------------
 class OccupancyDecoder(nn.Module):
-    """ALSO-style per-(query, neighbour) MLP (paper.md §3.3).
+    """ALSO-style per-(query, neighbour) MLP (docs/paper.md §3.3).
 
     ``Linear(D+3, h), [ReLU, Linear(h, h)] x n_hidden, ReLU, Linear(h, 2)``; CMCR: D = 64, h = 128,
     n_hidden = 2. Output column 0 is the occupancy logit, column 1 the intensity (in units of
@@ -107,7 +107,7 @@ def _scatter_mean(values: torch.Tensor, index: torch.Tensor, size: int) -> Tuple
 def occupancy_losses(pred: torch.Tensor, occupied_per_query: torch.Tensor, intensity_per_query: torch.Tensor,
                      query_index: torch.Tensor, aggregate: Optional[str] = None,
                      intensity_scale: float = 255.0) -> dict:
-    """``L_occ`` and the intensity loss (paper.md §4.5).
+    """``L_occ`` and the intensity loss (docs/paper.md §4.5).
 
     Args:
         pred: (E, 2) decoder output per (query, neighbour) pair: occupancy logit, intensity.

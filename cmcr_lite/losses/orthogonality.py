@@ -1,4 +1,4 @@
-"""Shared/specific decoupling loss L_orth (paper.md §4.2).
+"""Shared/specific decoupling loss L_orth (docs/paper.md §4.2).
 
 CMCR splits each 3D feature into a *shared* part F (distilled from the image, quantised by the
 codebook) and a *specific* part G (geometry, fed to the occupancy decoder). L_orth asks the two

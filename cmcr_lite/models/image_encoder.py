@@ -1,4 +1,4 @@
-"""The 2D branch: a frozen image trunk with two dense 64-d heads (paper.md §3.2).
+"""The 2D branch: a frozen image trunk with two dense 64-d heads (docs/paper.md §3.2).
 
 CMCR's default image model ("ppkt" decoder) is a ResNet-50 with MoCo-v2 weights, fully frozen,
 followed by two trainable heads on its stride-32 C5 map (2048-d):

@@ -1,4 +1,4 @@
-"""The 3D backbone: a Res16UNet34C-layout sparse residual UNet on MinkowskiEngine (paper.md §3.1).
+"""The 3D backbone: a Res16UNet34C-layout sparse residual UNet on MinkowskiEngine (docs/paper.md §3.1).
 
 CMCR (like SLidR and PointContrast before it) uses the "SR-UNet" ``Res16UNet34C``:
 
@@ -189,7 +189,7 @@ def _stage(in_ch: int, out_ch: int, n_blocks: int, cfg: MinkUNetConfig) -> nn.Se
 
 
 class MinkUNet(nn.Module):
-    """Res16UNet34C-layout sparse UNet (paper.md §3.1).
+    """Res16UNet34C-layout sparse UNet (docs/paper.md §3.1).
 
     Args:
         config: a :class:`MinkUNetConfig` (default: the paper's setting). Keyword overrides may be

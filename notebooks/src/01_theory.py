@@ -1,7 +1,7 @@
 # %% [markdown]
 # # 01 — Is contrastive distillation enough? The theory in a Gaussian toy
 #
-# CMCR's starting claim (paper §1, reconstructed in `shared/paper.md` §1.2) is that image→LiDAR
+# CMCR's starting claim (paper §1, reconstructed in `docs/paper.md` §1.2) is that image→LiDAR
 # contrastive distillation learns only what the two modalities **share**, and that the
 # information specific to the LiDAR must come from somewhere else — reconstruction.
 # Here we check that argument exactly, on two Gaussian "views" $X$ (think: point cloud) and
@@ -76,7 +76,7 @@ assert 0 < mi < math.log(batch_size)
 
 # %% [markdown]
 # InfoNCE scores each positive pair $(x_i, y_i)$ against the $N-1$ other $y_j$ of the batch
-# with a critic $f$, and for **any** critic (paper.md §1.2, step 2):
+# with a critic $f$, and for **any** critic (`docs/paper.md` §1.2, step 2):
 #
 # $$I(X;Y)\;\ge\;I(Z_x;Z_y)\;\ge\;\log N-\mathcal{L}_{\text{NCE}},\qquad
 #   \mathcal{L}_{\text{NCE}} = -\frac1N\sum_i \log\frac{e^{f(x_i,y_i)}}{\sum_j e^{f(x_i,y_j)}} .$$
@@ -149,7 +149,7 @@ fig.savefig(out / "a_bound_vs_steps.png", bbox_inches="tight")
 # $\mathcal{L}_{\text{NCE}}$ only depends on $x$ through what it says about $y$, i.e. through
 # $s$; $u_x$ is pure noise to the critic, so a head with room for 2 dimensions spends them all on
 # $s$. Reconstruction instead raises a lower bound on how much of its **own** input a
-# representation keeps (Barber–Agakov, paper.md §1.2, step 3):
+# representation keeps (Barber–Agakov, `docs/paper.md` §1.2, step 3):
 #
 # $$I(Z;X)\;\ge\;H(X)+\mathbb{E}\log q(X\mid Z),\qquad -\log q = \text{MSE (Gaussian } q).$$
 #

@@ -20,7 +20,7 @@
 # runs are two lite epochs, a mechanics check, not converged models.
 #
 # Paper: Zhang & Hou, IJCV 2026, §3 (method figure); facts and the released code's choices:
-# `../shared/paper.md` §3.1, §4.2, §6.2. Defaults run in under two minutes on a 2-core CPU.
+# `docs/paper.md` §3.1, §4.2, §6.2. Defaults run in under two minutes on a 2-core CPU.
 
 # %% tags=["parameters"]
 preset = "lite"               # "lite": embedded data, CPU; "full": the paper's setting on real nuScenes
@@ -84,7 +84,7 @@ print(train_kf, val_kf, sep="\n")
 # ## 1 · Two heads on each branch
 #
 # Both branches end in a trunk — the sparse MinkUNet in 3D, the frozen image network in 2D — and two
-# 1×1 convolutions read it (paper.md §3.1–3.2):
+# 1×1 convolutions read it (`docs/paper.md` §3.1–3.2):
 #
 # $$F^{3D} = \frac{h^{sh}_{3D}(z^{3D})}{\|h^{sh}_{3D}(z^{3D})\|_2}, \qquad G^{3D} = h^{sp}_{3D}(z^{3D}),
 #   \qquad F^{2D} = \frac{h^{sh}_{2D}(z^{2D})}{\|\cdot\|_2}, \qquad G^{2D} = h^{sp}_{2D}(z^{2D}),$$
@@ -383,7 +383,7 @@ display(Markdown(
 # | $\mathcal{L}_\text{orth}$ on 3D | yes | yes, weight 0.1, $\|\hat F^\top\hat G\|_F/64^2$ | yes, weight `orth_weight`, $/D^2$ |
 # | $\mathcal{L}_\text{orth}$ on 2D | yes | **no** | `CMCROptions.orth_2d` (default on; `released_code()` turns it off) |
 # | 2D trunk | not stated | frozen MoCo-v2 ResNet-50; the 2D heads are 1×1 convs on it | frozen (small self-supervised teacher in lite) |
-# | $\mathcal{L}_{kl}$ on $G^{3D}$ | yes | **absent** | absent (cannot be recovered, paper.md §6.2) |
+# | $\mathcal{L}_{kl}$ on $G^{3D}$ | yes | **absent** | absent (cannot be recovered, `docs/paper.md` §6.2) |
 # | heads after pretraining | — | neither head transfers, only the trunk | the probes above read the trunk too |
 
 # %%

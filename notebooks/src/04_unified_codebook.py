@@ -17,7 +17,7 @@
 #   points and pixels step by step, whether the two modalities share codes, and what happens to the
 #   codes nobody picks.
 #
-# Paper: Zhang & Hou, IJCV 2026, §3.3 and §4.3; facts about the official code: `../shared/paper.md` §4.3.
+# Paper: Zhang & Hou, IJCV 2026, §3.3 and §4.3; facts about the official code: `docs/paper.md` §4.3.
 # Module: `cmcr_lite/losses/codebook.py` (the codebook), `cmcr_lite/analysis/codebook.py` (the diagnostics).
 
 # %% tags=["parameters"]

@@ -13,11 +13,11 @@
 # encoder is frozen), and what the two variants do in a short pretraining run from the same seed.
 #
 # Paper: Zhang & Hou, IJCV 2026, §3 (figure), facts and the released code's gaps in
-# `../shared/paper.md` §2, §4.4, §6.2–6.3. Code: `cmcr_lite/data/masking.py`,
+# `docs/paper.md` §2, §4.4, §6.2–6.3. Code: `cmcr_lite/data/masking.py`,
 # `cmcr_lite/losses/mim.py`, `cmcr_lite/cmcr.py`.
 #
 # **Two things the released code does differently.** (1) It has **no geometry-enhanced
-# replacement** at all: nothing scatters 3D features into the image plane (paper.md §6.2 item 1);
+# replacement** at all: nothing scatters 3D features into the image plane (`docs/paper.md` §6.2 item 1);
 # ours is a reconstruction from the figure. (2) Its loss is the **MSE over all pixels**, masked or
 # not; the MAE convention (masked pixels only) is our `CMCROptions.mim_masked_only` switch, off by
 # default here to match the released code.
@@ -84,7 +84,7 @@ print(train_kf, val_kf, sep="\n")
 #
 # The network's input is $\tilde I$; the target stays the unmasked $I$. A point–pixel pair whose pixel
 # is masked leaves the contrastive pairs (the released code's attempt at this is the integer-indexing
-# bug of paper.md §6.3; `drop_masked_pairs` uses the boolean `~mask`) but is kept apart as
+# bug of `docs/paper.md` §6.3; `drop_masked_pairs` uses the boolean `~mask`) but is kept apart as
 # `masked_pair_voxels` / `masked_pair_pixels` for the geometry-enhanced replacement (§3).
 #
 # One difference in scale: the released code draws the 16-px patches on the raw 1600×900 image

@@ -15,11 +15,11 @@
 # to the LiDAR ground truth.
 #
 # **"Occupancy" here means implicit point-query occupancy along LiDAR rays: there is no voxel
-# occupancy grid**, in the loss or in the labels, as in the released code (paper.md §4.5). The
+# occupancy grid**, in the loss or in the labels, as in the released code (`docs/paper.md` §4.5). The
 # paper's figure draws dense "occupancy ground truth", but the code (and ours) only ever labels
 # points on rays. The grids in §6–§7 only *sample* the trained implicit function to draw it.
 #
-# Paper: Zhang & Hou, IJCV 2026, §3 (figure); facts in `../shared/paper.md` §2 ("Occupancy query
+# Paper: Zhang & Hou, IJCV 2026, §3 (figure); facts in `docs/paper.md` §2 ("Occupancy query
 # points"), §3.3 and §4.5. Code: `cmcr_lite/data/occupancy_queries.py`, `cmcr_lite/losses/occupancy.py`,
 # `cmcr_lite/cmcr.py`, `cmcr_lite/analysis/occupancy.py`.
 
