@@ -17,7 +17,6 @@ to TensorBoard (``<output_dir>/tensorboard``).
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import json
@@ -39,7 +38,10 @@ from cmcr_lite.distillation import DistillationModel, distillation_loss
 from cmcr_lite.gradients import gradient_shares, term_gradients
 from cmcr_lite.models.image_encoder import ResNet50Encoder
 from cmcr_lite.models.minkunet import MinkUNetConfig
-from cmcr_lite.runtime import atomic_path, check_resumable, resolve_device, save_checkpoint_atomic, seed_everything
+from cmcr_lite.runtime import (CheckpointError, CommandLineParser, InputError, ResumeError, atomic_path,
+                               check_field_types, check_resumable, checkpoint_kind, device_problem, override_fields,
+                               read_checkpoint, reports_input_errors, resolve_device, save_checkpoint_atomic,
+                               seed_everything)
 
 METHODS = ("ppkt", "slidr", "cmcr")
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -65,7 +67,7 @@ def default_num_workers() -> int:
 
 @dataclass
 class PretrainConfig:
-    """Every pretraining setting. Defaults: the paper's released configuration (paper.md section 4.6)."""
+    """Every pretraining setting. Defaults: the paper's released configuration (docs/paper.md section 4.6)."""
     method: str = "ppkt"                 # "ppkt": point-pixel InfoNCE; "slidr": superpoint-superpixel; "cmcr"
     dataroot: str | None = None          # None: the embedded synthetic dataset
     version: str = "v1.0-trainval"
@@ -106,22 +108,29 @@ class PretrainConfig:
             # the data products follow the method and its options, whatever order fields were set in
             # (``replace``, ``from_dict`` and the CLI all pass through here)
             self.pipeline = replace(self.pipeline, **data_needs(self.method, self.cmcr))
-        checks = {
-            "method": self.method in METHODS, "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1,
-            "lr": self.lr > 0, "lr_schedule": self.lr_schedule in LR_SCHEDULES, "weight_decay": self.weight_decay >= 0, "tau": self.tau > 0,
-            "num_matches": self.num_matches >= 2, "feature_dim": self.feature_dim >= 1,
-            "image_encoder": self.image_encoder in ("resnet50", "small_teacher"),
-            "device": self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
-            "num_workers": self.num_workers is None or self.num_workers >= 0,
-            "gradient_every": self.gradient_every >= 0,
+        checks = {  # field: (valid, what is expected)
+            "method": (self.method in METHODS, f"one of {METHODS}"), "epochs": (self.epochs >= 1, ">= 1"),
+            "batch_size": (self.batch_size >= 1, ">= 1"), "lr": (self.lr > 0, "> 0"),
+            "lr_schedule": (self.lr_schedule in LR_SCHEDULES, f"one of {LR_SCHEDULES}"),
+            "weight_decay": (self.weight_decay >= 0, ">= 0"), "tau": (self.tau > 0, "> 0"),
+            "num_matches": (self.num_matches >= 2, ">= 2"), "feature_dim": (self.feature_dim >= 1, ">= 1"),
+            "image_encoder": (self.image_encoder in ("resnet50", "small_teacher"), "'resnet50' or 'small_teacher'"),
+            "device": (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+                       "'auto', 'cpu', 'cuda' or 'cuda:N'"),
+            "num_workers": (self.num_workers is None or self.num_workers >= 0, "None or >= 0"),
+            # the data order and augmentations draw from numpy generators seeded by (seed, epoch, index)
+            "seed": (self.seed >= 0, ">= 0"),
+            "gradient_every": (self.gradient_every >= 0, ">= 0 (0: off)"),
             # CMCR's MIM needs masked images and its occupancy head needs query points
-            "pipeline.mask_prob": not self.pipeline.mim_masks or self.pipeline.mask_prob > 0,
-            "pipeline.occupancy_queries": not self.pipeline.occupancy or self.pipeline.occupancy_queries > 0,
+            "pipeline.mask_prob": (not self.pipeline.mim_masks or self.pipeline.mask_prob > 0, "> 0 with MIM"),
+            "pipeline.occupancy_queries": (not self.pipeline.occupancy or self.pipeline.occupancy_queries > 0,
+                                           "> 0 with occupancy"),
         }
-        bad = [k for k, ok in checks.items() if not ok]
+        bad = [k for k, (ok, _) in checks.items() if not ok]
         if bad:
             value = lambda k: getattr(self.pipeline, k.split(".")[1]) if k.startswith("pipeline.") else getattr(self, k)  # noqa: E731
-            raise ValueError("PretrainConfig: invalid " + ", ".join(f"{k}={value(k)!r}" for k in bad))
+            raise ValueError("PretrainConfig: invalid " + ", ".join(f"{k}={value(k)!r} (expected {checks[k][1]})"
+                                                                    for k in bad))
 
     @classmethod
     def lite(cls, **overrides) -> "PretrainConfig":
@@ -247,6 +256,26 @@ def resume_ignores(config: PretrainConfig) -> set:
             | ({"cmcr"} if config.method != "cmcr" else set()))
 
 
+def load_pretrain_checkpoint(path) -> dict:
+    """A checkpoint written by :func:`pretrain` (``torch.load``-ed, its ``config`` a dict), or
+    CheckpointError naming the file: missing, truncated or corrupt, a downstream checkpoint, keys
+    missing, or a config this version cannot read."""
+    state = read_checkpoint(path, "pretraining checkpoint")
+    if checkpoint_kind(state) == "downstream":
+        raise CheckpointError(f"{path} is a downstream checkpoint (python -m cmcr_lite.downstream, mode "
+                              f"{state['config'].get('mode')!r}), not a pretraining one: a pretraining run resumes "
+                              f"only from its own {CHECKPOINT_NAME}; use another output_dir")
+    missing = {"epoch", "config", "model", "optimizer", "history", "rng"} - set(state)
+    if missing:
+        raise CheckpointError(f"{path} is not a pretraining checkpoint: keys {sorted(missing)} are missing "
+                              f"(it has {sorted(state)[:8]})")
+    try:
+        PretrainConfig.from_dict(state["config"])
+    except (ValueError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{path}: its config cannot be read ({e})") from None
+    return state
+
+
 def _step_generator(seed: int, epoch: int, step: int, device=None) -> torch.Generator:
     """A CPU generator per (seed, epoch, step): the same draws on CPU and GPU, and after a resume."""
     g = torch.Generator()
@@ -303,6 +332,10 @@ def pretrain(config: PretrainConfig, resume: bool = False, progress: bool = True
     out_dir = Path(config.output_dir)
     ckpt_path = out_dir / CHECKPOINT_NAME
     seed_everything(config.seed + rank)
+    state = None
+    if resume and ckpt_path.is_file():  # read and checked before any data is read or model built
+        state = load_pretrain_checkpoint(ckpt_path)
+        check_resumable(PretrainConfig.from_dict(state["config"]), config, resume_ignores(config), ckpt_path)
 
     if keyframes is None:
         root = ensure_embedded_dataset() if config.dataroot is None else config.dataroot
@@ -321,9 +354,7 @@ def pretrain(config: PretrainConfig, resume: bool = False, progress: bool = True
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
     start_epoch, history = 0, []
-    if resume and ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        check_resumable(PretrainConfig.from_dict(state["config"]), config, resume_ignores(config), ckpt_path)
+    if state is not None:
         core.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, history = state["epoch"] + 1, state["history"]
@@ -420,35 +451,39 @@ def parse_fields(items) -> dict:
 
 
 def config_from_args(args) -> PretrainConfig:
+    """The config of a command line: ``--config`` (the lite or full preset, or a JSON file of fields),
+    then the ``--set`` overrides, each type-checked against its field (nested ones included) before
+    the config's own checks (``runtime.override_fields``), then ``--output-dir``. Any bad input is an
+    InputError: one line ``error: ...`` naming the field and value, exit status 2."""
     if args.config in ("lite", "full"):
-        cfg = PretrainConfig.lite() if args.config == "lite" else PretrainConfig.full()
-        base = cfg.to_dict()
+        base = (PretrainConfig.lite() if args.config == "lite" else PretrainConfig.full()).to_dict()
     else:
         path = Path(args.config)
         if not path.is_file():
-            raise SystemExit(f"error: --config {args.config!r} is neither 'lite', 'full' nor a JSON file")
-        base = json.loads(path.read_text())
-    for item in args.set or []:
-        key, _, value = item.partition("=")
-        target = base
-        *parents, leaf = key.split(".")
-        for p in parents:
-            target = target[p]
-        if leaf not in target:
-            raise SystemExit(f"error: --set {key}: no such config field")
-        target[leaf] = _parse_value(value)
+            raise InputError(f"--config {args.config!r} is neither 'lite', 'full' nor a JSON file")
+        try:
+            base = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise InputError(f"--config {path}: not a readable JSON file ({e})") from None
+        if not isinstance(base, dict):
+            raise InputError(f"--config {path}: expected a JSON object of PretrainConfig fields, "
+                             f"got {type(base).__name__}")
+        base = check_field_types(PretrainConfig, base, where=f"--config {path}: ")
+    override_fields(base, PretrainConfig, args.set)
     if args.output_dir:
         base["output_dir"] = args.output_dir
     try:
         cfg = PretrainConfig.from_dict(base)
         check_image_weights(cfg)
     except (ValueError, TypeError) as e:
-        raise SystemExit(f"error: {e}")
+        raise InputError(e) from None
     return cfg
 
 
+@reports_input_errors
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Image-to-LiDAR pretraining: PPKT, SLidR or CMCR (--set method=...).")
+    p = CommandLineParser(prog="python -m cmcr_lite.pretrain",
+                          description="Image-to-LiDAR pretraining: PPKT, SLidR or CMCR (--set method=...).")
     p.add_argument("--config", default="lite", help="'lite', 'full' or a JSON file of PretrainConfig fields")
     p.add_argument("--set", nargs="*", metavar="FIELD=VALUE",
                    help="override fields (JSON values), e.g. method=cmcr epochs=20 cmcr.geomim=false "
@@ -457,12 +492,19 @@ def main(argv=None):
     p.add_argument("--resume", action="store_true", help="continue from <output-dir>/checkpoint.pt if it exists")
     args = p.parse_args(argv)
     cfg = config_from_args(args)
+    problem = device_problem(cfg.device)
+    if problem:
+        raise InputError(problem)
+    if Path(cfg.output_dir).exists() and not Path(cfg.output_dir).is_dir():
+        raise InputError(f"output_dir {cfg.output_dir} is a file, not a folder")
     from cmcr_lite.data.nuscenes_loader import DatasetError
+    from cmcr_lite.data.superpixels import SuperpixelCacheError
+    from cmcr_lite.models.image_encoder import CheckpointMismatchError
 
     try:
         result = pretrain(cfg, resume=args.resume)
-    except DatasetError as e:  # a dataset problem is the user's to fix: say it in one line
-        raise SystemExit(f"error: {e}")
+    except (DatasetError, CheckpointError, ResumeError, CheckpointMismatchError, SuperpixelCacheError) as e:
+        raise InputError(e) from None  # the user's to fix (data, weights, checkpoint): say it in one line
     if result["rank"] == 0:
         print(f"checkpoint: {result['checkpoint']}")
     if torch.distributed.is_initialized():

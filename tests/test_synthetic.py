@@ -189,7 +189,7 @@ def test_existing_nonempty_dir_needs_overwrite(tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir()] == ["nuscenes"]
     with pytest.raises(SystemExit) as exc:  # the CLI says so too, without a traceback
         synthetic.main(["--out", str(out), "--scenes", "1", "--samples-per-scene", "1"])
-    assert str(out) in str(exc.value.code)
+    assert exc.value.code == 2 and str(out) in str(exc.value)
 
 
 def test_rejects_empty_request(tmp_path):

@@ -16,12 +16,13 @@ sequences 00-07, 09, 10; val: 08 (the official split; 11-21 are the unlabelled t
 """
 from __future__ import annotations
 
-import argparse
 import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from cmcr_lite.runtime import CommandLineParser, InputError, reports_input_errors
 
 # raw SemanticKITTI label -> learning index (0 = ignore), as config/semantic-kitti.yaml's learning_map
 LEARNING_MAP = {
@@ -192,18 +193,33 @@ def write_synthetic(out, sequences=(0, 1, 8), frames_per_sequence: int = 2, seed
     return out
 
 
+@reports_input_errors
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Write a small synthetic SemanticKITTI-format set (sequences/NN/...).")
+    p = CommandLineParser(prog="python -m cmcr_lite.data.semantickitti",
+                          description="Write a small synthetic SemanticKITTI-format set (sequences/NN/...).")
     p.add_argument("--out", required=True, help="folder that will hold sequences/")
     p.add_argument("--sequences", type=int, nargs="+", default=[0, 1, 8], help="sequence numbers (08 = val)")
     p.add_argument("--frames", type=int, default=2, help="scans per sequence")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
     a = p.parse_args(argv)
+    bad = [s for s in a.sequences if not 0 <= s <= 21]
+    if bad:
+        p.error(f"--sequences must be SemanticKITTI's sequence numbers 0..21, got {bad}")
+    if len(set(a.sequences)) != len(a.sequences):
+        p.error(f"--sequences must not repeat a sequence, got {a.sequences}")
+    if a.frames < 1:
+        p.error(f"--frames must be >= 1, got {a.frames}")
+    if a.seed < 0:  # each sequence draws from a numpy generator seeded by (seed, sequence)
+        p.error(f"--seed must be >= 0, got {a.seed}")
+    if Path(a.out).exists() and not Path(a.out).is_dir():
+        p.error(f"--out {a.out} is a file, not a folder")
     try:
         out = write_synthetic(a.out, a.sequences, a.frames, a.seed, a.overwrite)
-    except FileExistsError as e:
-        raise SystemExit(f"error: {e}")
+    except FileExistsError:
+        raise InputError(f"--out {a.out} already exists and is not empty; pass --overwrite to replace it") from None
+    except OSError as e:  # a folder that cannot be written, a full disk
+        raise InputError(f"cannot write the dataset at {a.out}: {e}") from None
     print(f"wrote {out} ({len(a.sequences)} sequences x {a.frames} scans)")
 
 

@@ -14,7 +14,6 @@ cache directory instead. Precompute them all before training, with worker proces
 """
 from __future__ import annotations
 
-import argparse
 import os
 from dataclasses import dataclass
 from multiprocessing import Pool
@@ -23,6 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
+
+from cmcr_lite.runtime import CommandLineParser, InputError, reports_input_errors
 
 
 @dataclass(frozen=True)
@@ -125,9 +126,11 @@ def cache_all_superpixels(keyframes, params: SlicParams = SlicParams(), progress
     return folder
 
 
+@reports_input_errors
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Precompute SLIC superpixels of every camera image (SLidR's first "
-                                            "step; only SLidR pretraining reads them).")
+    p = CommandLineParser(prog="python -m cmcr_lite.data.superpixels",
+                          description="Precompute SLIC superpixels of every camera image (SLidR's first step; only "
+                                      "SLidR pretraining reads them).")
     p.add_argument("--dataroot", required=True, help="nuScenes dataset root")
     p.add_argument("--version", default="v1.0-trainval", help="e.g. v1.0-trainval, v1.0-mini")
     p.add_argument("--split", default="all", help="'all' (default), 'train', 'val' or a devkit split name")
@@ -135,13 +138,15 @@ def main(argv=None):
     p.add_argument("--cache-dir", help="where the PNGs go (default <dataroot>/superpixels); pass the same folder "
                                        "to pretraining as pipeline.superpixel_cache")
     args = p.parse_args(argv)
+    if args.workers < 0:
+        p.error(f"--workers must be >= 0 (0: segment in this process), got {args.workers}")
     from cmcr_lite.data.nuscenes_loader import DatasetError, NuScenesKeyframes
 
     try:
         keyframes = NuScenesKeyframes(args.dataroot, args.version, split=args.split)
         folder = cache_all_superpixels(keyframes, workers=args.workers, cache=args.cache_dir)
     except (DatasetError, SuperpixelCacheError) as e:
-        raise SystemExit(f"error: {e}")
+        raise InputError(e) from None
     n = sum(1 for _ in folder.glob("*.png"))
     print(f"superpixels: {folder} ({n} images)")
 

@@ -19,11 +19,9 @@ end, so an interrupted run never leaves a half dataset that a later run would lo
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -33,6 +31,7 @@ from pyquaternion import Quaternion
 from tqdm.auto import tqdm
 
 from cmcr_lite.data.synthetic_world import build_world, lidar_scan, render_camera
+from cmcr_lite.runtime import CommandLineParser, InputError, reports_input_errors
 
 MINI_VERSION = "v1.0-mini"
 DEFAULT_VERSION = "v1.0-synthetic"
@@ -322,8 +321,9 @@ def ensure_dataset(root: str | os.PathLike, n_scenes: int | None = None, seed: i
     return root
 
 
+@reports_input_errors
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = CommandLineParser(prog="python -m cmcr_lite.data.synthetic", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="dataset root to create (the nuScenes 'dataroot')")
     p.add_argument("--preset", choices=sorted(PRESETS),
                    help="a named size: " + "; ".join(f"{k}: {v['n_scenes']} scenes x {v['samples_per_scene']} "
@@ -349,10 +349,18 @@ def main(argv=None):
     a.seed = 0 if a.seed is None else a.seed
     if a.workers < 1:
         p.error(f"--workers must be >= 1, got {a.workers}")
+    if a.seed < 0:  # the scenes draw from numpy generators seeded by (seed, scene)
+        p.error(f"--seed must be >= 0, got {a.seed}")
+    if not a.version or Path(a.version).name != a.version or a.version in (".", ".."):
+        p.error(f"--version must be a folder name such as {DEFAULT_VERSION} or {MINI_VERSION}, got {a.version!r}")
+    if Path(a.out).exists() and not Path(a.out).is_dir():
+        p.error(f"--out {a.out} is a file, not a folder")
     try:
         out = generate(a.out, a.scenes, a.seed, a.samples_per_scene, a.version, a.overwrite, workers=a.workers)
     except (FileExistsError, ValueError) as e:
-        sys.exit(f"error: {e}")
+        raise InputError(e) from None
+    except OSError as e:  # a folder that cannot be written, a full disk
+        raise InputError(f"cannot write the dataset at {a.out}: {e}") from None
     n = len(json.loads((out / a.version / "scene.json").read_text()))
     print(f"wrote {out} ({n} scenes x {a.samples_per_scene} keyframes, version {a.version})")
 

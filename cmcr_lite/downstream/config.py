@@ -96,6 +96,8 @@ class DownstreamConfig:
             "device": (self.device in ("auto", "cpu", "cuda") or str(self.device).startswith("cuda:"),
                        "'auto', 'cpu', 'cuda' or 'cuda:N'"),
             "num_workers": (self.num_workers >= 0, ">= 0"),
+            # the data order and augmentations draw from numpy generators seeded by (seed, epoch, scan)
+            "seed": (self.seed >= 0, ">= 0"),
         }
         for name, (ok, expected) in checks.items():
             if not ok:
