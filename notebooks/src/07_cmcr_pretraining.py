@@ -200,7 +200,8 @@ trunk = [p for p in cmcr_model.backbone.parameters() if p.requires_grad]
 grads = term_gradients(terms, cmcr_model.term_weights(), trunk)
 shares = gradient_shares(grads)
 total = torch.cat([g.reshape(-1) for g in torch.autograd.grad(terms["loss"], trunk, retain_graph=True)])
-assert torch.allclose(sum(grads.values()), total, rtol=1e-4, atol=1e-7)     # the terms add up to the total
+# the terms add up to the total (to float rounding: MinkowskiEngine's threads sum in varying order)
+assert (sum(grads.values()) - total).norm() <= 1e-4 * total.norm()
 assert abs(sum(v["share"] for k, v in shares.items() if k != "total") - 1) < 1e-4
 for k, v in shares.items():
     if k != "total":
