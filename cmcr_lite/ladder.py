@@ -206,8 +206,8 @@ def keeps_both(summary: dict, row: str) -> dict | None:
     differences (or occupancy only's) are missing."""
     diffs = summary["differences"]
     d, occ = diffs.get(f"{row} - PPKT"), diffs.get("occupancy only - PPKT")
-    if d is None or occ is None:
-        return None
+    if d is None or occ is None or d["geometry twins told apart"]["low"] != d["geometry twins told apart"]["low"]:
+        return None  # missing, or one seed so far (no interval)
     geometry, appearance = d["geometry twins told apart"], d["appearance twins told apart"]
     keeps = {"appearance": appearance["mean"] >= -APPEARANCE_TOLERANCE,
              "geometry": geometry["low"] > 0

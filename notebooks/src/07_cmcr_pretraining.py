@@ -332,9 +332,10 @@ if ladder_report is not None and mech is not None:
            "geometry twins apart, so nothing in it asks a trunk that already serves the NCE for more. "
            if reads else ". ")
         + "The code-matching term (CMCM) is inert by construction (notebook 04). ")
-    if not diagnostic:
+    if not diagnostic or all(k is None for k in verdicts.values()):
         answer += ("Whether raising the LiDAR terms' weights brings the geometry back is the diagnostic rows' "
-                   "question (§7), not yet run.")
+                   "question (§7): " + ("not yet run." if not diagnostic else
+                                        "so far on one seed, too few for an interval, so no verdict yet."))
     elif kept:
         answer += (f"Raised weights bring it back: {', '.join(kept)} keep{'s' if len(kept) == 1 else ''} PPKT's "
                    f"appearance twins and occupancy's geometry twins (§7), so the parts can teach the trunk and "
