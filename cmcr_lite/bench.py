@@ -116,6 +116,11 @@ def row_slug(row: str) -> str:
     return "".join(c if c.isalnum() or c == "." else "_" for c in row).strip("_").lower()
 
 
+def job_result(runs_dir, row: str, seed: int) -> Path:
+    """Where the job (``row``, ``seed``) writes its result: ``<runs_dir>/<row slug>_seed<k>.json``."""
+    return Path(runs_dir) / f"{row_slug(row)}_seed{seed}.json"
+
+
 def pretrain_checkpoint(plan: BenchPlan, row: str, seed: int) -> Path:
     """Where the pretraining of ``row`` on ``seed`` keeps its checkpoint (under ``plan.output_root``)."""
     return Path(plan.output_root) / f"{row_slug(row)}_seed{seed}" / "pretrain" / "checkpoint.pt"
@@ -313,7 +318,7 @@ def run_job(plan_dict: dict, root: str, row: str, seed: int, runs_dir: str, need
 
     plan = BenchPlan.from_dict(plan_dict)
     run_dir = Path(plan.output_root) / f"{row_slug(row)}_seed{seed}"
-    done = Path(runs_dir) / f"{row_slug(row)}_seed{seed}.json"
+    done = job_result(runs_dir, row, seed)
     # a result is reused when it was made with this plan's sizes and probe; with more epochs the
     # pretraining resumes from its checkpoint and continues (the loop's resume ignores ``epochs``)
     sizes = {"pretrain": plan.pretrain}  # the trunk's architecture, read by every row
@@ -733,7 +738,7 @@ def bench(plan: BenchPlan | None = None, progress: bool = True, results_dir: Pat
     jobs = bench_jobs(plan)
     runs_dir = str(results_dir / f"{plan.results_name}_runs")
     # a call that finds no job result runs the whole bench, so its wall time is the budget's measure
-    from_scratch = not any((Path(runs_dir) / f"{row_slug(row)}_seed{seed}.json").is_file() for row, seed in jobs)
+    from_scratch = not any(job_result(runs_dir, row, seed).is_file() for row, seed in jobs)
     data_made = not bench_dataroot(plan).exists()
     previous = load_report(plan.results_name, results_dir)
     root = prepare_data(plan, progress)

@@ -28,8 +28,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from cmcr_lite.bench import (COLUMN_TITLES, COLUMNS, LADDER, NCE_AND_OCCUPANCY, RESULTS_DIR, BenchPlan,
-                             diagnostic_row, job_seconds, paired_differences, pool_map, prepare_data, rescored,
-                             row_slug, run_job, summarize_rows)
+                             diagnostic_row, job_result, job_seconds, paired_differences, pool_map, prepare_data,
+                             rescored, run_job, summarize_rows)
 
 RUNGS = ("PPKT",) + LADDER + ("CMCR",)
 REUSED = ("random init", "PPKT", "CMCR", "occupancy only")  # the bench's rows, read from its results
@@ -158,7 +158,7 @@ def ladder(plan: LadderPlan | None = None, progress: bool = True, results_dir: P
     jobs = [(plan.bench.to_dict(), root, row, seed, str(bench_runs if row in REUSED else own_runs))
             for row, seed in ladder_jobs(plan)]
     if report_only:  # summarise the jobs done so far (e.g. while a long call is still running)
-        done = [Path(job[4]) / f"{row_slug(job[2])}_seed{job[3]}.json" for job in jobs]
+        done = [job_result(runs, row, seed) for _, _, row, seed, runs in jobs]
         results = [json.loads(p.read_text()) for p in done if p.is_file()]
     else:
         results = pool_map(run_job, jobs, plan.bench.workers, "ladder jobs", progress)

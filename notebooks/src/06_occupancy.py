@@ -182,7 +182,7 @@ save_figure(fig, out / "neighbour_counts.png")
 #
 # ## 3 · Pretraining with the occupancy objective
 #
-# The `"+ occupancy"` ablation step of notebook 07: PPKT's InfoNCE, decoupled shared/specific heads
+# The `"+ occupancy"` ablation step of notebook 07: PPKT's InfoNCE, decoupled shared and specific heads
 # with $\mathcal L_\text{orth}$, the unified codebook, and $\mathcal L_\text{occ} + \mathcal L_\text{int}$
 # (no MIM). The checkpoint is cached: rerunning the notebook reloads it.
 
