@@ -59,7 +59,7 @@ def machine() -> dict:
     OpenBLAS's generic and SkylakeX kernels, or an Intel and an AMD CPU of the same vector width (the
     model name tells them apart; MKL inside torch takes another code path on AMD), so two such runs
     agree only to float rounding at first and then drift apart; and step times differed up to 2.6x
-    between the machines this project has run on (``benchmarks/results/cross_machine_runs/``)."""
+    between the machines this project has run on (``experiments/results/cross_machine_runs/``)."""
     cpu = "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

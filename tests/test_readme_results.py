@@ -3,13 +3,12 @@ import re
 import sys
 from pathlib import Path
 
-from cmcr_lite.bench import BenchPlan, row_slug
+from experiments.plan import BenchPlan, row_slug
 from cmcr_lite.paths import REPO_ROOT
 
-sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-from ceiling_recipes import recipe_folder  # noqa: E402
+from experiments.ceiling_recipes import recipe_folder
 
-# the bench's ceiling recipe, as benchmarks/ceiling_recipes.py names its folder: "b2_lr0.1_30ep"
+# the bench's ceiling recipe, as experiments/ceiling_recipes.py names its folder: "b2_lr0.1_30ep"
 CURRENT_RECIPE = recipe_folder(BenchPlan().ceiling, BenchPlan().ceiling_epochs)
 
 
@@ -18,13 +17,13 @@ def committed_job(name: str) -> Path:
     with: bench_runs/ holds the bench's jobs; the supervised ceiling's were replaced by a shorter recipe
     after those runs, and its earlier 60-epoch jobs, made on the committed jobs' machine, are kept in
     bench_runs_ceiling_60ep/."""
-    runs = REPO_ROOT / "benchmarks" / "results"
+    runs = REPO_ROOT / "experiments" / "results"
     return runs / ("bench_runs_ceiling_60ep" if name.startswith("supervised_ceiling") else "bench_runs") / name
 
 
 def committed_paths() -> list:
     """Every committed job of the bench as the cross-machine runs saw it (:func:`committed_job`)."""
-    return sorted(committed_job(p.name) for p in (REPO_ROOT / "benchmarks" / "results" / "bench_runs").glob("*.json"))
+    return sorted(committed_job(p.name) for p in (REPO_ROOT / "experiments" / "results" / "bench_runs").glob("*.json"))
 
 
 def first_table(markdown: str) -> str:
@@ -43,7 +42,7 @@ def _assert_readme_quotes(marker: str, results_md: str):
     readme = (REPO_ROOT / "README.md").read_text()
     block = re.search(rf"<!-- {marker}:begin -->\n(.*?)<!-- {marker}:end -->", readme, re.S)
     assert block, f"README.md lost its <!-- {marker}:begin --> ... <!-- {marker}:end --> block"
-    md = REPO_ROOT / "benchmarks" / "results" / results_md
+    md = REPO_ROOT / "experiments" / "results" / results_md
     quoted = block.group(1).strip()
     if not md.is_file():
         assert quoted == "", f"README quotes a table, but benchmarks/results/{results_md} does not exist"
@@ -64,7 +63,7 @@ def test_readme_bench_numbers_are_the_committed_ones():
     change the text too."""
     import json
 
-    path = REPO_ROOT / "benchmarks" / "results" / "bench.json"
+    path = REPO_ROOT / "experiments" / "results" / "bench.json"
     readme = (REPO_ROOT / "README.md").read_text()
     if not path.is_file():
         return
@@ -97,7 +96,7 @@ def wall_with_current_ceiling(report: dict) -> float:
     import statistics
 
     old = sum(r["seconds"] for r in report["runs"] if r["row"] == "supervised ceiling") / 60
-    jobs = recipe_jobs(REPO_ROOT / "benchmarks" / "results" / "ceiling_recipes_amd_epyc_17")[CURRENT_RECIPE]
+    jobs = recipe_jobs(REPO_ROOT / "experiments" / "results" / "ceiling_recipes_amd_epyc_17")[CURRENT_RECIPE]
     new = statistics.mean(r["seconds"] for r in jobs) / 60
     return report["wall_from_scratch"]["minutes"] - (old - 5 * new) / 2
 
@@ -108,7 +107,7 @@ def test_readme_bench_times_are_the_jobs_own():
     and that run with its ceiling jobs swapped for the current recipe's on the same machine kind."""
     import json
 
-    results = REPO_ROOT / "benchmarks" / "results"
+    results = REPO_ROOT / "experiments" / "results"
     bench = json.loads((results / "bench.json").read_text())
     scratch = json.loads((results / "cross_machine_runs" / "amd_epyc_17_from_scratch" / "bench.json").read_text())
     flat = " ".join((REPO_ROOT / "README.md").read_text().split())
@@ -125,7 +124,7 @@ def test_readme_third_seed_set_numbers_are_the_committed_ones():
 
     import numpy as np
 
-    runs = REPO_ROOT / "benchmarks" / "results"
+    runs = REPO_ROOT / "experiments" / "results"
     third = sorted((runs / "noise_floor_third_set_runs").glob("*.json"))
     if not third:
         return
@@ -156,7 +155,7 @@ def test_readme_third_seed_set_numbers_are_the_committed_ones():
 
 
 def test_noise_floor_sets_numbers_are_the_committed_ones():
-    """benchmarks/results/noise_floor_sets_amd_epyc_17: its summary is what its job files and the
+    """experiments/results/noise_floor_sets_amd_epyc_17: its summary is what its job files and the
     from-scratch report give (recomputed here with scipy's ANOVA, not the script's), and both READMEs
     quote it."""
     import json
@@ -164,7 +163,7 @@ def test_noise_floor_sets_numbers_are_the_committed_ones():
     import numpy as np
     from scipy import stats
 
-    results = REPO_ROOT / "benchmarks" / "results"
+    results = REPO_ROOT / "experiments" / "results"
     folder = results / "noise_floor_sets_amd_epyc_17"
     if not (folder / "noise_floor_sets.json").is_file():
         return
@@ -255,11 +254,11 @@ def ceiling_length_table(folder, report: dict) -> str:
 
 
 def test_ceiling_length_table_is_the_files_own():
-    """benchmarks/results/ceiling_length_amd_epyc_17/README.md: its table is what the job files and the
+    """experiments/results/ceiling_length_amd_epyc_17/README.md: its table is what the job files and the
     from-scratch report (same machine kind) hold, and its words follow the numbers."""
     import json
 
-    results = REPO_ROOT / "benchmarks" / "results"
+    results = REPO_ROOT / "experiments" / "results"
     folder = results / "ceiling_length_amd_epyc_17"
     if not folder.is_dir():
         return
@@ -281,11 +280,11 @@ def test_ceiling_length_table_is_the_files_own():
 
 
 def test_cross_machine_numbers_are_the_committed_ones():
-    """benchmarks/results/cross_machine_runs/README.md and the README say how two ceiling jobs run on
+    """experiments/results/cross_machine_runs/README.md and the README say how two ceiling jobs run on
     another kind of CPU compare with the committed ones; the committed files must say so too."""
     import json
 
-    runs = REPO_ROOT / "benchmarks" / "results"
+    runs = REPO_ROOT / "experiments" / "results"
     other = sorted((runs / "cross_machine_runs").glob("*.json"))
     if not other:
         return
@@ -326,7 +325,7 @@ def untimed(job: dict) -> dict:
 
 def step(name: str, method: str) -> float:
     """A one-thread profile's step time in s: the ``step`` column of ``method`` in benchmarks/results/``name``."""
-    text = (REPO_ROOT / "benchmarks" / "results" / name).read_text()
+    text = (REPO_ROOT / "experiments" / "results" / name).read_text()
     row = next(line for line in text.splitlines() if line.startswith(f"| {method} |"))
     return float(row.split("|")[-3])
 
@@ -337,7 +336,7 @@ def test_openblas_kernel_runs_are_what_the_notes_say():
     The quoted time ratios are the files' own."""
     import json
 
-    runs = REPO_ROOT / "benchmarks" / "results"
+    runs = REPO_ROOT / "experiments" / "results"
     where = runs / "cross_machine_runs" / "intel_xeon_207"
     notes = " ".join((runs / "cross_machine_runs" / "README.md").read_text().split())
 
@@ -385,7 +384,7 @@ def test_amd_epyc_runs_are_what_the_notes_say():
     import json
     from collections import defaultdict
 
-    runs = REPO_ROOT / "benchmarks" / "results"
+    runs = REPO_ROOT / "experiments" / "results"
     where = runs / "cross_machine_runs" / "amd_epyc_17"
     notes = " ".join((runs / "cross_machine_runs" / "README.md").read_text().split())
     ratio, moved = defaultdict(list), defaultdict(list)
@@ -412,7 +411,7 @@ def test_amd_epyc_runs_are_what_the_notes_say():
                  f"PPKT {times['PPKT']}", f"PPKT A/A {times['PPKT (A/A)']}",
                  f"An occupancy-only step took {times['occupancy only']}"):
         assert text in notes, f"cross_machine_runs/README.md should say {text!r}"
-    from cmcr_lite.bench import job_seconds
+    from experiments.jobs import job_seconds
 
     whole = _weighted_compute(jobs)
     total = sum(job_seconds(json.loads(p.read_text())) for p in committed_paths()) / 60  # the jobs compared with
@@ -435,7 +434,7 @@ def _times(name: str, where: str, seeds=(0, 1)) -> list:
     """``name``'s job time under cross_machine_runs/``where`` against its committed job, per seed, as '1.23×'."""
     import json
 
-    runs = REPO_ROOT / "benchmarks" / "results"
+    runs = REPO_ROOT / "experiments" / "results"
     out = []
     for seed in seeds:
         here = json.loads((runs / "cross_machine_runs" / where / f"{name}_seed{seed}.json").read_text())
@@ -469,11 +468,12 @@ def test_readme_machines_table_is_the_files_own():
     import json
     import statistics
 
-    runs = REPO_ROOT / "benchmarks" / "results"
+    runs = REPO_ROOT / "experiments" / "results"
     cross = runs / "cross_machine_runs"
     from dataclasses import replace
 
-    from cmcr_lite.bench import job_seconds, _same_plan
+    from experiments.bench import same_plan
+    from experiments.jobs import job_seconds
 
     committed = json.loads((runs / "bench.json").read_text())
     # the jobs these machines were compared with: the bench's, with its earlier 60-epoch ceiling
@@ -487,7 +487,7 @@ def test_readme_machines_table_is_the_files_own():
     # the plan of the committed bench before its ceiling changed recipe (only where its files went differs)
     earlier = replace(BenchPlan.from_dict(committed["plan"]), ceiling_epochs=60,
                       ceiling={"lr": 0.05, "lr_head": None, "batch_size": 4})
-    assert _same_plan(scratch["plan"], earlier) and not _same_plan(scratch["plan"], BenchPlan.from_dict(committed["plan"]))
+    assert same_plan(scratch["plan"], earlier) and not same_plan(scratch["plan"], BenchPlan.from_dict(committed["plan"]))
     by_job = {(r["row"], r["seed"]): r for r in scratch["runs"]}
     assert all(untimed(by_job[(r["row"], r["seed"])]) == untimed(r) for r in amd)  # same kind: bit for bit
     committed_jobs = {(r["row"], r["seed"]): r for r in compared}
@@ -579,11 +579,11 @@ def ceiling_recipes_table(folder, report: dict) -> str:
 
 
 def test_ceiling_recipes_table_is_the_files_own():
-    """benchmarks/results/ceiling_recipes_amd_epyc_17/README.md: its table is what the job files and the
+    """experiments/results/ceiling_recipes_amd_epyc_17/README.md: its table is what the job files and the
     AMD from-scratch report (same machine kind) hold."""
     import json
 
-    results = REPO_ROOT / "benchmarks" / "results"
+    results = REPO_ROOT / "experiments" / "results"
     folder = results / "ceiling_recipes_amd_epyc_17"
     report = json.loads((results / "cross_machine_runs" / "amd_epyc_17_from_scratch" / "bench.json").read_text())
     notes, table = (folder / "README.md").read_text(), ceiling_recipes_table(folder, report)
@@ -628,12 +628,12 @@ def avx2_ceiling_table(here: list, there: list) -> str:
 
 
 def test_avx2_ceiling_jobs_are_the_benchs_row_and_what_the_notes_say():
-    """benchmarks/results/ceiling_recipes_amd_epyc_23_49: its five jobs are the bench's ceiling row
+    """experiments/results/ceiling_recipes_amd_epyc_23_49: its five jobs are the bench's ceiling row
     (bench_runs/ and bench.json), made on one kind of machine under the bench's current recipe; its
     table, first differing step and time ratio are the files' own."""
     import json
 
-    results = REPO_ROOT / "benchmarks" / "results"
+    results = REPO_ROOT / "experiments" / "results"
     folder = results / "ceiling_recipes_amd_epyc_23_49"
     plan = BenchPlan()
     here = recipe_jobs(folder)[CURRENT_RECIPE]

@@ -381,7 +381,7 @@ display(Markdown(f"A feature on a code gives it {p_max:.1%} of the soft-assignme
 # terms and the EMA do the work of tying the modalities to shared codes.
 #
 # **Inert by construction, measured on the bench.** The toy above shows the most CMCM could do; the committed
-# measurement `python -m cmcr_lite.experiments mechanism` (`benchmarks/results/mechanism.json`) reads what it does in a
+# measurement `python -m experiments mechanism` (`experiments/results/mechanism.json`) reads what it does in a
 # bench-length CMCR pretraining (20 epochs, the bench's recipe): the trained model's soft assignments,
 # CMCM in every epoch of the bench's five CMCR runs, and CMCM's share of the gradient that reaches the
 # 3D trunk (`cmcr_lite.gradients`: $\langle g_\text{CMCM}, g\rangle / \lVert g\rVert^2$, the shares of all
@@ -392,7 +392,7 @@ import json
 
 from cmcr_lite.paths import REPO_ROOT
 
-mechanism_file = REPO_ROOT / "benchmarks" / "results" / "mechanism.json"
+mechanism_file = REPO_ROOT / "experiments" / "results" / "mechanism.json"
 if mechanism_file.is_file():
     mech = json.loads(mechanism_file.read_text())
     cbm, table = mech["codebook"], mech["lite"]["table"]
@@ -414,7 +414,7 @@ if mechanism_file.is_file():
         "nor moves the trunk. Exercise 3 sharpens the temperature to see what it would take; the defaults stay "
         "the paper's."))
 else:
-    print(f"{mechanism_file} not found: run `python -m cmcr_lite.experiments mechanism`")
+    print(f"{mechanism_file} not found: run `python -m experiments mechanism`")
 
 # %% [markdown]
 # ## 5 · Lite CMCR pretraining with the codebook

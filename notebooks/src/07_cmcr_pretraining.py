@@ -26,9 +26,9 @@ image_weights = None          # full: MoCo-v2 ResNet-50 weights path
 pretrain_epochs = 4           # lite default; None keeps the preset's (full: the paper's 10)
 seed = 0
 output_dir = "../outputs/07_cmcr_pretraining"
-bench_name = "bench"          # `python -m cmcr_lite.experiments bench`: benchmarks/results/bench.{json,md,png}
-ladder_name = "ladder"        # `python -m cmcr_lite.experiments ladder --diagnostic-weights 6 20`
-mechanism_name = "mechanism"  # `python -m cmcr_lite.experiments mechanism`
+bench_name = "bench"          # `python -m experiments bench`: experiments/results/bench.{json,md,png}
+ladder_name = "ladder"        # `python -m experiments ladder --diagnostic-weights 6 20`
+mechanism_name = "mechanism"  # `python -m experiments mechanism`
 
 # %%
 import json
@@ -117,8 +117,8 @@ display(Markdown(f"**This seed, {len(hist)} epochs** (a mechanics check): CMCR �
 # %% [markdown]
 # ## 4 · The bench: what it decides
 #
-# The runs above are too small to rank two objectives. `python -m cmcr_lite.experiments bench`
-# (`cmcr_lite.bench`) is built to: a 30-scene set (54 train / 18 val scans), twins proven learnable
+# The runs above are too small to rank two objectives. `python -m experiments bench`
+# (`experiments.bench`) is built to: a 30-scene set (54 train / 18 val scans), twins proven learnable
 # by a **supervised ceiling** and proven invisible to the cameras by an **image-only reference**, five
 # seeds per row with the same seeds for every row (differences are paired), and PPKT run again on
 # *other* seeds, the **A/A** row: what two runs of one method differ by. **Occupancy only** (CMCR with
@@ -128,11 +128,12 @@ display(Markdown(f"**This seed, {len(hist)} epochs** (a mechanics check): CMCR �
 # committed results; every sentence under the figure is rendered from them.
 
 # %%
-from cmcr_lite.bench import RESULTS_DIR, bench_verdict, load_report
+from experiments.plan import RESULTS_DIR
+from experiments.report import bench_verdict, load_report
 
 bench_report = load_report(bench_name)
 if bench_report is None:
-    print(f"{RESULTS_DIR / bench_name}.json not found: run `python -m cmcr_lite.experiments bench`")
+    print(f"{RESULTS_DIR / bench_name}.json not found: run `python -m experiments bench`")
 else:
     display(Image(filename=str(RESULTS_DIR / f"{bench_name}.png")))
     display(Markdown(bench_verdict(bench_report["summary"])))
@@ -142,24 +143,24 @@ else:
 # geometry twins apart better than PPKT: the LiDAR-only objective carries what contrastive distillation
 # misses. Full CMCR, which contains that very objective, keeps none of it. The A/A row says how large a
 # difference must be before it means anything; the noise floor's detail (more seed sets, their spread,
-# which class moves most) lives with the bench's notes, `benchmarks/results/noise_floor_sets_amd_epyc_17/`.
+# which class moves most) lives with the bench's notes, `experiments/results/noise_floor_sets_amd_epyc_17/`.
 
 # %% [markdown]
 # ## 5 · The paper's ablation on the bench
 #
-# The paper adds CMCR's parts to PPKT one at a time. `python -m cmcr_lite.experiments ladder`
-# (`cmcr_lite.ladder`) runs that ladder as bench jobs — same seeds, recipe and read-out, the bench's
+# The paper adds CMCR's parts to PPKT one at a time. `python -m experiments ladder`
+# (`experiments.ladder`) runs that ladder as bench jobs — same seeds, recipe and read-out, the bench's
 # PPKT, CMCR and occupancy-only results reused — and one row the paper does not have: **PPKT +
 # occupancy**, the NCE next to the occupancy and intensity terms and nothing else. If the LiDAR-only gain
 # survives next to the NCE at all, that row shows it. The figure draws every row's paired difference to
 # PPKT with its 95 % interval; the list under it compares each rung with the one below.
 
 # %%
-from cmcr_lite.ladder import RUNGS, keeps_both, ladder_verdict, load_ladder, says
+from experiments.ladder import RUNGS, keeps_both, ladder_verdict, load_ladder, says
 
 ladder_report = load_ladder(ladder_name)
 if ladder_report is None:
-    print(f"{RESULTS_DIR / ladder_name}.json not found: run `python -m cmcr_lite.experiments ladder`")
+    print(f"{RESULTS_DIR / ladder_name}.json not found: run `python -m experiments ladder`")
 else:
     ladder_summary = ladder_report["summary"]
     lrows = ladder_summary["rows"]
@@ -212,15 +213,15 @@ for k, v in shares.items():
 # changes no weight, and the run's per-epoch losses equal the bench's own CMCR seed 0 to the last
 # digit), at the paper's sizes for one step (`full` preset, two scans at nuScenes density, at
 # initialisation), together with the occupancy loss every run reaches, and a control for what the
-# occupancy decoder reads: `python -m cmcr_lite.experiments mechanism` (`cmcr_lite.mechanism`).
+# occupancy decoder reads: `python -m experiments mechanism` (`experiments.mechanism`).
 
 # %%
-from cmcr_lite.mechanism import mechanism_verdict, weight_ratios
+from experiments.mechanism import mechanism_verdict, weight_ratios
 
 mechanism_file = RESULTS_DIR / f"{mechanism_name}.json"
 mech = json.loads(mechanism_file.read_text()) if mechanism_file.is_file() else None
 if mech is None:
-    print(f"{mechanism_file} not found: run `python -m cmcr_lite.experiments mechanism`")
+    print(f"{mechanism_file} not found: run `python -m experiments mechanism`")
 else:
     bench_cmcr = json.loads((RESULTS_DIR / f"{bench_name}_runs" / f"cmcr_seed{mech['plan']['seed']}.json").read_text())
     same = [h["loss"] for h in mech["lite"]["history"]] == [h["loss"] for h in bench_cmcr["history"]]
@@ -268,7 +269,7 @@ display(Markdown(f"Alone, the term at weight 0.01 ends within {scale_gap:.1e} of
 # come from the measured gradient norms, never from val numbers: × 6 is the median ratio of the NCE's
 # gradient norm to the occupancy and intensity terms' over the lite run (the weight at which they pull
 # as hard as the NCE on a typical step), × 20 the same ratio in the `full` step at the paper's sizes.
-# The rule for "keeps both" was fixed before they ran (`cmcr_lite.ladder.keeps_both`): within 2 points
+# The rule for "keeps both" was fixed before they ran (`experiments.ladder.keeps_both`): within 2 points
 # of PPKT on the appearance twins, and at least half of occupancy only's gain on the geometry twins with
 # an interval above 0.
 
@@ -281,7 +282,7 @@ if ladder_report is not None and mech is not None:
     diagnostic = [r for r in lrows if r.startswith("CMCR (occupancy ×")]
     verdicts = {r: keeps_both(ladder_summary, r) for r in diagnostic}
     if not diagnostic:
-        print("no diagnostic rows yet: run `python -m cmcr_lite.experiments ladder --diagnostic-weights 6 20`")
+        print("no diagnostic rows yet: run `python -m experiments ladder --diagnostic-weights 6 20`")
     for r, k in verdicts.items():
         print(f"{r} ({len(lrows[r]['seeds'])} seeds): " + ("no verdict" if k is None else
               f"appearance twins kept: {k['appearance']}, geometry twins kept: {k['geometry']}"))
