@@ -31,7 +31,6 @@ seed = 0
 output_dir = "../outputs/04_unified_codebook"
 
 # %%
-import copy
 import inspect
 import math
 from dataclasses import replace
@@ -45,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from cmcr_lite.classes import CLASS_NAMES_16, class_index
-from cmcr_lite.cmcr import ABLATION_STEPS, CMCRModel
+from cmcr_lite.cmcr import ABLATION_STEPS
 from cmcr_lite.analysis.codebook import (CodebookRecorder, co_occurrence, code_sharing, feature_spread, laplace_floor,
                                          paired_codes, perplexity_from_counts, quantisation_memory,
                                          toy_paired_features)
@@ -53,7 +52,7 @@ from cmcr_lite.data.pipeline import PairedScanDataset, collate_pairs
 from cmcr_lite.losses.codebook import UnifiedCodebook, cmcm_loss
 from cmcr_lite.notebook import start_notebook
 from cmcr_lite.runtime import resolve_device
-from cmcr_lite.pretrain import build_image_encoder, pretrain
+from cmcr_lite.pretrain import build_image_encoder, build_model, pretrain
 from cmcr_lite.viz import save_figure
 
 session = start_notebook(preset, dataroot, version, output_dir, seed, image_weights)
@@ -438,7 +437,7 @@ teacher = build_image_encoder(cfg)
 # before training: a fresh model (train mode, so BatchNorm uses batch statistics, as in the first step)
 torch.manual_seed(seed)
 dev = resolve_device(cfg.device)
-fresh = CMCRModel(cfg.backbone, copy.deepcopy(teacher), cfg.feature_dim, cfg.tau, cfg.num_matches, cfg.cmcr)
+fresh = build_model(cfg, teacher)  # as pretrain builds it (the teacher is copied)
 fresh_batch = collate_pairs([PairedScanDataset(train_kf, cfg.pipeline, seed=seed)[i] for i in range(cfg.batch_size)])
 pc0 = paired_codes(fresh.to(dev).train(), fresh_batch, dev, return_features=True)
 spread0 = {m: feature_spread(pc0[f"{m}_feats"]) for m in ("point", "pixel")}
