@@ -9,11 +9,30 @@ from pathlib import Path
 from experiments import RESULTS_DIR
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-README_BLOCKS = ("ladder",)  # <!-- NAME:begin --> ... <!-- NAME:end --> blocks generated from results files
+README_BLOCKS = ("bench", "ladder")  # <!-- NAME:begin --> ... <!-- NAME:end --> blocks generated from results files
+
+
+BENCH_COLUMNS = ("miou", "geometry twins told apart", "appearance twins told apart")
+
+
+def bench_block(summary: dict) -> str:
+    """The README's bench table: each row's seeds, mIoU and twins told apart (mean ± sample std, %)."""
+    from experiments.report import COLUMN_TITLES
+
+    lines = ["| row | seeds | " + " | ".join(COLUMN_TITLES[c] for c in BENCH_COLUMNS) + " |",
+             "|---|---|" + "---|" * len(BENCH_COLUMNS)]
+    for row, r in summary["rows"].items():
+        cells = [f"{100 * r[c]['mean']:.1f} ± {100 * r[c]['std']:.1f}" for c in BENCH_COLUMNS]
+        lines.append(f"| {row} | {len(r['seeds'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def readme_block(name: str) -> str:
     """The text of the README's generated block ``name``, from the committed results files."""
+    if name == "bench":
+        from experiments.report import load_report
+
+        return bench_block(load_report()["summary"])
     if name == "ladder":
         from experiments.ladder import load_ladder, readme_block as ladder_block
 

@@ -1,7 +1,6 @@
 """The decisive benchmark (experiments.bench): its statistics by closed form, its probes on data with a
 known answer, and the whole pipeline end to end at toy size (every row, resumable)."""
 import json
-import sys
 from dataclasses import replace
 
 import numpy as np

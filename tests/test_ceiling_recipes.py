@@ -3,9 +3,7 @@ learning rate (the step count per epoch follows the batch size), what it prints 
 jobs' own results, and a second call reads the jobs back instead of training again."""
 import json
 import math
-import sys
 
-from cmcr_lite.paths import REPO_ROOT
 from conftest import VERSION
 
 from experiments import ceiling_recipes

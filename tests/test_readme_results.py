@@ -1,12 +1,17 @@
-"""The README quotes the bench's table; it must say what the committed results say."""
+"""docs/results.md, the long reading of the committed results, must say what the result files say.
+
+The README's own result blocks are generated (``python -m experiments readme``) and checked by
+``tests/test_ladder.py``; the sentences here are still typed by hand in docs/results.md."""
 import re
-import sys
 from pathlib import Path
 
 from experiments.plan import BenchPlan, row_slug
 from cmcr_lite.paths import REPO_ROOT
 
 from experiments.ceiling_recipes import recipe_folder
+
+SPEED_RESULTS = REPO_ROOT / "benchmarks" / "results"  # step-time profiles stay with the speed benchmarks
+RESULTS_NOTES = REPO_ROOT / "docs" / "results.md"  # the README's long reading of the results, moved out of it
 
 # the bench's ceiling recipe, as experiments/ceiling_recipes.py names its folder: "b2_lr0.1_30ep"
 CURRENT_RECIPE = recipe_folder(BenchPlan().ceiling, BenchPlan().ceiling_epochs)
@@ -38,20 +43,16 @@ def first_table(markdown: str) -> str:
 
 def _assert_readme_quotes(marker: str, results_md: str):
     """The README block between <!-- marker:begin --> and <!-- marker:end --> is the first table of
-    benchmarks/results/<results_md>, or empty while that file does not exist."""
-    readme = (REPO_ROOT / "README.md").read_text()
+    experiments/results/<results_md>, or empty while that file does not exist."""
+    readme = RESULTS_NOTES.read_text()
     block = re.search(rf"<!-- {marker}:begin -->\n(.*?)<!-- {marker}:end -->", readme, re.S)
-    assert block, f"README.md lost its <!-- {marker}:begin --> ... <!-- {marker}:end --> block"
+    assert block, f"docs/results.md lost its <!-- {marker}:begin --> ... <!-- {marker}:end --> block"
     md = REPO_ROOT / "experiments" / "results" / results_md
     quoted = block.group(1).strip()
     if not md.is_file():
-        assert quoted == "", f"README quotes a table, but benchmarks/results/{results_md} does not exist"
+        assert quoted == "", f"README quotes a table, but experiments/results/{results_md} does not exist"
         return
     assert quoted == first_table(md.read_text())
-
-
-def test_readme_bench_table_is_the_committed_one():
-    _assert_readme_quotes("bench", "bench.md")
 
 
 def test_readme_label_efficiency_table_is_the_committed_one():
@@ -64,7 +65,7 @@ def test_readme_bench_numbers_are_the_committed_ones():
     import json
 
     path = REPO_ROOT / "experiments" / "results" / "bench.json"
-    readme = (REPO_ROOT / "README.md").read_text()
+    readme = RESULTS_NOTES.read_text()
     if not path.is_file():
         return
     summary = json.loads(path.read_text())["summary"]
@@ -86,7 +87,7 @@ def test_readme_bench_numbers_are_the_committed_ones():
               f"A/A − PPKT {pts(d['PPKT (A/A) - PPKT']['miou']['mean'])} mIoU points",
               f"std {100 * rows['PPKT']['miou']['std']:.1f} for PPKT and {100 * rows['CMCR']['miou']['std']:.1f} for CMCR"]
     for text in quoted:
-        assert text in readme, f"README.md should quote {text!r} from bench.json"
+        assert text in readme, f"docs/results.md should quote {text!r} from bench.json"
 
 
 def wall_with_current_ceiling(report: dict) -> float:
@@ -110,7 +111,7 @@ def test_readme_bench_times_are_the_jobs_own():
     results = REPO_ROOT / "experiments" / "results"
     bench = json.loads((results / "bench.json").read_text())
     scratch = json.loads((results / "cross_machine_runs" / "amd_epyc_17_from_scratch" / "bench.json").read_text())
-    flat = " ".join((REPO_ROOT / "README.md").read_text().split())
+    flat = " ".join(RESULTS_NOTES.read_text().split())
     assert f"{bench['job_minutes']:.0f} min of one-thread jobs" in flat
     assert f"about {bench['job_minutes'] / 2:.0f} min of wall time on 2 cores" in flat
     wall = scratch["wall_from_scratch"]["minutes"]
@@ -128,7 +129,7 @@ def test_readme_third_seed_set_numbers_are_the_committed_ones():
     third = sorted((runs / "noise_floor_third_set_runs").glob("*.json"))
     if not third:
         return
-    readme = " ".join((REPO_ROOT / "README.md").read_text().split())  # line breaks are spaces
+    readme = " ".join(RESULTS_NOTES.read_text().split())  # line breaks are spaces
     third_runs = [json.loads(p.read_text()) for p in third]
     ppkt_runs, aa_runs = ([json.loads(p.read_text()) for p in sorted((runs / "bench_runs").glob(pattern))]
                           for pattern in ("ppkt_seed*.json", "ppkt__a_a_seed*.json"))
@@ -137,7 +138,7 @@ def test_readme_third_seed_set_numbers_are_the_committed_ones():
     assert len(t) == len(ppkt) == len(aa) == 8
     for text in (f"{t.mean():.1f} ± {t.std(ddof=1):.1f}", f"+{t.mean() - ppkt.mean():.1f} above the PPKT row",
                  f"{aa.mean() - t.mean():.1f} below the A/A row"):
-        assert text in readme, f"README.md should quote {text!r} from the committed runs"
+        assert text in readme, f"docs/results.md should quote {text!r} from the committed runs"
     # the class that makes the largest part of the A/A gap: its IoU per seed, and its share of the gap
     iou = lambda results, c: 100 * np.array([r["per_class"][c] for r in results])  # noqa: E731
     classes = list(ppkt_runs[0]["per_class"])
@@ -151,7 +152,7 @@ def test_readme_third_seed_set_numbers_are_the_committed_ones():
                  f"{c_aa.mean():.1f} ± {c_aa.std(ddof=1):.1f} over the A/A seeds",
                  f"+{share:.2f} of the +{aa.mean() - ppkt.mean():.2f} mIoU points",
                  f"mean over {n_classes} classes"):
-        assert text in readme, f"README.md should quote {text!r} from the committed runs"
+        assert text in readme, f"docs/results.md should quote {text!r} from the committed runs"
 
 
 def test_noise_floor_sets_numbers_are_the_committed_ones():
@@ -198,7 +199,7 @@ def test_noise_floor_sets_numbers_are_the_committed_ones():
     cone = summary["class_iou"]["traffic_cone"]["per_set"]
     minutes = sum(j["seconds"] for j in jobs.values()) / 60
     steps = float(np.median([j["pretrain_seconds_per_step"] for j in jobs.values()]))
-    readme = " ".join((REPO_ROOT / "README.md").read_text().split())
+    readme = " ".join(RESULTS_NOTES.read_text().split())
     notes = " ".join((folder / "README.md").read_text().split())
     both = [f"{means.std(ddof=1):.2f} points", f"{pooled / np.sqrt(8):.2f} that independent seeds",
             f"pooled per-seed std of {pooled:.2f}", f"p = {anova.pvalue:.3f}", f"{100 * chance['1.0']:.1f} %",
@@ -216,7 +217,7 @@ def test_noise_floor_sets_numbers_are_the_committed_ones():
     assert wall > 120  # "past its 2-hour budget"
     for text in (f"{need(pooled) - 8} more PPKT seeds on each side, {extra:.0f} more one-thread minutes",
                  f"{ppkt_job:.1f} per PPKT job", f"about {wall:.0f} min of wall time"):
-        assert text in readme, f"README.md should quote {text!r}"
+        assert text in readme, f"docs/results.md should quote {text!r}"
     for text in (f"within {max(abs(miou[a].mean() - miou[b].mean()) for a in others for b in others):.2f} points",
                  f"{minutes:.0f} one-thread minutes", f"{steps:.2f} s per PPKT step",
                  f"agree to {abs(np.mean(list(third.values())) - np.mean(list(here.values()))):.1f} points",
@@ -271,7 +272,7 @@ def test_ceiling_length_table_is_the_files_own():
     miou = {int(line.split("|")[1]): float(line.split("|")[3]) for line in table.splitlines()[2:]}
     assert miou[60] - miou[40] > 1  # "still rising between 40 and 60 epochs"
     flat = " ".join(notes.split())
-    readme = " ".join((REPO_ROOT / "README.md").read_text().split())
+    readme = " ".join(RESULTS_NOTES.read_text().split())
     for text in (flat, readme):
         assert f"+{miou[60] - miou[40]:.1f} mIoU points from 40 to 60 epochs" in text
     jobs = [json.loads(p.read_text()) for p in folder.glob("epochs*/*.json")]
@@ -324,8 +325,8 @@ def untimed(job: dict) -> dict:
 
 
 def step(name: str, method: str) -> float:
-    """A one-thread profile's step time in s: the ``step`` column of ``method`` in benchmarks/results/``name``."""
-    text = (REPO_ROOT / "experiments" / "results" / name).read_text()
+    """A one-thread profile's step time in s: the ``step`` column of ``method`` in experiments/results/``name``."""
+    text = (SPEED_RESULTS / name).read_text()
     row = next(line for line in text.splitlines() if line.startswith(f"| {method} |"))
     return float(row.split("|")[-3])
 
@@ -373,7 +374,7 @@ def test_openblas_kernel_runs_are_what_the_notes_say():
     text = (f"PPKT took {ppkt[0]:.2f} and {ppkt[1]:.2f} s and CMCR {cmcr[0]:.2f} and {cmcr[1]:.2f} s, "
             f"{cmcr[0] / ppkt[0]:.2f}× and {cmcr[1] / ppkt[1]:.2f}× PPKT's step")
     assert text in notes, f"cross_machine_runs/README.md should say {text!r}"
-    kernels = (runs / "openblas_kernels_intel_xeon_207.md").read_text()
+    kernels = (SPEED_RESULTS / "openblas_kernels_intel_xeon_207.md").read_text()
     assert "| SkylakeX | 543 | 0.60 |" in kernels and "the lite trunk's step took 0.60× the time" in notes
 
 
@@ -424,7 +425,7 @@ def test_amd_epyc_runs_are_what_the_notes_say():
         assert "step 3 differs by the same +4.77e-07" in notes
         assert (f"all {equal_to_here} steps are equal on Cooperlake" if kernels == "cooperlake"
                 else f"the first {equal_to_here} on SkylakeX") in notes
-    profile = (runs / "pretrain_step_amd_epyc_17.md").read_text()
+    profile = (SPEED_RESULTS / "pretrain_step_amd_epyc_17.md").read_text()
     assert "OpenBLAS on its Cooperlake kernels" in profile and "| ppkt |" in profile
     ppkt, cmcr = step("pretrain_step_amd_epyc_17.md", "ppkt"), step("pretrain_step_amd_epyc_17.md", "cmcr")
     assert f"a PPKT step took {ppkt:.2f} s and a CMCR step {cmcr:.2f} s, {cmcr / ppkt:.2f}× PPKT's step" in notes
@@ -513,9 +514,9 @@ def test_readme_machines_table_is_the_files_own():
         f"equal | {_weighted_compute(scratch['runs']) / total:.2f}× the compute | **{wall['minutes']:.0f} min, "
         "measured** |",
     ]
-    readme = (REPO_ROOT / "README.md").read_text()
+    readme = RESULTS_NOTES.read_text()
     block = re.search(r"<!-- machines:begin -->\n(.*?)<!-- machines:end -->", readme, re.S)
-    assert block, "README.md lost its <!-- machines:begin --> ... <!-- machines:end --> block"
+    assert block, "docs/results.md lost its <!-- machines:begin --> ... <!-- machines:end --> block"
     assert block.group(1).strip() == "\n".join(rows)
     # the notes' and the README's reading of that second realization are its own summary's
     notes = " ".join((cross / "README.md").read_text().split())
@@ -612,7 +613,7 @@ def test_ceiling_recipes_table_is_the_files_own():
     assert f"ceiling jobs took {committed:.0f} of them" in flat
     assert f"by about {5 * round(saved / 5)} (its" in flat and f"about {saved / 2:.0f} minutes of wall time" in flat
     ratio = minutes("b2_lr0.1_30ep") / minutes(ours)
-    readme = " ".join((REPO_ROOT / "README.md").read_text().split())
+    readme = " ".join(RESULTS_NOTES.read_text().split())
     for text in (flat, readme):
         assert f"at {ratio:.1f} of its compute" in text
 
