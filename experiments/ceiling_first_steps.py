@@ -56,8 +56,7 @@ def main(argv=None) -> dict:
     if not args.dataroot.is_dir():
         sys.exit(f"ceiling_first_steps: no dataset at {args.dataroot} (python -m experiments bench makes "
                  "the bench set, or cmcr_lite.paths.ensure_bench_dataset())")
-    from cmcr_lite.openblas import openblas_kernels
-    from cmcr_lite.runtime import machine
+    from cmcr_lite.runtime import machine, openblas_kernels
 
     job = json.loads(args.job.read_text())
     here = first_epoch_losses(job, args.dataroot, args.version)

@@ -9,7 +9,7 @@ from cmcr_lite.paths import REPO_ROOT
 PACKAGE = REPO_ROOT / "cmcr_lite"
 # lowest first; a module may import its own layer and the ones before it
 LAYERS = [
-    ("foundations", ["openblas", "classes", "runtime", "metrics"]),
+    ("foundations", ["classes", "runtime", "metrics"]),
     ("data", ["paths", "data"]),
     ("models", ["models"]),
     ("losses", ["losses"]),
