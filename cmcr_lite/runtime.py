@@ -62,8 +62,8 @@ def machine() -> dict:
     same OpenBLAS kernels, but the float kernels differ between, say, AVX2 and AVX-512 machines,
     OpenBLAS's generic and SkylakeX kernels, or an Intel and an AMD CPU of the same vector width (the
     model name tells them apart; MKL inside torch takes another code path on AMD), so two such runs
-    agree only to float rounding at first and then drift apart; and step times differed up to 2.6x
-    between the machines this project has run on (``experiments/results/cross_machine_runs/``)."""
+    agree only to float rounding at first and then drift apart; step times differ between machines
+    too (docs/results.md, "Time, and which machine makes which bits")."""
     cpu = "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
