@@ -17,6 +17,7 @@ from pathlib import Path
 
 from experiments import RESULTS_DIR
 
+
 def bench_main(argv) -> dict:
     """``python -m experiments bench [--smoke] [--seeds ...] ...``: see ``experiments.bench``."""
     from experiments.bench import bench
