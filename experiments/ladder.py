@@ -181,6 +181,63 @@ def load_ladder(name: str = "ladder", results_dir: Path | None = None) -> dict |
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+CONTROL_COLUMNS = ("miou", "geometry twins told apart", "appearance twins told apart")
+
+
+def batchnorm_control(running: dict, recalibrated: dict, columns=CONTROL_COLUMNS) -> dict:
+    """The same trunks read out with the BatchNorm statistics pretraining left (``running``, a ladder
+    report) and with statistics re-estimated on the train scans (``recalibrated``, a ladder report of
+    ``--batchnorm recalibrated``), on the seeds the recalibrated report has.
+
+    Returns {"seeds", "rows", "columns": {column: {"running": {row: mean}, "recalibrated": {row: mean},
+    "tau": Kendall's tau between the two orders of the rows, "same_order": bool}}, "differences":
+    {"row - PPKT": {"running": {column: {mean, low, high}}, "recalibrated": ...}}}."""
+    from scipy import stats
+
+    seeds = sorted(recalibrated["plan"]["bench"]["seeds"])
+    plan = LadderPlan(diagnostic_weights=tuple(recalibrated["plan"]["diagnostic_weights"]))
+    same_seeds = summarize_ladder([r for r in running["runs"] if r["seed"] in seeds], plan)
+    rec = recalibrated["summary"]
+    rows = [r for r in plan.rows() if r in same_seeds["rows"] and r in rec["rows"]]
+    out = {"seeds": seeds, "rows": rows, "columns": {}, "differences": {}}
+    for col in columns:
+        a = {r: same_seeds["rows"][r][col]["mean"] for r in rows}
+        b = {r: rec["rows"][r][col]["mean"] for r in rows}
+        out["columns"][col] = {"running": a, "recalibrated": b,
+                               "tau": float(stats.kendalltau(list(a.values()), list(b.values())).statistic),
+                               "same_order": sorted(rows, key=a.get) == sorted(rows, key=b.get)}
+    for name, d in rec["differences"].items():
+        if name.endswith(" - PPKT") and name in same_seeds["differences"]:
+            out["differences"][name] = {"running": same_seeds["differences"][name], "recalibrated": d}
+    return out
+
+
+def batchnorm_sentences(control: dict) -> str:
+    """What the BatchNorm control shows, in words, every number read from :func:`batchnorm_control`."""
+    seeds = control["seeds"]
+    parts = []
+    for col, c in control["columns"].items():
+        title = COLUMN_TITLES[col]
+        parts.append(f"{title}: " + ("the same order" if c["same_order"] else "another order")
+                     + f" (Kendall's τ {c['tau']:.2f})")
+    text = (f"Read out with BatchNorm statistics re-estimated on the train scans (seeds {seeds[0]}–{seeds[-1]}, "
+            f"{len(control['rows'])} rows), against the running statistics on the same seeds: "
+            + "; ".join(parts) + ".")
+    geo, app = "geometry twins told apart", "appearance twins told apart"
+    for name in ("occupancy only - PPKT", "CMCR - PPKT", "PPKT + occupancy - PPKT"):
+        d = control["differences"].get(name)
+        if d:
+            text += (f" {name.replace(' - ', ' − ')}: geometry twins {says(d['recalibrated'][geo])} recalibrated, "
+                     f"{says(d['running'][geo])} running; appearance twins {says(d['recalibrated'][app])} against "
+                     f"{says(d['running'][app])}.")
+    r = control["columns"][app]
+    if "random init" in r["running"] and "PPKT" in r["running"]:
+        text += (f" Appearance twins told apart by random init: {100 * r['running']['random init']:.1f} % running, "
+                 f"{100 * r['recalibrated']['random init']:.1f} % recalibrated; by PPKT "
+                 f"{100 * r['running']['PPKT']:.1f} % and {100 * r['recalibrated']['PPKT']:.1f} %.")
+    return text
+
+
 def step_seconds(summary: dict) -> dict:
     """{row: seconds per pretraining step} of the rows that measured it."""
     return {row: r["seconds_per_step"] for row, r in summary["rows"].items() if "seconds_per_step" in r}

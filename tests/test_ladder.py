@@ -11,7 +11,7 @@ from experiments.report import paired_differences
 from experiments.stats import t_interval
 from cmcr_lite.cmcr import ABLATION_STEPS
 from experiments.cli import main as experiments_main
-from experiments.ladder import RUNGS, LadderPlan, ladder, ladder_jobs
+from experiments.ladder import batchnorm_control, batchnorm_sentences, RUNGS, LadderPlan, ladder, ladder_jobs
 
 TINY = {"num_matches": 64, "backbone": {"layers": [1] * 8, "planes": [8] * 8, "init_dim": 8},
         "pipeline": {"crop_size": [56, 104], "crop_min_pairs": 50, "occupancy_queries": 64}}
@@ -79,6 +79,21 @@ def test_ladder_end_to_end_at_toy_size_reuses_the_bench_rows(tmp_path, synthetic
     stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*_runs/*.json")}
     ladder(plan, progress=False, results_dir=tmp_path)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+    # the BatchNorm control: the same checkpoints read out again (no pretraining), results apart
+    checkpoints = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/pretrain/checkpoint.pt")}
+    recal = experiments_main(["ladder", "--smoke", "--diagnostic-weights", "10", "--name", "ladder_toy", *common, *sets,
+                              "--bench-name", "toy", "--batchnorm", "recalibrated"])
+    assert {p: p.stat().st_mtime_ns for p in checkpoints} == checkpoints
+    assert (tmp_path / "ladder_toy_recalibrated.md").is_file() and len(list(tmp_path.glob("*recalibrated_runs/*.json"))) == 10
+    control = batchnorm_control(report, recal)
+    assert control["seeds"] == [0] and set(control["rows"]) == set(plan.rows())
+    for col, c in control["columns"].items():
+        assert c["running"] == {r: rows[r][col]["mean"] for r in control["rows"]}  # one seed: the runs themselves
+        assert c["recalibrated"] == {r: recal["summary"]["rows"][r][col]["mean"] for r in control["rows"]}
+        ranks = lambda v: [sorted(v.values()).index(v[r]) for r in control["rows"]]  # noqa: E731
+        assert c["same_order"] == (ranks(c["running"]) == ranks(c["recalibrated"]))
+    assert "Kendall's τ" in batchnorm_sentences(control)
 
 
 def test_mechanism_at_toy_size(tmp_path, synthetic_root):
