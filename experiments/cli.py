@@ -15,6 +15,7 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
+from cmcr_lite.runtime import CommandLineParser, reports_input_errors
 from experiments import RESULTS_DIR
 
 
@@ -24,7 +25,7 @@ def bench_main(argv) -> dict:
     from experiments.plan import BenchPlan
     from experiments.report import markdown_report
 
-    p = argparse.ArgumentParser(prog="python -m experiments bench",
+    p = CommandLineParser(prog="python -m experiments bench",
                                 description="The benchmark that can decide the paper's claim (experiments.bench).")
     add_plan_options(p, "bench")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds of every row (default 0-4)")
@@ -56,29 +57,21 @@ def bench_main(argv) -> dict:
 
 def label_efficiency_main(argv) -> dict:
     """``python -m experiments label-efficiency [--smoke] ...``: see ``experiments.label_efficiency``."""
-    from experiments.label_efficiency import label_efficiency, LabelEfficiencyPlan
+    from experiments.label_efficiency import LabelEfficiencyPlan, label_efficiency
     from experiments.plan import BenchPlan
-    from cmcr_lite.pretrain import parse_fields
 
-    p = argparse.ArgumentParser(prog="python -m experiments label-efficiency",
-                                description="Fine-tuning and linear probing at several label fractions, per "
-                                            "pretraining (random init, PPKT, CMCR), over seeds.")
-    p.add_argument("--smoke", action="store_true", help="toy size on the notebook-size set (1/3 and all scenes)")
+    p = CommandLineParser(prog="python -m experiments label-efficiency",
+                          description="Fine-tuning and linear probing at several label fractions, per "
+                                      "pretraining (random init, PPKT, CMCR), over seeds.")
+    add_plan_options(p, "label_efficiency")
     p.add_argument("--seeds", type=int, nargs="+", help="default 0 1 2")
     p.add_argument("--fractions", type=float, nargs="+", help="label fractions (default: the bench set's 1/18 1/6 1/2 1)")
-    p.add_argument("--finetune-steps", type=int, help="optimizer steps of every fine-tuning run (default: LabelEfficiencyPlan.finetune_steps, 150)")
+    p.add_argument("--finetune-steps", type=int,
+                   help="optimizer steps of every fine-tuning run (default: LabelEfficiencyPlan.finetune_steps, 150)")
     p.add_argument("--workers", type=int, help="jobs at once, one thread each (default 2)")
-    p.add_argument("--dataroot", help="the data's root (default data/nuscenes-bench; --smoke: the embedded set)")
-    p.add_argument("--output-root", help="the pretraining checkpoints' folder (default: the bench's, reused)")
-    p.add_argument("--results-dir", help="where <name>.{json,md} go (default experiments/results)")
-    p.add_argument("--name", help="results name (default label_efficiency)")
-    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="extra PretrainConfig.lite fields")
     a = p.parse_args(argv)
     bench_plan = BenchPlan.smoke() if a.smoke else BenchPlan()
-    bench_changes = {k: v for k, v in {"workers": a.workers, "dataroot": a.dataroot, "output_root": a.output_root,
-                                       "seeds": a.seeds and tuple(a.seeds)}.items() if v is not None}
-    if a.set:
-        bench_changes["pretrain"] = parse_fields(a.set)
+    bench_changes = plan_changes(a, workers=a.workers, seeds=a.seeds and tuple(a.seeds))
     plan = LabelEfficiencyPlan(bench=replace(bench_plan, **bench_changes))
     if a.smoke:
         plan = replace(plan, seeds=(0, 1), fractions=(1 / 3, 1.0), finetune_steps=20,
@@ -103,20 +96,32 @@ def add_plan_options(p: argparse.ArgumentParser, default_name: str):
 
 
 def plan_changes(a: argparse.Namespace, **more) -> dict:
-    """``BenchPlan`` fields from the options of :func:`add_plan_options` (and ``more``) that were given."""
-    from cmcr_lite.pretrain import parse_fields
-
+    """``BenchPlan`` fields from the options of :func:`add_plan_options` (and ``more``) that were given.
+    ``--set`` values are checked against ``PretrainConfig`` here, before any job starts: a bad field or
+    value is one line ``error: ...`` (exit status 2), not a traceback from a worker."""
+    if a.set:
+        check_pretrain_fields(a.set)
     changes = {k: v for k, v in {"dataroot": a.dataroot, "output_root": a.output_root, **more}.items() if v is not None}
     if a.set:
+        from cmcr_lite.pretrain import parse_fields
+
         changes["pretrain"] = parse_fields(a.set)
     return changes
+
+
+def check_pretrain_fields(items):
+    """InputError naming the field and value unless ``["FIELD=VALUE", ...]`` make a valid lite
+    ``PretrainConfig`` (the pretraining command's own checks, ``pretrain.config_from_args``)."""
+    from cmcr_lite.pretrain import config_from_args
+
+    config_from_args(argparse.Namespace(config="lite", set=items, output_dir=None))
 
 
 def ladder_main(argv) -> dict:
     """``python -m experiments ladder [--smoke] [--diagnostic-weights W ...] ...``: see ``experiments.ladder``."""
     from experiments.ladder import LadderPlan, ladder
 
-    p = argparse.ArgumentParser(prog="python -m experiments ladder",
+    p = CommandLineParser(prog="python -m experiments ladder",
                                 description="The paper's ablation ladder on the bench (experiments.ladder); resumable.")
     add_plan_options(p, "ladder")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds of every row (default: the bench's, 0-4)")
@@ -132,6 +137,8 @@ def ladder_main(argv) -> dict:
                    help="the frozen trunk's BatchNorm statistics in every read-out (default running); with "
                         "recalibrated, the job results go to <name>_runs/ instead of the bench's")
     a = p.parse_args(argv)
+    if a.diagnostic_weights and min(a.diagnostic_weights) <= 0:
+        p.error(f"argument --diagnostic-weights: weights must be > 0, got {a.diagnostic_weights}")
     plan = LadderPlan.smoke() if a.smoke else LadderPlan()
     bench_changes = plan_changes(a, seeds=a.seeds and tuple(a.seeds), workers=a.workers, batchnorm=a.batchnorm,
                                  results_name=a.bench_name)
@@ -151,7 +158,7 @@ def mechanism_main(argv) -> dict:
     """``python -m experiments mechanism [--smoke] ...``: see ``experiments.mechanism``."""
     from experiments.mechanism import MechanismPlan, mechanism
 
-    p = argparse.ArgumentParser(prog="python -m experiments mechanism",
+    p = CommandLineParser(prog="python -m experiments mechanism",
                                 description="Which loss terms shape the 3D trunk: per-term gradients over a bench "
                                             "pretraining and one full-size step (experiments.mechanism); resumable.")
     add_plan_options(p, "mechanism")
@@ -161,6 +168,13 @@ def mechanism_main(argv) -> dict:
     p.add_argument("--no-full-step", action="store_true", help="skip the full-preset step at nuScenes density")
     p.add_argument("--full-points", type=int, help="LiDAR points per scan of the full-preset step (default 34000)")
     a = p.parse_args(argv)
+    from experiments.plan import is_pretrained
+
+    if a.row is not None and not is_pretrained(a.row):
+        p.error(f"argument --row: {a.row!r} is not a pretrained row of the bench or the ladder (e.g. 'CMCR', "
+                "'PPKT', '+ GeoMIM', 'CMCR (occupancy ×6)')")
+    if a.every is not None and a.every < 1:
+        p.error(f"argument --every: must be >= 1, got {a.every}")
     plan = MechanismPlan.smoke() if a.smoke else MechanismPlan()
     bench_changes = plan_changes(a)
     changes = {k: v for k, v in {"row": a.row, "seed": a.seed, "gradient_every": a.every, "results_name": a.name,
@@ -173,6 +187,7 @@ def mechanism_main(argv) -> dict:
     return report
 
 
+@reports_input_errors
 def main(argv=None):
     import sys
 
@@ -192,7 +207,7 @@ def main(argv=None):
         README.write_text(readme_with_blocks(README.read_text()))
         print(f"{README}: blocks {', '.join(README_BLOCKS)} rewritten")
         return None
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = CommandLineParser(prog="python -m experiments", description=__doc__.split("\n\n")[0])
     p.add_argument("experiment", choices=["baseline", "ablation", "bench", "label-efficiency", "ladder", "mechanism",
                                           "readme"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
