@@ -4,7 +4,7 @@ kernels cmcr_lite names for this CPU when OpenBLAS falls back to them, side by s
     python benchmarks/openblas_kernels.py [--rounds 3] [--steps 5] [--voxels 20000]
 
 Why: MinkowskiEngine's CPU convolutions are OpenBLAS calls, and Debian's OpenBLAS 0.3.21 runs its
-SSE3 "Prescott" kernels on CPUs newer than itself (see cmcr_lite/openblas.py).
+SSE3 "Prescott" kernels on CPUs newer than itself (see ``cmcr_lite.runtime.prepare_openblas``).
 Each timing is one child process of ``benchmarks/minkunet_step.py --configs lite --threads 1`` with
 ``OPENBLAS_CORETYPE`` set; the rounds alternate the two so that a change in the machine's load
 falls on both. Prints each round's median ms/step and the ratio of the medians over the rounds.
@@ -20,8 +20,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from cmcr_lite.openblas import cpu_flags, detected_openblas_kernels, kernels_for_cpu  # noqa: E402
-from cmcr_lite.runtime import machine  # noqa: E402
+from cmcr_lite.runtime import cpu_flags, detected_openblas_kernels, kernels_for_cpu, machine  # noqa: E402
 
 STEP_SCRIPT = Path(__file__).with_name("minkunet_step.py")
 

@@ -14,18 +14,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cmcr_lite.cmcr import CMCROptions  # noqa: E402
-from cmcr_lite.data.pipeline import PairedScanDataset, batch_to_sparse_tensor, collate_pairs  # noqa: E402
-from cmcr_lite.pretrain import PretrainConfig, _step_generator, build_model, training_losses  # noqa: E402
+from cmcr_lite.cmcr import CMCROptions
+from cmcr_lite.data.pipeline import PairedScanDataset, batch_to_sparse_tensor, collate_pairs
+from cmcr_lite.pretrain import PretrainConfig, step_generator, build_model, training_losses
 
 # Rows: a method name, or CMCR with some parts off (what each part costs).
 VARIANTS = {
@@ -63,7 +60,7 @@ def profile_method(variant: str, keyframes, steps: int, seed: int = 0) -> dict:
             t3 = time.perf_counter()
         x = batch_to_sparse_tensor(batch)
         t4 = time.perf_counter()
-        terms = training_losses(model, config, batch, x, _step_generator(seed, 0, step))
+        terms = training_losses(model, config, batch, x, step_generator(seed, 0, step))
         t5 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()

@@ -1,19 +1,13 @@
 """cmcr-lite: a notebook-first, tested reproduction of CMCR (Zhang & Hou, IJCV 2026).
 
-Data flows one way: ``data`` -> ``models`` -> ``losses`` -> training loops -> notebooks.
+Data flows one way: ``data`` -> ``models`` -> ``losses`` -> training loops -> notebooks. Importing the
+package loads nothing heavy and starts no process.
 """
 import os
 
-# OpenMP threads that finish early spin ("active" wait) by default. On a small CPU shared with other
-# processes (notebook kernels, data workers, a test runner) that spinning starves the busy threads:
-# a MinkowskiEngine training step measured 10-20x slower. Passive waiting costs nothing measurable
-# when the machine is idle. This must be set before torch loads its OpenMP runtime.
+# OpenMP threads that finish early spin ("active" wait) by default; on a small CPU shared with other
+# processes (notebook kernels, data workers, a test runner) that spinning starves the busy threads.
+# Passive waiting costs nothing measurable on an idle machine. torch reads this when it loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
-
-# MinkowskiEngine's OpenBLAS on its generic kernels ran the trunk 1.7x slower on a CPU it did not
-# recognise; this must run before MinkowskiEngine loads OpenBLAS (see cmcr_lite/openblas.py).
-from cmcr_lite.openblas import choose_openblas_kernels  # noqa: E402
-
-choose_openblas_kernels()
 
 __version__ = "0.1.0"

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from cmcr_lite.losses.codebook import UnifiedCodebook
 from cmcr_lite.losses.infonce import point_pixel_infonce
-from cmcr_lite.losses.mim import ImageDecoder, geometry_enhanced_replacement, reconstruction_loss
+from cmcr_lite.losses.mim import ImageDecoder, geometry_enhanced_replacement, mim_input_features, reconstruction_loss
 from cmcr_lite.losses.occupancy import OccupancyDecoder, occupancy_losses
 from cmcr_lite.losses.orthogonality import orthogonality_loss
 from cmcr_lite.models.image_encoder import DenseHead, freeze, upsampled_at
@@ -196,107 +196,141 @@ class CMCRModel(nn.Module):
             generator: draws the NCE and codebook pairs (seeded per step by the loop).
 
         Returns: dict of scalar tensors, each term next to its formula (F shared, G specific,
-        F̄ = codebook-quantised F, (i, u) a paired voxel and pixel, τ the temperature):
+        F̄ = codebook-quantised F, (i, u) a paired voxel and pixel, τ the temperature) and the method
+        that computes it:
             nce            L_NCE = -1/M Σ_i log softmax_j(<F3D_i, F2D_j> / τ)_i over M sampled pairs
+                           (``nce_term``)
             orth           L_orth = ‖F3Dᵀ G3D‖_F / D² (+ the same on the 2D maps if ``orth_2d``), × orth_weight
+                           (``orthogonality_term``)
             cmcm           L_CMCM = InfoNCE of S = P_p log P_vᵀ + P_v log P_pᵀ (soft code assignments)
             commit_points  β ‖F3D - sg[e_k(point)]‖²;  commit_pixels  β ‖F2D - sg[e_k(pixel)]‖²
+                           (all three: ``codebook_terms``)
             mim            L_MIM = ‖decoder(G2D + F̄2D, masked pixels ← F̄3D if GeoMIM) - image‖², × mim_weight
-                           (on a grid of 1/self.mim_stride of the image size, the target average-pooled to it)
+                           (on a grid of 1/self.mim_stride of the image size, the target average-pooled to it;
+                           ``mim_terms``)
             occupancy      L_occ = BCE(decoder([G3D + F̄3D]_j ‖ q - p_j), occupied(q)) over (query, neighbour) pairs
             intensity      L1(decoder(...)_intensity, intensity(q) / 255) on in/out queries
-            loss           Σ weight × term over the terms above that are switched on
+                           (both: ``occupancy_terms``)
+            loss           Σ weight × term over the terms above that are switched on (``term_weights``)
         plus diagnostics that are not in ``loss``: ``perplexity_points``, ``perplexity_pixels``,
         ``geomim_pixels`` (masked pixels that received 3D features).
         """
         o, dev = self.opt, x.F.device
-        images = batch["images"].to(dev)
         f3d, g3d = self.features_3d(x)
         terms = {}
-        if not (o.nce or o.decouple or o.codebook or o.mim):  # a LiDAR-only run never reads the images
-            return self._occupancy_terms(batch, f3d, g3d, terms)
-        pv, pp = batch["pair_voxels"].to(dev), batch["pair_pixels"].to(dev)
-        # The full-resolution 2D maps are built only where a decoder reads them (MIM): the losses on
-        # pairs read the paired pixels only, the same values as indexing the upsampled map.
-        shared_low, g2d_low = self._heads_2d_low(images)
-        size = tuple(images.shape[-2:])
-        f2d_low = F.normalize(shared_low, dim=1)
-        f2d_pairs = F.normalize(upsampled_at(shared_low, pp[:, 0], pp[:, 1:], size), dim=1)  # (P, D) at the paired pixels
+        # a LiDAR-only run never reads the images; every term that reads them is under one of these switches
+        if o.nce or o.decouple or o.codebook or o.mim:
+            pv = batch["pair_voxels"].to(dev)
+            f2d_pairs, f2d_low, shared_low, g2d_low = self._step_features_2d(batch, dev)
         if o.nce:
-            terms["nce"] = point_pixel_infonce(f3d[pv], f2d_pairs, tau=self.tau, num_matches=self.num_matches,
-                                               generator=generator)
+            terms["nce"] = self.nce_term(f3d[pv], f2d_pairs, generator)
         if o.decouple:
-            orth = orthogonality_loss(f3d, g3d)
-            if o.orth_2d:  # over the pixels of the trunk-resolution maps
-                flat = lambda t: t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])  # noqa: E731
-                orth = orth + orthogonality_loss(flat(f2d_low), flat(g2d_low))
-            terms["orth"] = orth
-
-        q3d = f3d  # without a codebook the decoders read the continuous shared features
+            terms["orth"] = self.orthogonality_term(f3d, g3d, f2d_low, g2d_low)
         if o.codebook:
-            m = min(len(pv), o.codebook_matches or self.num_matches)
-            sel = torch.randperm(len(pv), generator=generator, device="cpu")[:m].to(dev)
-            cb = self.codebook(f3d[pv[sel]], f2d_pairs[sel])
-            terms.update(cmcm=cb["cmcm"], commit_points=cb["commit_points"], commit_pixels=cb["commit_pixels"])
-            terms["perplexity_points"], terms["perplexity_pixels"] = cb["perplexity_points"], cb["perplexity_pixels"]
-        if o.codebook and (o.occupancy or o.geomim):  # quantise only what a decoder reads
-            q3d = self.codebook.quantize(f3d)[0]
-        if o.codebook and o.mim:
+            terms |= self.codebook_terms(f3d, pv, f2d_pairs, generator)
+        # the decoders read F̄^3D, quantised (after the codebook's EMA update) only where one reads it;
+        # without a codebook they read the continuous F^3D
+        q3d = self.codebook.quantize(f3d)[0] if o.codebook and (o.occupancy or o.geomim) else f3d
+        if o.mim:
+            terms |= self.mim_terms(batch, f2d_low, shared_low, g2d_low, q3d)
+        if o.occupancy:
+            terms |= self.occupancy_terms(batch, q3d, g3d)
+        terms["loss"] = sum(w * terms[k] for k, w in self.term_weights().items())
+        return terms
+
+    def _step_features_2d(self, batch: dict, dev):
+        """The 2D features a step reads: F^2D at the paired pixels (P, D); at the trunk's resolution
+        F^2D (B, D, h, w) L2-normalised, the shared head's raw output (B, D, h, w) and G^2D (B, D, h, w)
+        or None. The full-resolution maps are built only where a decoder reads them (MIM): the losses
+        on pairs read the paired pixels only, the same values as indexing the upsampled map."""
+        images, pp = batch["images"].to(dev), batch["pair_pixels"].to(dev)
+        shared_low, g2d_low = self._heads_2d_low(images)
+        f2d_low = F.normalize(shared_low, dim=1)
+        f2d_pairs = F.normalize(upsampled_at(shared_low, pp[:, 0], pp[:, 1:], tuple(images.shape[-2:])), dim=1)
+        return f2d_pairs, f2d_low, shared_low, g2d_low
+
+    def nce_term(self, f3d_pairs: torch.Tensor, f2d_pairs: torch.Tensor, generator=None) -> torch.Tensor:
+        """L_NCE, a scalar (nats): point-pixel InfoNCE of the paired F^3D (P, D) and F^2D (P, D) over
+        ``num_matches`` pairs that ``generator`` draws."""
+        return point_pixel_infonce(f3d_pairs, f2d_pairs, tau=self.tau, num_matches=self.num_matches,
+                                   generator=generator)
+
+    def orthogonality_term(self, f3d, g3d, f2d_low, g2d_low) -> torch.Tensor:
+        """L_orth, a scalar (unweighted): F^3D ⟂ G^3D over the voxels (V, D), plus with ``orth_2d``
+        F^2D ⟂ G^2D over the pixels of the trunk-resolution maps (B, D, h, w)."""
+        orth = orthogonality_loss(f3d, g3d)
+        if self.opt.orth_2d:
+            flat = lambda t: t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])  # noqa: E731
+            orth = orth + orthogonality_loss(flat(f2d_low), flat(g2d_low))
+        return orth
+
+    def codebook_terms(self, f3d, pv, f2d_pairs, generator=None) -> dict:
+        """L_CMCM, L_commit(points), L_commit(pixels) (scalars) and the two code perplexities, on
+        ``codebook_matches`` pairs drawn apart from the NCE's: F^3D (V, D) at voxels pv (P,), F^2D (P, D).
+        In training mode the codebook's EMA moves its codes here."""
+        m = min(len(pv), self.opt.codebook_matches or self.num_matches)
+        sel = torch.randperm(len(pv), generator=generator, device="cpu")[:m].to(pv.device)
+        cb = self.codebook(f3d[pv[sel]], f2d_pairs[sel])
+        return {k: cb[k] for k in ("cmcm", "commit_points", "commit_pixels", "perplexity_points", "perplexity_pixels")}
+
+    def mim_terms(self, batch: dict, f2d_low, shared_low, g2d_low, q3d) -> dict:
+        """L_MIM (a scalar, MSE of [0, 1] RGB) and, with GeoMIM, ``geomim_pixels`` (masked grid cells
+        fed 3D features). Reads the batch's ``masks`` (B, H, W), ``target_images`` (B, 3, H, W) and,
+        with GeoMIM, ``masked_pair_voxels`` / ``masked_pair_pixels``; the 2D maps at the trunk's
+        resolution (B, D, h, w): F^2D, the shared head's raw output and G^2D (or None); F̄^3D (V, D).
+        Keeps the decoder's output in ``self.last_reconstruction`` (B, 3, H/mim_stride, W/mim_stride)."""
+        o, dev = self.opt, q3d.device
+        terms = {}
+        if o.codebook:  # F̄^2D at the trunk's resolution
             B, D, h, w = f2d_low.shape
             q2d_low = self.codebook.quantize(f2d_low.permute(0, 2, 3, 1).reshape(-1, D))[0]
             q2d_low = q2d_low.reshape(B, h, w, D).permute(0, 3, 1, 2)
-        elif o.mim:
+        else:
             q2d_low = None  # no codebook: the decoder reads the continuous F^2D
-
-        if o.mim:
-            # the reconstruction grid: 1/mim_stride of the crop; a cell is masked if any of its pixels is
-            k, (H, W) = self.mim_stride, size
-            if H % k or W % k:
-                raise ValueError(f"CMCRModel: mim_stride={k} must divide the image size (H, W) = {size}")
-            grid = (H // k, W // k)
-            masks = batch["masks"].to(dev)
-            masks = masks.reshape(len(masks), grid[0], k, grid[1], k).any(4).any(2) if k > 1 else masks
-            target = batch["target_images"].to(dev)
-            target = F.avg_pool2d(target, k) if k > 1 else target
-            up_grid = lambda t: F.interpolate(t, size=grid, mode="bilinear", align_corners=False)  # noqa: E731
-            # decoder input G^2D + F̄^2D. Bilinear upsampling is linear, so the sum is taken at the
-            # trunk's resolution and upsampled once (one map at the grid instead of three).
-            if q2d_low is not None:
-                decoder_in = up_grid(q2d_low + g2d_low) if g2d_low is not None else up_grid(q2d_low)
-            else:
-                decoder_in = F.normalize(up_grid(shared_low), dim=1) + (up_grid(g2d_low) if g2d_low is not None else 0)
-            if o.geomim:
-                # masked cells take the mean F̄^3D of their points in place of F̄^2D; G^2D stays,
-                # so each pair brings F̄^3D(voxel) + G^2D(cell), and their mean at a cell is the
-                # paper's replacement plus that cell's G^2D
-                mpv, mpp = batch["masked_pair_voxels"].to(dev), batch["masked_pair_pixels"].to(dev)
-                cells = torch.stack([mpp[:, 0], mpp[:, 1] // k, mpp[:, 2] // k], 1)
-                per_pair = q3d[mpv]
-                if g2d_low is not None:
-                    per_pair = per_pair + upsampled_at(g2d_low, cells[:, 0], cells[:, 1:], grid)
-                decoder_in, replaced = geometry_enhanced_replacement(
-                    decoder_in, per_pair, torch.arange(len(mpv), device=dev), cells, masks)
-                terms["geomim_pixels"] = replaced.float().sum()
-            pred = self.image_decoder(decoder_in)
-            terms["mim"] = reconstruction_loss(pred, target, masks, o.mim_masked_only)
-            self.last_reconstruction = pred.detach()
-
-        return self._occupancy_terms(batch, q3d, g3d, terms)
-
-    def _occupancy_terms(self, batch: dict, q3d, g3d, terms: dict) -> dict:
-        """Add the occupancy and intensity terms (when switched on) from the 3D latents q3d (+ g3d),
-        and the weighted sum ``loss``."""
-        o, dev = self.opt, q3d.device
-        if o.occupancy:
-            if "queries" not in batch:
-                raise ValueError("CMCR occupancy needs query points: build the batch with PipelineConfig(occupancy=True)")
-            latents = (q3d + g3d if g3d is not None else q3d)[batch["voxel_of_point"].to(dev)]
-            points = batch["points"][:, :3].to(dev)
-            # neighbourhoods come with the batch: the data pipeline searched them in its workers
-            qi, pi = batch["neighbour_query"].to(dev), batch["neighbour_point"].to(dev)
-            pred = self.occupancy_decoder.forward_pairs(latents, batch["queries"].to(dev), points, qi, pi)
-            occ = occupancy_losses(pred, batch["query_occupied"].to(dev), batch["query_intensity"].to(dev), qi)
-            terms["occupancy"], terms["intensity"] = occ["occupancy"], occ["intensity"]
-
-        terms["loss"] = sum(w * terms[k] for k, w in self.term_weights().items())
+        # the reconstruction grid: 1/mim_stride of the crop; a cell is masked if any of its pixels is
+        masks = batch["masks"].to(dev)
+        k, size = self.mim_stride, tuple(masks.shape[-2:])
+        H, W = size
+        if H % k or W % k:
+            raise ValueError(f"CMCRModel: mim_stride={k} must divide the image size (H, W) = {size}")
+        grid = (H // k, W // k)
+        masks = masks.reshape(len(masks), grid[0], k, grid[1], k).any(4).any(2) if k > 1 else masks
+        target = batch["target_images"].to(dev)
+        target = F.avg_pool2d(target, k) if k > 1 else target
+        up_grid = lambda t: F.interpolate(t, size=grid, mode="bilinear", align_corners=False)  # noqa: E731
+        # decoder input G^2D + F̄^2D. Bilinear upsampling is linear, so the sum is taken at the
+        # trunk's resolution and upsampled once (one map at the grid instead of three).
+        if q2d_low is not None:
+            decoder_in = up_grid(mim_input_features(g2d_low, q2d_low) if g2d_low is not None else q2d_low)
+        else:
+            decoder_in = F.normalize(up_grid(shared_low), dim=1) + (up_grid(g2d_low) if g2d_low is not None else 0)
+        if o.geomim:
+            # masked cells take the mean F̄^3D of their points in place of F̄^2D; G^2D stays,
+            # so each pair brings F̄^3D(voxel) + G^2D(cell), and their mean at a cell is the
+            # paper's replacement plus that cell's G^2D
+            mpv, mpp = batch["masked_pair_voxels"].to(dev), batch["masked_pair_pixels"].to(dev)
+            cells = torch.stack([mpp[:, 0], mpp[:, 1] // k, mpp[:, 2] // k], 1)
+            per_pair = q3d[mpv]
+            if g2d_low is not None:
+                per_pair = per_pair + upsampled_at(g2d_low, cells[:, 0], cells[:, 1:], grid)
+            decoder_in, replaced = geometry_enhanced_replacement(
+                decoder_in, per_pair, torch.arange(len(mpv), device=dev), cells, masks)
+            terms["geomim_pixels"] = replaced.float().sum()
+        pred = self.image_decoder(decoder_in)
+        terms["mim"] = reconstruction_loss(pred, target, masks, o.mim_masked_only)
+        self.last_reconstruction = pred.detach()
         return terms
+
+    def occupancy_terms(self, batch: dict, q3d, g3d) -> dict:
+        """L_occ (BCE, nats) and L_intensity (L1 of intensity / 255), scalars, read from the 3D latents
+        G^3D + F̄^3D (V, D) each (F̄^3D alone without decoupling) at the batch's query points."""
+        dev = q3d.device
+        if "queries" not in batch:
+            raise ValueError("CMCR occupancy needs query points: build the batch with PipelineConfig(occupancy=True)")
+        latents = (q3d + g3d if g3d is not None else q3d)[batch["voxel_of_point"].to(dev)]
+        points = batch["points"][:, :3].to(dev)
+        # neighbourhoods come with the batch: the data pipeline searched them in its workers
+        qi, pi = batch["neighbour_query"].to(dev), batch["neighbour_point"].to(dev)
+        pred = self.occupancy_decoder.forward_pairs(latents, batch["queries"].to(dev), points, qi, pi)
+        occ = occupancy_losses(pred, batch["query_occupied"].to(dev), batch["query_intensity"].to(dev), qi)
+        return {"occupancy": occ["occupancy"], "intensity": occ["intensity"]}

@@ -22,7 +22,7 @@ def ensure_embedded_dataset(dataroot=None) -> Path:
     return ensure_dataset(root, EMBEDDED_SCENES, EMBEDDED_SEED, EMBEDDED_SAMPLES_PER_SCENE, EMBEDDED_VERSION)
 
 
-# The bench set of ``python -m cmcr_lite.experiments bench``: synthetic.PRESETS["bench"], generated on
+# The bench set of ``python -m experiments bench``: synthetic.PRESETS["bench"], generated on
 # first use (about 3 minutes on 2 cores); CMCR_BENCH_DATAROOT overrides where it lives.
 BENCH_DATAROOT = Path(os.environ.get("CMCR_BENCH_DATAROOT", REPO_ROOT / "data" / "nuscenes-bench"))
 

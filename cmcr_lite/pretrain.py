@@ -276,7 +276,7 @@ def load_pretrain_checkpoint(path) -> dict:
     return state
 
 
-def _step_generator(seed: int, epoch: int, step: int, device=None) -> torch.Generator:
+def step_generator(seed: int, epoch: int, step: int, device=None) -> torch.Generator:
     """A CPU generator per (seed, epoch, step): the same draws on CPU and GPU, and after a resume."""
     g = torch.Generator()
     g.manual_seed((seed * 1_000_003 + epoch) * 100_003 + step)
@@ -390,7 +390,7 @@ def pretrain(config: PretrainConfig, resume: bool = False, progress: bool = True
         for step, batch in enumerate(bar):
             data_seconds = time.perf_counter() - tick  # waiting for the loader (workers or main process)
             x = batch_to_sparse_tensor(batch, device)
-            generator = _step_generator(config.seed + rank, epoch, step, device)
+            generator = step_generator(config.seed + rank, epoch, step, device)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(config, epoch * steps_per_epoch + step, config.epochs * steps_per_epoch)
             terms = training_losses(model, config, batch, x, generator)

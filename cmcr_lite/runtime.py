@@ -13,6 +13,8 @@ One small module that every loop (pretraining, downstream, the teacher, notebook
   (``remove_stale_temporaries``);
 * ``read_checkpoint(path, what)`` / ``checkpoint_kind(state)`` -- ``torch.load`` with errors that name
   the file, and which command wrote a checkpoint (pretraining or downstream);
+* ``prepare_openblas()`` -- MinkowskiEngine's OpenBLAS on one thread and on the CPU's own kernels
+  (called by ``models/minkunet.py`` before the library loads);
 * ``machine()`` -- the CPU a run timed itself on, and the kernels its OpenBLAS runs (times, and
   the last bits of floats, depend on both);
 * the command lines' bad input: ``CommandLineParser`` (argparse, one-line errors), ``InputError``
@@ -27,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import ctypes.util
 import dataclasses
 import functools
 import json
@@ -34,6 +38,7 @@ import math
 import os
 import random
 import re
+import subprocess
 import sys
 import time
 import types
@@ -43,7 +48,6 @@ from typing import Optional
 
 import numpy as np
 
-from cmcr_lite.openblas import openblas_kernels
 
 if typing.TYPE_CHECKING:
     import torch
@@ -58,8 +62,8 @@ def machine() -> dict:
     same OpenBLAS kernels, but the float kernels differ between, say, AVX2 and AVX-512 machines,
     OpenBLAS's generic and SkylakeX kernels, or an Intel and an AMD CPU of the same vector width (the
     model name tells them apart; MKL inside torch takes another code path on AMD), so two such runs
-    agree only to float rounding at first and then drift apart; and step times differed up to 2.6x
-    between the machines this project has run on (``benchmarks/results/cross_machine_runs/``)."""
+    agree only to float rounding at first and then drift apart; step times differ between machines
+    too (docs/results.md, "Time, and which machine makes which bits")."""
     cpu = "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -486,3 +490,120 @@ def device_problem(name: str) -> Optional[str]:
         if device.index is not None and device.index >= torch.cuda.device_count():
             return f"device={name!r} but only {torch.cuda.device_count()} CUDA GPU(s) are visible"
     return None
+
+
+# ------------------------------------------------------------------------------------------ OpenBLAS
+# MinkowskiEngine's CPU convolutions are OpenBLAS matrix products, one per kernel offset. Two settings
+# matter, and both must be made before the library loads (models/minkunet.py calls prepare_openblas()
+# just before it imports MinkowskiEngine; importing cmcr_lite alone does neither):
+# * threads: Debian's pthread OpenBLAS keeps its workers busy-waiting between those small calls,
+#   starving torch's own threads, so it runs on one thread unless OPENBLAS_NUM_THREADS is set;
+# * kernels: Debian's OpenBLAS 0.3.21 picks them by CPU model and, on a CPU newer than itself, falls
+#   back to its generic SSE3 "Prescott" ones (measured by benchmarks/openblas_kernels.py); then the
+#   kernels OpenBLAS gives recognised CPUs of the same kind are named instead, unless
+#   OPENBLAS_CORETYPE is set.
+OPENBLAS_LIBRARY = "libopenblas.so.0"  # the library MinkowskiEngine's CPU backend links (Debian's libopenblas0)
+
+
+def openblas_kernels(library: str = OPENBLAS_LIBRARY) -> Optional[str]:
+    """The kernels OpenBLAS runs in this process ("Haswell", "SkylakeX", "Prescott", ...), loading
+    the library if it is not loaded yet; None if there is no such library."""
+    try:
+        get = ctypes.CDLL(library).openblas_get_corename
+    except (OSError, AttributeError):
+        return None
+    get.restype = ctypes.c_char_p
+    return get().decode()
+
+
+def kernels_for_cpu(flags: set, detected: Optional[str]) -> Optional[str]:
+    """The OpenBLAS core type to force, given the CPU's ``flags`` (from /proc/cpuinfo) and the
+    kernels OpenBLAS ``detected`` by itself: None unless it fell back to "Prescott" on a CPU that
+    can run better ones. "SkylakeX" (AVX-512) and "Haswell" (AVX2 + FMA) are the kernels OpenBLAS
+    gives the CPUs of those kinds that it does recognise."""
+    if detected != "Prescott":
+        return None
+    if {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"} <= flags:
+        return "SkylakeX"
+    if {"avx2", "fma"} <= flags:
+        return "Haswell"
+    return None
+
+
+_ASK_OPENBLAS = """
+import ctypes
+try:
+    get = ctypes.CDLL({library!r}).openblas_get_corename
+except (OSError, AttributeError):
+    raise SystemExit(0)
+get.restype = ctypes.c_char_p
+print(get().decode())
+"""
+
+
+def detected_openblas_kernels(library: str = OPENBLAS_LIBRARY) -> Optional[str]:
+    """The kernels OpenBLAS picks by itself on this CPU, asked of a child Python process (about
+    30 ms; the standard library only) with ``OPENBLAS_CORETYPE`` unset, so that this process's
+    library stays unloaded (OpenBLAS reads the variable once, when it loads). None if there is no
+    such library."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
+    try:
+        asked = subprocess.run([sys.executable, "-c", _ASK_OPENBLAS.format(library=library)], env=env,
+                               capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    name = asked.stdout.strip() if asked.returncode == 0 else ""
+    return name or None
+
+
+def cpu_flags() -> set:
+    """The CPU's feature flags ("avx2", "avx512f", ...) from /proc/cpuinfo; empty if not Linux."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return set()
+    return next((set(line.split(":", 1)[1].split()) for line in lines if line.startswith("flags")), set())
+
+
+def choose_openblas_kernels() -> Optional[str]:
+    """Set ``OPENBLAS_CORETYPE`` for this process's OpenBLAS (not loaded yet) and its children when
+    OpenBLAS would fall back to its generic kernels on this CPU (:func:`kernels_for_cpu`).
+
+    Returns the core type set, or None: already set by the user, OpenBLAS already loaded, its own
+    choice kept, not Linux, or no OpenBLAS."""
+    if "OPENBLAS_CORETYPE" in os.environ or "MinkowskiEngine" in sys.modules:
+        return None
+    chosen = kernels_for_cpu(cpu_flags(), detected_openblas_kernels())
+    if chosen:
+        os.environ["OPENBLAS_CORETYPE"] = chosen
+    return chosen
+
+
+def limit_openblas_threads(n: int = 1) -> bool:
+    """Make OpenBLAS (used by MinkowskiEngine on CPU) use ``n`` threads.
+
+    Sets ``OPENBLAS_NUM_THREADS`` for libraries loaded later and, if MinkowskiEngine is already
+    imported, calls ``openblas_set_num_threads`` on the loaded library. Returns True if the running
+    library was reached (or not loaded yet), False if it could not be found.
+    """
+    os.environ["OPENBLAS_NUM_THREADS"] = str(n)
+    if "MinkowskiEngine" not in sys.modules:
+        return True
+    for name in (OPENBLAS_LIBRARY, ctypes.util.find_library("openblas")):
+        if not name:
+            continue
+        try:
+            ctypes.CDLL(name).openblas_set_num_threads(int(n))
+            return True
+        except (OSError, AttributeError):
+            continue
+    return False
+
+
+def prepare_openblas():
+    """Before MinkowskiEngine loads OpenBLAS: one OpenBLAS thread unless ``OPENBLAS_NUM_THREADS`` is
+    set, and the CPU's own kernels where OpenBLAS would fall back to its generic ones
+    (:func:`choose_openblas_kernels`)."""
+    if "OPENBLAS_NUM_THREADS" not in os.environ:
+        limit_openblas_threads(1)
+    choose_openblas_kernels()

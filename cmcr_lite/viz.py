@@ -239,7 +239,7 @@ def group_iou_figure(rows: dict, title: str = ""):
 def label_efficiency_figure(table: dict, title: str = ""):
     """mIoU (%) against the labelled fraction of the training scenes (log x), one panel per mode
     (fine-tuning, linear probe), one line per pretraining; error bars = sample std over seeds, drawn
-    only where there are two seeds or more. ``table``: ``bench.label_efficiency_summary``."""
+    only where there are two seeds or more. ``table``: ``experiments.label_efficiency.label_efficiency_summary``."""
     import matplotlib.pyplot as plt
 
     modes = [m for m in ("finetune", "linear_probe") if any(m in t for t in table.values())]

@@ -1,7 +1,6 @@
-"""The decisive benchmark (cmcr_lite.bench): its statistics by closed form, its probes on data with a
+"""The decisive benchmark (experiments.bench): its statistics by closed form, its probes on data with a
 known answer, and the whole pipeline end to end at toy size (every row, resumable)."""
 import json
-import sys
 from dataclasses import replace
 
 import numpy as np
@@ -10,15 +9,18 @@ import torch
 from scipy import stats
 
 from cmcr_lite.analysis.probes import mlp_twin_probe, softmax_probe, twin_probe
-from cmcr_lite.bench import (COLUMNS, PROBE, ROWS, BenchPlan, job_seconds, bench, bench_jobs, bench_verdict,
-                             label_efficiency_summary, load_report, t_interval, welch_interval)
+from experiments.bench import bench
+from experiments.ceiling_recipes import recipe_folder
+from experiments.jobs import job_seconds, PROBE
+from experiments.label_efficiency import label_efficiency_summary
+from experiments.plan import bench_jobs, BenchPlan, COLUMNS, ROWS
+from experiments.report import bench_verdict, load_report
+from experiments.stats import t_interval, welch_interval
 from cmcr_lite.classes import class_index
-from cmcr_lite.experiments import main as experiments_main
+from experiments.cli import main as experiments_main
 from cmcr_lite.paths import REPO_ROOT
 from cmcr_lite.runtime import machine
 
-sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-from ceiling_recipes import recipe_folder  # noqa: E402
 
 
 def test_t_interval_by_hand():
@@ -120,7 +122,7 @@ def test_jobs_cover_every_row_and_seed():
     # from-scratch bench, and for the ceiling's current recipe its ceiling_recipes jobs (PPKT and its
     # A/A twin are one method, so they count as one): the short read-outs come last and the two
     # workers end together. (The committed bench's rows ran on two kinds of machine.)
-    results = REPO_ROOT / "benchmarks" / "results"
+    results = REPO_ROOT / "experiments" / "results"
     report = load_report("bench", results / "cross_machine_runs" / "amd_epyc_17_from_scratch")
     minutes = {}
     for run in report["runs"]:
@@ -136,17 +138,17 @@ def test_jobs_cover_every_row_and_seed():
 
 def test_bench_md_says_where_the_jobs_ran_when_machines_differ():
     """bench.md names the machines only when the jobs ran on more than one kind, with each kind's rows."""
-    from cmcr_lite.bench import _machines_sentence, machine_label
+    from experiments.report import machine_label, machines_sentence
 
     amd = {"cpu": "AMD EPYC", "cpu_capability": "AVX2", "cores": 2, "blas_kernels": None}
     intel = {"cpu": "Intel Xeon", "cpu_capability": "AVX512", "cores": 2, "blas_kernels": "SkylakeX"}
     assert machine_label(amd) == "AMD EPYC, AVX2" and machine_label(None) == "not recorded"
     assert machine_label(intel) == "Intel Xeon, AVX512, OpenBLAS SkylakeX"
     one = {"PPKT": {"machines": ["AMD EPYC, AVX2"]}, "CMCR": {"machines": ["AMD EPYC, AVX2"]}}
-    assert _machines_sentence(one) == ""
+    assert machines_sentence(one) == ""
     two = {"PPKT": {"machines": ["not recorded"]}, "supervised ceiling": {"machines": ["AMD EPYC, AVX2"]},
            "CMCR": {"machines": ["AMD EPYC, AVX2", "not recorded"]}}
-    assert _machines_sentence(two) == (
+    assert machines_sentence(two) == (
         "The jobs ran on 2 kinds of machine, so their times add up compute of different speeds (rows by "
         "machine: AMD EPYC, AVX2: supervised ceiling, CMCR; not recorded: PPKT, CMCR).")
 
@@ -163,7 +165,7 @@ def test_bench_command_refuses_overlapping_seed_sets(capsys):
 def test_noise_floor_compares_all_seeds_and_reports_the_shared_five():
     """The A/A difference is Welch's over every seed of both rows (8 against 8), and again over the
     first five of each side; CMCR - PPKT is paired over the seeds both rows have (the five shared)."""
-    from cmcr_lite.bench import summarize
+    from experiments.report import summarize
 
     plan = BenchPlan()
     g = np.random.default_rng(3)

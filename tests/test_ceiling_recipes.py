@@ -1,15 +1,12 @@
-"""benchmarks/ceiling_recipes.py at toy size: each recipe's ceiling job runs with its own batch size and
+"""experiments/ceiling_recipes.py at toy size: each recipe's ceiling job runs with its own batch size and
 learning rate (the step count per epoch follows the batch size), what it prints is read from the
 jobs' own results, and a second call reads the jobs back instead of training again."""
 import json
 import math
-import sys
 
-from cmcr_lite.paths import REPO_ROOT
 from conftest import VERSION
 
-sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-import ceiling_recipes  # noqa: E402
+from experiments import ceiling_recipes
 
 
 def test_recipes_train_with_their_own_batch_and_rate_and_resume(tmp_path, synthetic_root, capsys):

@@ -8,6 +8,7 @@ the other test files already cover are not repeated here: an unknown ``--set`` f
 ``--pretrained`` file, a pretrained trunk of the wrong shape, ``--evaluate`` without a checkpoint and a
 refused resume (tests/test_downstream_cli.py, tests/test_pretrain.py), a non-empty ``--out`` of the
 nuScenes generator (tests/test_synthetic.py) and a mini set of the wrong size (tests/test_mini_split.py).
+`python -m experiments` gets the same treatment (a bad `--set` is refused before any job starts).
 The last test: a temporary file that a killed save left behind is gone after the next save.
 """
 import json
@@ -207,6 +208,27 @@ SEMANTICKITTI = {
 def test_semantickitti_bad_input(case, tmp_path, files):
     args, names, prepare = SEMANTICKITTI[case]
     _fails_cleanly("cmcr_lite.data.semantickitti", ["--out", "{work}/out", *args], names, tmp_path, files, prepare)
+
+
+WHERE = ["--results-dir", "{work}/results", "--output-root", "{work}/runs"]
+EXPERIMENTS = {
+    "unknown_experiment": (["nosuch"], ["invalid choice: 'nosuch'"]),
+    "bench_unparsable_set": (["bench", "--smoke", *WHERE, "--set", "lr=abc"], ["lr must be a number", "'abc'"]),
+    "bench_out_of_range_set": (["bench", "--smoke", *WHERE, "--set", "epochs=0"], ["epochs=0", ">= 1"]),
+    "bench_aa_seeds_overlap": (["bench", "--smoke", *WHERE, "--aa-seeds", "0"], ["--aa-seeds", "disjoint"]),
+    "ladder_unparsable_seed": (["ladder", "--smoke", *WHERE, "--seeds", "x"], ["--seeds", "'x'"]),
+    "ladder_zero_weight": (["ladder", "--smoke", *WHERE, "--diagnostic-weights", "0"], ["--diagnostic-weights", "0"]),
+    "label_efficiency_bad_set": (["label-efficiency", "--smoke", *WHERE, "--set", "tau=warm"],
+                                 ["tau must be a number", "'warm'"]),
+    "mechanism_unknown_row": (["mechanism", "--smoke", *WHERE, "--row", "nosuch"], ["--row", "'nosuch'"]),
+    "mechanism_zero_every": (["mechanism", "--smoke", *WHERE, "--every", "0"], ["--every", "got 0"]),
+}
+
+
+@pytest.mark.parametrize("case", list(EXPERIMENTS))
+def test_experiments_bad_input(case, tmp_path, files):
+    args, names = EXPERIMENTS[case]
+    _fails_cleanly("experiments", args, names, tmp_path, files)
 
 
 def test_an_interrupted_save_leaves_no_temporary_after_the_next_save(tmp_path, monkeypatch):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from cmcr_lite.classes import class_index
-from cmcr_lite.experiments import aggregate, markdown_table
+from experiments.lite_runs import aggregate, markdown_table
 from cmcr_lite.metrics import summarize_confusion, twin_separation
 
 
@@ -52,7 +52,7 @@ def test_table_marks_metrics_a_run_lacks():
 
 def test_ablation_variants_follow_the_cmcr_steps():
     from cmcr_lite.cmcr import ABLATION_STEPS
-    from cmcr_lite.experiments import ablation, ablation_variants
+    from experiments.lite_runs import ablation, ablation_variants
 
     variants = ablation_variants()
     assert list(variants) == ["PPKT"] + [f"CMCR {name}" for name in ABLATION_STEPS]
@@ -66,7 +66,7 @@ def test_rescore_recomputes_miou_over_the_classes_present():
     its confusion matrix; its probe columns stay."""
     import numpy as np
 
-    from cmcr_lite.experiments import rescore
+    from experiments.lite_runs import rescore
 
     conf = np.diag([0] + [10] * 4 + [0] * 12)
     conf[1, 5] = 1                      # one class-1 point predicted as class 5, absent from the truth
@@ -76,3 +76,11 @@ def test_rescore_recomputes_miou_over_the_classes_present():
     assert report["runs"]["PPKT"][0]["miou"] == pytest.approx((iou1 + 3) / 4)
     assert report["summary"]["PPKT"]["miou"][0] == pytest.approx((iou1 + 3) / 4)
     assert report["summary"]["PPKT"]["geometry twins in features"][0] == 0.7
+
+
+def test_aggregate_uses_the_sample_std():
+    """Every table of the experiments uses the sample standard deviation (n - 1), as the bench does."""
+    runs = {"a": [{"miou": v} for v in (0.2, 0.3, 0.7)]}
+    mean, std = aggregate(runs)["a"]["miou"]
+    assert mean == pytest.approx(0.4) and std == pytest.approx(np.std([0.2, 0.3, 0.7], ddof=1))
+    assert math.isnan(aggregate({"a": [{"miou": 0.2}]})["a"]["miou"][1])  # one seed: no spread to report

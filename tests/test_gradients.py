@@ -69,7 +69,6 @@ _LOOP_RUNS = """
 import copy, json, sys, tempfile
 from pathlib import Path
 import torch
-sys.path.insert(0, sys.argv[1])
 from test_cmcr import replace_small, tiny
 from cmcr_lite.cmcr import CMCROptions
 from cmcr_lite.data.nuscenes_loader import NuScenesKeyframes
@@ -90,9 +89,15 @@ print(json.dumps({"same_weights": all(torch.equal(a, b) for a, b in zip(weights[
 """
 
 
+def with_tests_on_path() -> str:
+    """PYTHONPATH for a child that imports test modules (``test_cmcr``): this folder, then the parent's."""
+    return os.pathsep.join(p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH")) if p)
+
+
 def test_the_loop_records_shares_every_n_steps_and_changes_no_weight(synthetic_root):
     out = subprocess.run([sys.executable, "-W", "ignore", "-c", _LOOP_RUNS, str(Path(__file__).parent), str(synthetic_root)],
-                         env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+                         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": with_tests_on_path()},
+                         capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert not got["off_has_gradients"]

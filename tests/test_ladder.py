@@ -5,11 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from cmcr_lite.bench import (BenchPlan, diagnostic_row, frozen_trunk, is_pretrained, paired_differences,
-                             pretrain_fields, row_slug, t_interval)
+from cmcr_lite.analysis.readout import frozen_trunk
+from experiments.plan import BenchPlan, diagnostic_row, is_pretrained, pretrain_fields, row_slug
+from experiments.report import paired_differences
+from experiments.stats import t_interval
 from cmcr_lite.cmcr import ABLATION_STEPS
-from cmcr_lite.experiments import main as experiments_main
-from cmcr_lite.ladder import RUNGS, LadderPlan, ladder, ladder_jobs
+from experiments.cli import main as experiments_main
+from experiments.ladder import batchnorm_control, batchnorm_sentences, RUNGS, LadderPlan, ladder, ladder_jobs
 
 TINY = {"num_matches": 64, "backbone": {"layers": [1] * 8, "planes": [8] * 8, "init_dim": 8},
         "pipeline": {"crop_size": [56, 104], "crop_min_pairs": 50, "occupancy_queries": 64}}
@@ -78,9 +80,24 @@ def test_ladder_end_to_end_at_toy_size_reuses_the_bench_rows(tmp_path, synthetic
     ladder(plan, progress=False, results_dir=tmp_path)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
+    # the BatchNorm control: the same checkpoints read out again (no pretraining), results apart
+    checkpoints = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/pretrain/checkpoint.pt")}
+    recal = experiments_main(["ladder", "--smoke", "--diagnostic-weights", "10", "--name", "ladder_toy", *common, *sets,
+                              "--bench-name", "toy", "--batchnorm", "recalibrated"])
+    assert {p: p.stat().st_mtime_ns for p in checkpoints} == checkpoints
+    assert (tmp_path / "ladder_toy_recalibrated.md").is_file() and len(list(tmp_path.glob("*recalibrated_runs/*.json"))) == 10
+    control = batchnorm_control(report, recal)
+    assert control["seeds"] == [0] and set(control["rows"]) == set(plan.rows())
+    for col, c in control["columns"].items():
+        assert c["running"] == {r: rows[r][col]["mean"] for r in control["rows"]}  # one seed: the runs themselves
+        assert c["recalibrated"] == {r: recal["summary"]["rows"][r][col]["mean"] for r in control["rows"]}
+        ranks = lambda v: [sorted(v.values()).index(v[r]) for r in control["rows"]]  # noqa: E731
+        assert c["same_order"] == (ranks(c["running"]) == ranks(c["recalibrated"]))
+    assert "Kendall's τ" in batchnorm_sentences(control)
+
 
 def test_mechanism_at_toy_size(tmp_path, synthetic_root):
-    from cmcr_lite.mechanism import MechanismPlan, mechanism
+    from experiments.mechanism import MechanismPlan, mechanism
 
     plan = MechanismPlan.smoke(bench=BenchPlan.smoke(dataroot=str(synthetic_root), pretrain=TINY,
                                                      output_root=str(tmp_path / "runs")), full_points=2_000)
@@ -96,7 +113,7 @@ def test_mechanism_at_toy_size(tmp_path, synthetic_root):
     assert [r["step"] for r in lite["records"]] == list(range(0, 4, 2))  # 4 steps on 9 scans at batch 2
     for record in lite["records"]:
         assert sum(v["share"] for k, v in record.items() if k not in ("step", "total")) == pytest.approx(1.0)
-    from cmcr_lite.mechanism import CONTROL_ROWS
+    from experiments.mechanism import CONTROL_ROWS
 
     assert set(report["latent_control"]) == set(CONTROL_ROWS)
     for row in CONTROL_ROWS:
@@ -129,9 +146,9 @@ def test_recalibrated_batchnorm_holds_the_statistics_of_one_pass(synthetic_root)
 
 
 def test_readme_blocks_are_what_the_results_files_say():
-    """The README's generated blocks equal what ``python -m cmcr_lite.experiments readme`` writes now:
+    """The README's generated blocks equal what ``python -m experiments readme`` writes now:
     a results file changed without regenerating fails here."""
-    from cmcr_lite.experiments import README, readme_with_blocks
+    from experiments.readme import README, readme_with_blocks
 
     text = README.read_text()
-    assert text == readme_with_blocks(text), "run `python -m cmcr_lite.experiments readme`"
+    assert text == readme_with_blocks(text), "run `python -m experiments readme`"

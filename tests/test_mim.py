@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cmcr_lite.losses.mim import (ImageDecoder, MIMHead, geometry_enhanced_replacement, mim_input_features,
-                                  pairs_in_masked_pixels, reconstruction_loss)
+from cmcr_lite.losses.mim import (ImageDecoder, geometry_enhanced_replacement, mim_input_features, pairs_in_masked_pixels,
+                                  reconstruction_loss)
 
 
 # ----------------------------------------------------------------------------------- decoder
@@ -150,19 +150,45 @@ def test_replacement_rejects_bad_input():
         geometry_enhanced_replacement(q2d, q3d[:, :1], pv, pp, masks)
 
 
-def test_mim_head_geometry_enhanced_changes_input_only_where_replaced():
+# ----------------------------------------------------------------------------------- the model's MIM term
+def _mim_model(geomim: bool):
+    """A small CMCRModel (D = 2, four codes) with MIM on the masked pixels only, GeoMIM on or off."""
+    from cmcr_lite.cmcr import CMCRModel, CMCROptions
+    from cmcr_lite.models.image_encoder import SmallImageTeacher
+    from cmcr_lite.models.minkunet import MinkUNetConfig
+
+    options = CMCROptions(num_codes=4, geomim=geomim, mim_masked_only=True, occupancy=False)
+    return CMCRModel(MinkUNetConfig.lite(planes=(8,) * 8, init_dim=8), SmallImageTeacher(width=8, stride=4),
+                     feature_dim=2, options=options).eval()
+
+
+def test_model_mim_term_matches_replace_then_add():
+    """``CMCRModel.mim_terms``, the MIM loss pretraining runs, on the hand example (trunk maps at the
+    image's resolution, mim_stride 1). The model adds G^2D + F̄^2D first and then gives each replaced
+    pixel the mean of F̄^3D + G^2D over its pairs; the reference replaces F̄^2D by the mean F̄^3D first
+    and adds G^2D after (the paper's order). Both must give the same decoder output."""
     q2d, q3d, pv, pp, masks = _replacement_example()
     torch.manual_seed(2)
-    head = MIMHead(in_dim=2, geometry_enhanced=True, masked_only=True)
-    g2d, target = torch.randn_like(q2d), torch.rand(2, 3, 2, 3)
-    res = head(g2d, q2d, target, masks, q3d, pv, pp)
-    plain = MIMHead(in_dim=2)
-    plain.decoder.load_state_dict(head.decoder.state_dict())
-    res_plain = plain(g2d, q2d, target, masks)
-    assert res["replaced"].sum() == 2 and not res_plain["replaced"].any()
-    assert res["pred"].shape == (2, 3, 2, 3)
-    assert not torch.equal(res["pred"], res_plain["pred"])
-    assert res["loss"].item() == pytest.approx(reconstruction_loss(res["pred"], target, masks, True).item())
+    f2d, g2d, target = F.normalize(q2d, dim=1), torch.randn_like(q2d), torch.rand(2, 3, 2, 3)
+    batch = {"masks": masks, "target_images": target, "masked_pair_voxels": pv, "masked_pair_pixels": pp}
+    geo, plain = _mim_model(True), _mim_model(False)
+    plain.load_state_dict(geo.state_dict())
+    out = {}
+    with torch.no_grad():
+        for name, model in (("geo", geo), ("plain", plain)):
+            out[name] = model.mim_terms(batch, f2d, q2d, g2d, q3d), model.last_reconstruction
+        fbar = geo.codebook.quantize(f2d.permute(0, 2, 3, 1).reshape(-1, 2))[0].reshape(2, 2, 3, 2).permute(0, 3, 1, 2)
+        source, replaced = geometry_enhanced_replacement(fbar, q3d, pv, pp, masks)
+        ref = {"geo": geo.image_decoder(source + g2d), "plain": geo.image_decoder(fbar + g2d)}
+    assert int(replaced.sum()) == 2 and out["geo"][0]["geomim_pixels"] == 2   # the two hand-counted pixels
+    assert "geomim_pixels" not in out["plain"][0]
+    for name, (terms, pred) in out.items():
+        assert pred.shape == (2, 3, 2, 3)
+        torch.testing.assert_close(pred, ref[name])
+        # masked-only MSE by hand: 3 masked pixels in image 0, one in image 1, three channels each
+        m = masks.unsqueeze(1).float()
+        assert terms["mim"].item() == pytest.approx(float(((pred - target) ** 2 * m).sum() / (3 * 4)), rel=1e-6)
+    assert not torch.equal(out["geo"][1], out["plain"][1])
 
 
 # ----------------------------------------------------------------------------------- real batch

@@ -11,7 +11,7 @@ What is substituted, and why:
   torchrun --nproc_per_node N -> 2 CPU processes (gloo); --workers N -> 2
   --label-fraction < 0.5      -> 0.5 (1 % of 2 training scenes keeps none; 0.5 keeps the 2nd)
   sizes                       -> 1 epoch, tiny MinkUNet, 56x104 crops (``TOY_PRETRAIN``, ``TOY_DOWNSTREAM``)
-Research-length commands (``cmcr_lite.experiments``, papermill runs of whole notebooks) are not run here.
+Research-length commands (``experiments.cli``, papermill runs of whole notebooks) are not run here.
 """
 import json
 import os

@@ -1,15 +1,19 @@
-"""The README quotes the bench's table; it must say what the committed results say."""
+"""docs/results.md, the long reading of the committed results, must say what the result files say.
+
+The README's own result blocks are generated (``python -m experiments readme``) and checked by
+``tests/test_ladder.py``; the sentences here are still typed by hand in docs/results.md."""
 import re
-import sys
 from pathlib import Path
 
-from cmcr_lite.bench import BenchPlan, row_slug
+from experiments.plan import BenchPlan, row_slug
 from cmcr_lite.paths import REPO_ROOT
 
-sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-from ceiling_recipes import recipe_folder  # noqa: E402
+from experiments.ceiling_recipes import recipe_folder
 
-# the bench's ceiling recipe, as benchmarks/ceiling_recipes.py names its folder: "b2_lr0.1_30ep"
+SPEED_RESULTS = REPO_ROOT / "benchmarks" / "results"  # step-time profiles stay with the speed benchmarks
+RESULTS_NOTES = REPO_ROOT / "docs" / "results.md"  # the README's long reading of the results, moved out of it
+
+# the bench's ceiling recipe, as experiments/ceiling_recipes.py names its folder: "b2_lr0.1_30ep"
 CURRENT_RECIPE = recipe_folder(BenchPlan().ceiling, BenchPlan().ceiling_epochs)
 
 
@@ -18,13 +22,13 @@ def committed_job(name: str) -> Path:
     with: bench_runs/ holds the bench's jobs; the supervised ceiling's were replaced by a shorter recipe
     after those runs, and its earlier 60-epoch jobs, made on the committed jobs' machine, are kept in
     bench_runs_ceiling_60ep/."""
-    runs = REPO_ROOT / "benchmarks" / "results"
+    runs = REPO_ROOT / "experiments" / "results"
     return runs / ("bench_runs_ceiling_60ep" if name.startswith("supervised_ceiling") else "bench_runs") / name
 
 
 def committed_paths() -> list:
     """Every committed job of the bench as the cross-machine runs saw it (:func:`committed_job`)."""
-    return sorted(committed_job(p.name) for p in (REPO_ROOT / "benchmarks" / "results" / "bench_runs").glob("*.json"))
+    return sorted(committed_job(p.name) for p in (REPO_ROOT / "experiments" / "results" / "bench_runs").glob("*.json"))
 
 
 def first_table(markdown: str) -> str:
@@ -39,20 +43,16 @@ def first_table(markdown: str) -> str:
 
 def _assert_readme_quotes(marker: str, results_md: str):
     """The README block between <!-- marker:begin --> and <!-- marker:end --> is the first table of
-    benchmarks/results/<results_md>, or empty while that file does not exist."""
-    readme = (REPO_ROOT / "README.md").read_text()
+    experiments/results/<results_md>, or empty while that file does not exist."""
+    readme = RESULTS_NOTES.read_text()
     block = re.search(rf"<!-- {marker}:begin -->\n(.*?)<!-- {marker}:end -->", readme, re.S)
-    assert block, f"README.md lost its <!-- {marker}:begin --> ... <!-- {marker}:end --> block"
-    md = REPO_ROOT / "benchmarks" / "results" / results_md
+    assert block, f"docs/results.md lost its <!-- {marker}:begin --> ... <!-- {marker}:end --> block"
+    md = REPO_ROOT / "experiments" / "results" / results_md
     quoted = block.group(1).strip()
     if not md.is_file():
-        assert quoted == "", f"README quotes a table, but benchmarks/results/{results_md} does not exist"
+        assert quoted == "", f"README quotes a table, but experiments/results/{results_md} does not exist"
         return
     assert quoted == first_table(md.read_text())
-
-
-def test_readme_bench_table_is_the_committed_one():
-    _assert_readme_quotes("bench", "bench.md")
 
 
 def test_readme_label_efficiency_table_is_the_committed_one():
@@ -64,8 +64,8 @@ def test_readme_bench_numbers_are_the_committed_ones():
     change the text too."""
     import json
 
-    path = REPO_ROOT / "benchmarks" / "results" / "bench.json"
-    readme = (REPO_ROOT / "README.md").read_text()
+    path = REPO_ROOT / "experiments" / "results" / "bench.json"
+    readme = RESULTS_NOTES.read_text()
     if not path.is_file():
         return
     summary = json.loads(path.read_text())["summary"]
@@ -87,7 +87,7 @@ def test_readme_bench_numbers_are_the_committed_ones():
               f"A/A − PPKT {pts(d['PPKT (A/A) - PPKT']['miou']['mean'])} mIoU points",
               f"std {100 * rows['PPKT']['miou']['std']:.1f} for PPKT and {100 * rows['CMCR']['miou']['std']:.1f} for CMCR"]
     for text in quoted:
-        assert text in readme, f"README.md should quote {text!r} from bench.json"
+        assert text in readme, f"docs/results.md should quote {text!r} from bench.json"
 
 
 def wall_with_current_ceiling(report: dict) -> float:
@@ -97,7 +97,7 @@ def wall_with_current_ceiling(report: dict) -> float:
     import statistics
 
     old = sum(r["seconds"] for r in report["runs"] if r["row"] == "supervised ceiling") / 60
-    jobs = recipe_jobs(REPO_ROOT / "benchmarks" / "results" / "ceiling_recipes_amd_epyc_17")[CURRENT_RECIPE]
+    jobs = recipe_jobs(REPO_ROOT / "experiments" / "results" / "ceiling_recipes_amd_epyc_17")[CURRENT_RECIPE]
     new = statistics.mean(r["seconds"] for r in jobs) / 60
     return report["wall_from_scratch"]["minutes"] - (old - 5 * new) / 2
 
@@ -108,10 +108,10 @@ def test_readme_bench_times_are_the_jobs_own():
     and that run with its ceiling jobs swapped for the current recipe's on the same machine kind."""
     import json
 
-    results = REPO_ROOT / "benchmarks" / "results"
+    results = REPO_ROOT / "experiments" / "results"
     bench = json.loads((results / "bench.json").read_text())
     scratch = json.loads((results / "cross_machine_runs" / "amd_epyc_17_from_scratch" / "bench.json").read_text())
-    flat = " ".join((REPO_ROOT / "README.md").read_text().split())
+    flat = " ".join(RESULTS_NOTES.read_text().split())
     assert f"{bench['job_minutes']:.0f} min of one-thread jobs" in flat
     assert f"about {bench['job_minutes'] / 2:.0f} min of wall time on 2 cores" in flat
     wall = scratch["wall_from_scratch"]["minutes"]
@@ -125,11 +125,11 @@ def test_readme_third_seed_set_numbers_are_the_committed_ones():
 
     import numpy as np
 
-    runs = REPO_ROOT / "benchmarks" / "results"
+    runs = REPO_ROOT / "experiments" / "results"
     third = sorted((runs / "noise_floor_third_set_runs").glob("*.json"))
     if not third:
         return
-    readme = " ".join((REPO_ROOT / "README.md").read_text().split())  # line breaks are spaces
+    readme = " ".join(RESULTS_NOTES.read_text().split())  # line breaks are spaces
     third_runs = [json.loads(p.read_text()) for p in third]
     ppkt_runs, aa_runs = ([json.loads(p.read_text()) for p in sorted((runs / "bench_runs").glob(pattern))]
                           for pattern in ("ppkt_seed*.json", "ppkt__a_a_seed*.json"))
@@ -138,7 +138,7 @@ def test_readme_third_seed_set_numbers_are_the_committed_ones():
     assert len(t) == len(ppkt) == len(aa) == 8
     for text in (f"{t.mean():.1f} ± {t.std(ddof=1):.1f}", f"+{t.mean() - ppkt.mean():.1f} above the PPKT row",
                  f"{aa.mean() - t.mean():.1f} below the A/A row"):
-        assert text in readme, f"README.md should quote {text!r} from the committed runs"
+        assert text in readme, f"docs/results.md should quote {text!r} from the committed runs"
     # the class that makes the largest part of the A/A gap: its IoU per seed, and its share of the gap
     iou = lambda results, c: 100 * np.array([r["per_class"][c] for r in results])  # noqa: E731
     classes = list(ppkt_runs[0]["per_class"])
@@ -152,11 +152,11 @@ def test_readme_third_seed_set_numbers_are_the_committed_ones():
                  f"{c_aa.mean():.1f} ± {c_aa.std(ddof=1):.1f} over the A/A seeds",
                  f"+{share:.2f} of the +{aa.mean() - ppkt.mean():.2f} mIoU points",
                  f"mean over {n_classes} classes"):
-        assert text in readme, f"README.md should quote {text!r} from the committed runs"
+        assert text in readme, f"docs/results.md should quote {text!r} from the committed runs"
 
 
 def test_noise_floor_sets_numbers_are_the_committed_ones():
-    """benchmarks/results/noise_floor_sets_amd_epyc_17: its summary is what its job files and the
+    """experiments/results/noise_floor_sets_amd_epyc_17: its summary is what its job files and the
     from-scratch report give (recomputed here with scipy's ANOVA, not the script's), and both READMEs
     quote it."""
     import json
@@ -164,7 +164,7 @@ def test_noise_floor_sets_numbers_are_the_committed_ones():
     import numpy as np
     from scipy import stats
 
-    results = REPO_ROOT / "benchmarks" / "results"
+    results = REPO_ROOT / "experiments" / "results"
     folder = results / "noise_floor_sets_amd_epyc_17"
     if not (folder / "noise_floor_sets.json").is_file():
         return
@@ -199,7 +199,7 @@ def test_noise_floor_sets_numbers_are_the_committed_ones():
     cone = summary["class_iou"]["traffic_cone"]["per_set"]
     minutes = sum(j["seconds"] for j in jobs.values()) / 60
     steps = float(np.median([j["pretrain_seconds_per_step"] for j in jobs.values()]))
-    readme = " ".join((REPO_ROOT / "README.md").read_text().split())
+    readme = " ".join(RESULTS_NOTES.read_text().split())
     notes = " ".join((folder / "README.md").read_text().split())
     both = [f"{means.std(ddof=1):.2f} points", f"{pooled / np.sqrt(8):.2f} that independent seeds",
             f"pooled per-seed std of {pooled:.2f}", f"p = {anova.pvalue:.3f}", f"{100 * chance['1.0']:.1f} %",
@@ -217,7 +217,7 @@ def test_noise_floor_sets_numbers_are_the_committed_ones():
     assert wall > 120  # "past its 2-hour budget"
     for text in (f"{need(pooled) - 8} more PPKT seeds on each side, {extra:.0f} more one-thread minutes",
                  f"{ppkt_job:.1f} per PPKT job", f"about {wall:.0f} min of wall time"):
-        assert text in readme, f"README.md should quote {text!r}"
+        assert text in readme, f"docs/results.md should quote {text!r}"
     for text in (f"within {max(abs(miou[a].mean() - miou[b].mean()) for a in others for b in others):.2f} points",
                  f"{minutes:.0f} one-thread minutes", f"{steps:.2f} s per PPKT step",
                  f"agree to {abs(np.mean(list(third.values())) - np.mean(list(here.values()))):.1f} points",
@@ -255,11 +255,11 @@ def ceiling_length_table(folder, report: dict) -> str:
 
 
 def test_ceiling_length_table_is_the_files_own():
-    """benchmarks/results/ceiling_length_amd_epyc_17/README.md: its table is what the job files and the
+    """experiments/results/ceiling_length_amd_epyc_17/README.md: its table is what the job files and the
     from-scratch report (same machine kind) hold, and its words follow the numbers."""
     import json
 
-    results = REPO_ROOT / "benchmarks" / "results"
+    results = REPO_ROOT / "experiments" / "results"
     folder = results / "ceiling_length_amd_epyc_17"
     if not folder.is_dir():
         return
@@ -272,7 +272,7 @@ def test_ceiling_length_table_is_the_files_own():
     miou = {int(line.split("|")[1]): float(line.split("|")[3]) for line in table.splitlines()[2:]}
     assert miou[60] - miou[40] > 1  # "still rising between 40 and 60 epochs"
     flat = " ".join(notes.split())
-    readme = " ".join((REPO_ROOT / "README.md").read_text().split())
+    readme = " ".join(RESULTS_NOTES.read_text().split())
     for text in (flat, readme):
         assert f"+{miou[60] - miou[40]:.1f} mIoU points from 40 to 60 epochs" in text
     jobs = [json.loads(p.read_text()) for p in folder.glob("epochs*/*.json")]
@@ -281,11 +281,11 @@ def test_ceiling_length_table_is_the_files_own():
 
 
 def test_cross_machine_numbers_are_the_committed_ones():
-    """benchmarks/results/cross_machine_runs/README.md and the README say how two ceiling jobs run on
+    """experiments/results/cross_machine_runs/README.md and the README say how two ceiling jobs run on
     another kind of CPU compare with the committed ones; the committed files must say so too."""
     import json
 
-    runs = REPO_ROOT / "benchmarks" / "results"
+    runs = REPO_ROOT / "experiments" / "results"
     other = sorted((runs / "cross_machine_runs").glob("*.json"))
     if not other:
         return
@@ -325,8 +325,8 @@ def untimed(job: dict) -> dict:
 
 
 def step(name: str, method: str) -> float:
-    """A one-thread profile's step time in s: the ``step`` column of ``method`` in benchmarks/results/``name``."""
-    text = (REPO_ROOT / "benchmarks" / "results" / name).read_text()
+    """A one-thread profile's step time in s: the ``step`` column of ``method`` in experiments/results/``name``."""
+    text = (SPEED_RESULTS / name).read_text()
     row = next(line for line in text.splitlines() if line.startswith(f"| {method} |"))
     return float(row.split("|")[-3])
 
@@ -337,7 +337,7 @@ def test_openblas_kernel_runs_are_what_the_notes_say():
     The quoted time ratios are the files' own."""
     import json
 
-    runs = REPO_ROOT / "benchmarks" / "results"
+    runs = REPO_ROOT / "experiments" / "results"
     where = runs / "cross_machine_runs" / "intel_xeon_207"
     notes = " ".join((runs / "cross_machine_runs" / "README.md").read_text().split())
 
@@ -374,7 +374,7 @@ def test_openblas_kernel_runs_are_what_the_notes_say():
     text = (f"PPKT took {ppkt[0]:.2f} and {ppkt[1]:.2f} s and CMCR {cmcr[0]:.2f} and {cmcr[1]:.2f} s, "
             f"{cmcr[0] / ppkt[0]:.2f}× and {cmcr[1] / ppkt[1]:.2f}× PPKT's step")
     assert text in notes, f"cross_machine_runs/README.md should say {text!r}"
-    kernels = (runs / "openblas_kernels_intel_xeon_207.md").read_text()
+    kernels = (SPEED_RESULTS / "openblas_kernels_intel_xeon_207.md").read_text()
     assert "| SkylakeX | 543 | 0.60 |" in kernels and "the lite trunk's step took 0.60× the time" in notes
 
 
@@ -385,7 +385,7 @@ def test_amd_epyc_runs_are_what_the_notes_say():
     import json
     from collections import defaultdict
 
-    runs = REPO_ROOT / "benchmarks" / "results"
+    runs = REPO_ROOT / "experiments" / "results"
     where = runs / "cross_machine_runs" / "amd_epyc_17"
     notes = " ".join((runs / "cross_machine_runs" / "README.md").read_text().split())
     ratio, moved = defaultdict(list), defaultdict(list)
@@ -412,7 +412,7 @@ def test_amd_epyc_runs_are_what_the_notes_say():
                  f"PPKT {times['PPKT']}", f"PPKT A/A {times['PPKT (A/A)']}",
                  f"An occupancy-only step took {times['occupancy only']}"):
         assert text in notes, f"cross_machine_runs/README.md should say {text!r}"
-    from cmcr_lite.bench import job_seconds
+    from experiments.jobs import job_seconds
 
     whole = _weighted_compute(jobs)
     total = sum(job_seconds(json.loads(p.read_text())) for p in committed_paths()) / 60  # the jobs compared with
@@ -425,7 +425,7 @@ def test_amd_epyc_runs_are_what_the_notes_say():
         assert "step 3 differs by the same +4.77e-07" in notes
         assert (f"all {equal_to_here} steps are equal on Cooperlake" if kernels == "cooperlake"
                 else f"the first {equal_to_here} on SkylakeX") in notes
-    profile = (runs / "pretrain_step_amd_epyc_17.md").read_text()
+    profile = (SPEED_RESULTS / "pretrain_step_amd_epyc_17.md").read_text()
     assert "OpenBLAS on its Cooperlake kernels" in profile and "| ppkt |" in profile
     ppkt, cmcr = step("pretrain_step_amd_epyc_17.md", "ppkt"), step("pretrain_step_amd_epyc_17.md", "cmcr")
     assert f"a PPKT step took {ppkt:.2f} s and a CMCR step {cmcr:.2f} s, {cmcr / ppkt:.2f}× PPKT's step" in notes
@@ -435,7 +435,7 @@ def _times(name: str, where: str, seeds=(0, 1)) -> list:
     """``name``'s job time under cross_machine_runs/``where`` against its committed job, per seed, as '1.23×'."""
     import json
 
-    runs = REPO_ROOT / "benchmarks" / "results"
+    runs = REPO_ROOT / "experiments" / "results"
     out = []
     for seed in seeds:
         here = json.loads((runs / "cross_machine_runs" / where / f"{name}_seed{seed}.json").read_text())
@@ -469,11 +469,12 @@ def test_readme_machines_table_is_the_files_own():
     import json
     import statistics
 
-    runs = REPO_ROOT / "benchmarks" / "results"
+    runs = REPO_ROOT / "experiments" / "results"
     cross = runs / "cross_machine_runs"
     from dataclasses import replace
 
-    from cmcr_lite.bench import job_seconds, _same_plan
+    from experiments.bench import same_plan
+    from experiments.jobs import job_seconds
 
     committed = json.loads((runs / "bench.json").read_text())
     # the jobs these machines were compared with: the bench's, with its earlier 60-epoch ceiling
@@ -487,7 +488,7 @@ def test_readme_machines_table_is_the_files_own():
     # the plan of the committed bench before its ceiling changed recipe (only where its files went differs)
     earlier = replace(BenchPlan.from_dict(committed["plan"]), ceiling_epochs=60,
                       ceiling={"lr": 0.05, "lr_head": None, "batch_size": 4})
-    assert _same_plan(scratch["plan"], earlier) and not _same_plan(scratch["plan"], BenchPlan.from_dict(committed["plan"]))
+    assert same_plan(scratch["plan"], earlier) and not same_plan(scratch["plan"], BenchPlan.from_dict(committed["plan"]))
     by_job = {(r["row"], r["seed"]): r for r in scratch["runs"]}
     assert all(untimed(by_job[(r["row"], r["seed"])]) == untimed(r) for r in amd)  # same kind: bit for bit
     committed_jobs = {(r["row"], r["seed"]): r for r in compared}
@@ -513,9 +514,9 @@ def test_readme_machines_table_is_the_files_own():
         f"equal | {_weighted_compute(scratch['runs']) / total:.2f}× the compute | **{wall['minutes']:.0f} min, "
         "measured** |",
     ]
-    readme = (REPO_ROOT / "README.md").read_text()
+    readme = RESULTS_NOTES.read_text()
     block = re.search(r"<!-- machines:begin -->\n(.*?)<!-- machines:end -->", readme, re.S)
-    assert block, "README.md lost its <!-- machines:begin --> ... <!-- machines:end --> block"
+    assert block, "docs/results.md lost its <!-- machines:begin --> ... <!-- machines:end --> block"
     assert block.group(1).strip() == "\n".join(rows)
     # the notes' and the README's reading of that second realization are its own summary's
     notes = " ".join((cross / "README.md").read_text().split())
@@ -579,11 +580,11 @@ def ceiling_recipes_table(folder, report: dict) -> str:
 
 
 def test_ceiling_recipes_table_is_the_files_own():
-    """benchmarks/results/ceiling_recipes_amd_epyc_17/README.md: its table is what the job files and the
+    """experiments/results/ceiling_recipes_amd_epyc_17/README.md: its table is what the job files and the
     AMD from-scratch report (same machine kind) hold."""
     import json
 
-    results = REPO_ROOT / "benchmarks" / "results"
+    results = REPO_ROOT / "experiments" / "results"
     folder = results / "ceiling_recipes_amd_epyc_17"
     report = json.loads((results / "cross_machine_runs" / "amd_epyc_17_from_scratch" / "bench.json").read_text())
     notes, table = (folder / "README.md").read_text(), ceiling_recipes_table(folder, report)
@@ -612,7 +613,7 @@ def test_ceiling_recipes_table_is_the_files_own():
     assert f"ceiling jobs took {committed:.0f} of them" in flat
     assert f"by about {5 * round(saved / 5)} (its" in flat and f"about {saved / 2:.0f} minutes of wall time" in flat
     ratio = minutes("b2_lr0.1_30ep") / minutes(ours)
-    readme = " ".join((REPO_ROOT / "README.md").read_text().split())
+    readme = " ".join(RESULTS_NOTES.read_text().split())
     for text in (flat, readme):
         assert f"at {ratio:.1f} of its compute" in text
 
@@ -628,12 +629,12 @@ def avx2_ceiling_table(here: list, there: list) -> str:
 
 
 def test_avx2_ceiling_jobs_are_the_benchs_row_and_what_the_notes_say():
-    """benchmarks/results/ceiling_recipes_amd_epyc_23_49: its five jobs are the bench's ceiling row
+    """experiments/results/ceiling_recipes_amd_epyc_23_49: its five jobs are the bench's ceiling row
     (bench_runs/ and bench.json), made on one kind of machine under the bench's current recipe; its
     table, first differing step and time ratio are the files' own."""
     import json
 
-    results = REPO_ROOT / "benchmarks" / "results"
+    results = REPO_ROOT / "experiments" / "results"
     folder = results / "ceiling_recipes_amd_epyc_23_49"
     plan = BenchPlan()
     here = recipe_jobs(folder)[CURRENT_RECIPE]

@@ -1,4 +1,4 @@
-"""cmcr_lite.seed_sets against independent references: scipy's one-way ANOVA, an exhaustive count
+"""experiments.stats against independent references: scipy's one-way ANOVA, an exhaustive count
 of every split, numpy's covariance, and the sigma / sqrt(n) law on simulated seeds."""
 from itertools import combinations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from cmcr_lite.seed_sets import chance_of_gap, spread_of_set_means, variance_shares
+from experiments.stats import chance_of_gap, spread_of_set_means, variance_shares
 
 
 def test_spread_of_set_means_is_scipys_anova():
@@ -65,16 +65,11 @@ def test_variance_shares_split_the_variance_of_the_mean():
     assert only == pytest.approx({"a": 1.0, "b": 0.0})
 
 
-# ------------------------------------------------------------------ benchmarks/noise_floor_sets.py
+# ------------------------------------------------------------------ experiments/noise_floor_sets.py
 def _script():
-    import importlib.util
+    from experiments import noise_floor_sets
 
-    from cmcr_lite.paths import REPO_ROOT
-
-    spec = importlib.util.spec_from_file_location("noise_floor_sets", REPO_ROOT / "benchmarks" / "noise_floor_sets.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return noise_floor_sets
 
 
 def test_noise_floor_sets_script_at_toy_size(tmp_path, synthetic_root):

@@ -54,10 +54,9 @@ class PipelineConfig:
     mask_ratio: float = 0.5                 # fraction of patches masked in a masked image
     # MIM reconstructs the image on a grid of 1/mim_stride of the crop (the target average-pooled to
     # it). Paper and released code: 1, full resolution. Lite: 4 (28x52 cells, a 16-px mask patch is
-    # 4x4 cells), because at full resolution the image decoder's three 3x3 convolutions were 40 % of a
-    # CPU CMCR step and made it 2.95x PPKT's; at 2 it was 2.00x, at 4 1.84x (benchmarks/pretrain_step.py).
-    # The decoder reaches the 3D network only through the codebook and the geometry-enhanced
-    # replacement, which both still run, on the coarser grid.
+    # 4x4 cells), because on a CPU the full-resolution image decoder dominates a CMCR step
+    # (benchmarks/pretrain_step.py measures it). The decoder reaches the 3D network only through the
+    # codebook and the geometry-enhanced replacement, which both still run, on the coarser grid.
     mim_stride: int = 1
     min_depth: float = 1.0                  # metres, for pairing
     occupancy: bool = False                 # occupancy queries + neighbourhoods (CMCR with occupancy)

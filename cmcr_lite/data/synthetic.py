@@ -107,7 +107,7 @@ def _write_json(folder: Path, name: str, records: list):
 
 
 # Named sizes. "notebook": the embedded set the notebooks read (cmcr_lite.paths). "bench": the
-# experiment's set (python -m cmcr_lite.experiments bench): 30 scenes split 6 teacher / 6 val / 18
+# experiment's set (python -m experiments bench): 30 scenes split 6 teacher / 6 val / 18
 # train (assign_splits), so val holds 18 scans of 6 independent streets and train 54 scans.
 PRESETS = {
     "notebook": {"n_scenes": 5, "samples_per_scene": 3, "seed": 0},

@@ -64,7 +64,7 @@ INTENSITY = np.array([
 # m: the truck's ribbed panels (LiDAR only), 4-5 voxels deep. At 0.30 m the supervised LiDAR-only
 # ceiling told car from truck at 0.894 (mean of 5 seeds; the bench asks >= 0.90); at 0.45 m it
 # told them apart at 0.934 under the same 60-epoch recipe (0.942 under today's shorter one,
-# benchmarks/results/bench.md). The cameras never see the
+# experiments/results/bench.md). The cameras never see the
 # ribs, so the twins stay identical there.
 RIB_DEPTH, RIB_PERIOD = 0.45, 1.2
 SHRUB_HEIGHT, SHRUB_CELL = 0.30, 0.45    # m: relief of planted vegetation beds (LiDAR only)

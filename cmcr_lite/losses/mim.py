@@ -19,6 +19,9 @@ Pairs inside masked pixels. The data pipeline drops every point-pixel pair whose
 (those pairs must not enter the contrastive loss), yet those are exactly the pairs the replacement
 needs: it keeps them apart as ``masked_pair_voxels`` / ``masked_pair_pixels`` (items and batches of
 ``cmcr_lite.data.pipeline``).
+
+``CMCRModel.mim_terms`` (``cmcr_lite/cmcr.py``) is the one place that puts these pieces together
+into the training loss.
 """
 from __future__ import annotations
 
@@ -33,7 +36,6 @@ __all__ = [
     "mim_input_features",
     "geometry_enhanced_replacement",
     "pairs_in_masked_pixels",
-    "MIMHead",
 ]
 
 
@@ -187,34 +189,3 @@ def pairs_in_masked_pixels(pair_pixels, masks):
     """
     pp = pair_pixels
     return masks[pp[:, 0], pp[:, 1], pp[:, 2]]
-
-
-# ----------------------------------------------------------------------------------- head
-class MIMHead(nn.Module):
-    """Decoder + loss for a training loop.
-
-    ``forward(specific_2d, quantized_2d, target, masks, ...)`` returns a dict with ``loss`` (scalar),
-    ``pred`` (B, 3, H, W) and ``replaced`` (B, H, W) bool. With ``geometry_enhanced=True`` (not in the
-    released code) and ``quantized_3d``/``pair_voxels``/``pair_pixels`` given, masked F̄^2D is first
-    replaced by projected F̄^3D. ``masked_only`` selects the loss convention (see ``reconstruction_loss``).
-    """
-
-    def __init__(self, in_dim: int = 64, geometry_enhanced: bool = False, masked_only: bool = False):
-        super().__init__()
-        self.decoder = ImageDecoder(in_dim)
-        self.geometry_enhanced, self.masked_only = geometry_enhanced, masked_only
-
-    def forward(self, specific_2d: torch.Tensor, quantized_2d: torch.Tensor, target: torch.Tensor,
-                masks: Optional[torch.Tensor] = None, quantized_3d: Optional[torch.Tensor] = None,
-                pair_voxels: Optional[torch.Tensor] = None, pair_pixels: Optional[torch.Tensor] = None) -> dict:
-        B, _, H, W = quantized_2d.shape
-        replaced = torch.zeros(B, H, W, dtype=torch.bool, device=quantized_2d.device)
-        if self.geometry_enhanced:
-            if quantized_3d is None or pair_voxels is None or pair_pixels is None:
-                raise ValueError("MIMHead(geometry_enhanced=True): pass quantized_3d, pair_voxels and pair_pixels "
-                                 "(the pairs inside masked pixels, e.g. from collate_masked_pairs)")
-            quantized_2d, replaced = geometry_enhanced_replacement(quantized_2d, quantized_3d, pair_voxels,
-                                                                   pair_pixels, masks)
-        pred = self.decoder(mim_input_features(specific_2d, quantized_2d))
-        loss = reconstruction_loss(pred, target, masks, self.masked_only)
-        return {"loss": loss, "pred": pred, "replaced": replaced}

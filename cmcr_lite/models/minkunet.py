@@ -22,58 +22,24 @@ provided here for the downstream case (``MinkUNet(1, n_classes)``).
 
 Everything here is written for MinkowskiEngine 0.5.4 (``import MinkowskiEngine as ME``), D = 3.
 
-CPU notes (measured on 2 cores, see ``benchmarks/minkunet_step.py``):
+CPU notes (``benchmarks/minkunet_step.py`` measures a step):
 
-* ME's CPU kernels call OpenBLAS once per kernel offset. Debian's pthread OpenBLAS keeps its
-  worker threads busy-waiting between those small calls, which starves PyTorch's own threads (a
-  lite forward+backward 4-6x slower). Unless ``OPENBLAS_NUM_THREADS`` is already set, importing
-  this module limits OpenBLAS to one thread (:func:`limit_openblas_threads`).
-* ME's OpenMP loops spin-wait at their barriers: with another process on the 2 cores a step was
-  up to 8x slower. ``cmcr_lite/__init__.py`` sets ``OMP_WAIT_POLICY=passive`` before torch loads.
-* Debian's OpenBLAS 0.3.21 picks its kernels by CPU model, and on a CPU newer than itself (an
-  Intel Xeon of model 207 here) it falls back to its generic SSE3 "Prescott" kernels: the trunk's
-  forward and backward took 1.7x as long (``benchmarks/openblas_kernels.py``). Unless
-  ``OPENBLAS_CORETYPE`` is already set, ``import cmcr_lite`` asks OpenBLAS (in a child process,
-  before the library loads here) which kernels it would use, and on that fallback names the ones
-  the CPU can run (``cmcr_lite/openblas.py``).
+* ME's CPU kernels call OpenBLAS once per kernel offset; its threads and kernels are set before
+  this module imports ME (``runtime.prepare_openblas``: one thread, the CPU's own kernels).
+* ME's OpenMP loops spin-wait at their barriers, which starves other processes on a small CPU:
+  ``cmcr_lite/__init__.py`` sets ``OMP_WAIT_POLICY=passive`` before torch loads.
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import os
-import sys
 from dataclasses import dataclass, replace
 from typing import Optional, Tuple
 
-from cmcr_lite.openblas import OPENBLAS_LIBRARY
+from cmcr_lite.runtime import limit_openblas_threads, prepare_openblas  # noqa: F401 (re-exported)
 
 
-def limit_openblas_threads(n: int = 1) -> bool:
-    """Make OpenBLAS (used by MinkowskiEngine on CPU) use ``n`` threads.
+prepare_openblas()  # OpenBLAS's threads and kernels are fixed when MinkowskiEngine loads it (runtime.py)
 
-    Sets ``OPENBLAS_NUM_THREADS`` for libraries loaded later and, if MinkowskiEngine is already
-    imported, calls ``openblas_set_num_threads`` on the loaded library. Returns True if the running
-    library was reached (or not loaded yet), False if it could not be found.
-    """
-    os.environ["OPENBLAS_NUM_THREADS"] = str(n)
-    if "MinkowskiEngine" not in sys.modules:
-        return True
-    for name in (OPENBLAS_LIBRARY, ctypes.util.find_library("openblas")):
-        if not name:
-            continue
-        try:
-            ctypes.CDLL(name).openblas_set_num_threads(int(n))
-            return True
-        except (OSError, AttributeError):
-            continue
-    return False
-
-
-if "OPENBLAS_NUM_THREADS" not in os.environ:
-    limit_openblas_threads(1)
-
-import MinkowskiEngine as ME  # noqa: E402  (after the OpenBLAS thread limit)
+import MinkowskiEngine as ME  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 

@@ -307,7 +307,7 @@ assert len(np.unique(buggy)) <= 2 and 0.3 < keep.mean() < 0.7
 # Classes that are *not* twins are kept apart in the LiDAR too (grass is brighter than paving, long
 # vehicles brighter than blue paint): otherwise a LiDAR-only network confuses a car with a bus, and
 # the twins would measure that instead of the relief. That the twins *can* be learned from the LiDAR
-# alone is measured, not assumed: the supervised ceiling of `benchmarks/results/bench.md` (notebook 07).
+# alone is measured, not assumed: the supervised ceiling of `experiments/results/bench.md` (notebook 07).
 #
 # Left: the mean colour of the pixels paired with each class (camera). Middle: the roughness of each
 # point, the spread of its 12 nearest neighbours off their best plane (LiDAR geometry). Right: the

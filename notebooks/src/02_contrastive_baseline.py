@@ -17,7 +17,7 @@
 # (Zhang & Hou, IJCV 2026, §1 and §3).
 #
 # Defaults run on a 2-core CPU in a few minutes (lite preset, one seed). The 3-seed numbers come from
-# `python -m cmcr_lite.experiments baseline` (§7). For a GPU box with nuScenes:
+# `python -m experiments baseline` (§7). For a GPU box with nuScenes:
 # `papermill notebooks/02_contrastive_baseline.ipynb out.ipynb -p preset full -p dataroot /data/sets/nuscenes -p image_weights moco_v2_800ep_pretrain.pth.tar`.
 
 # %% tags=["parameters"]
@@ -28,7 +28,7 @@ image_weights = None          # full: path to MoCo-v2 ResNet-50 weights (moco_v2
 pretrain_epochs = 4           # lite; the full preset uses the paper's 10 (set None to keep the preset's)
 seed = 0
 output_dir = "../outputs/02_contrastive_baseline"
-results_file = "../benchmarks/results/baseline_lite.md"  # written by `python -m cmcr_lite.experiments baseline`
+results_file = "../experiments/results/baseline_lite.md"  # written by `python -m experiments baseline`
 
 # %%
 import json
@@ -250,9 +250,9 @@ display(Markdown("**What this short run shows** (one seed, a mechanics check; §
 # %% [markdown]
 # ## 7 · Three seeds
 #
-# One run on one validation scene is noisy, and 4 epochs are few. `python -m cmcr_lite.experiments
+# One run on one validation scene is noisy, and 4 epochs are few. `python -m experiments
 # baseline --seeds 0 1 2` repeats pretraining (60 lite epochs) and probing for three seeds and writes
-# the table below (mean ± std); it is committed in `benchmarks/results/`,
+# the table below (mean ± std); it is committed in `experiments/results/`,
 # so this cell only reads it. It was measured on this notebook-size set and on an **earlier version
 # of the world** (15 cm ribs, bus as bright as a car), in which even supervised training could not
 # tell car from truck: read it as mechanics, and §8 for the answer.
@@ -281,12 +281,12 @@ if path.is_file():
             f"; the gap is smaller than the spread across seeds ({spread:.1f}), so this table does not order them."
             if abs(gap) < spread else ".")))
 else:
-    print(f"{path} not found: run `python -m cmcr_lite.experiments baseline` to produce it")
+    print(f"{path} not found: run `python -m experiments baseline` to produce it")
 
 # %% [markdown]
 # ## 8 · The converged answer: the bench
 #
-# `python -m cmcr_lite.experiments bench` (notebook 07 §5) pretrains PPKT on a 30-scene set until its
+# `python -m experiments bench` (notebook 07 §5) pretrains PPKT on a 30-scene set until its
 # loss is flat (a cosine learning rate over `BenchPlan`'s epochs), five seeds, next to a random-init trunk, a supervised LiDAR-only ceiling and the teacher's own
 # features at each point's pixel (the image-only reference). Its committed results answer this
 # notebook's question; the sentences below are rendered from them.
@@ -294,11 +294,12 @@ else:
 # %%
 from IPython.display import Image
 
-from cmcr_lite.bench import RESULTS_DIR, load_report
+from experiments.plan import RESULTS_DIR
+from experiments.report import load_report
 
 bench_report = load_report("bench")
 if bench_report is None:
-    print("benchmarks/results/bench.json not found: run `python -m cmcr_lite.experiments bench`")
+    print("experiments/results/bench.json not found: run `python -m experiments bench`")
 else:
     rows = bench_report["summary"]["rows"]
     pct = lambda row, k: 100 * rows[row][k]["mean"]  # noqa: E731

@@ -35,7 +35,6 @@ seed = 0
 output_dir = "../outputs/03_decoupled_features"
 
 # %%
-import copy
 import time
 from dataclasses import replace
 
@@ -45,11 +44,11 @@ import torch
 from scipy.linalg import hadamard
 
 from cmcr_lite.classes import APPEARANCE_ONLY_TWINS, GEOMETRY_ONLY_TWINS, class_index
-from cmcr_lite.cmcr import ABLATION_STEPS, CMCRModel, CMCROptions
+from cmcr_lite.cmcr import ABLATION_STEPS, CMCROptions
 from cmcr_lite.data.pipeline import PairedScanDataset, batch_to_sparse_tensor, collate_pairs
 from cmcr_lite.losses.orthogonality import orthogonality_loss
 from cmcr_lite.notebook import start_notebook
-from cmcr_lite.pretrain import build_image_encoder, pretrain
+from cmcr_lite.pretrain import build_image_encoder, build_model, pretrain
 from cmcr_lite.viz import save_figure
 from IPython.display import Markdown, display
 
@@ -100,10 +99,11 @@ cfg = config("init", options["with L_orth"])
 
 
 def fresh_model():
-    """CMCR as `pretrain` builds it: same seed, same construction order, so this is the starting
-    point of both runs of §3 (MinkowskiEngine modules do not survive copy.deepcopy: build anew)."""
+    """CMCR as `pretrain` builds it (`build_model`, which copies the teacher), from the same seed, so
+    this is the starting point of both runs of §3 (MinkowskiEngine modules do not survive
+    copy.deepcopy: build anew)."""
     torch.manual_seed(seed)
-    return CMCRModel(cfg.backbone, copy.deepcopy(teacher), cfg.feature_dim, cfg.tau, cfg.num_matches, cfg.cmcr)
+    return build_model(cfg, teacher)
 
 
 init_model = fresh_model()  # kept untouched for §4-5
@@ -138,10 +138,11 @@ assert trainable(init_model.image_encoder.trunk) == 0  # the 2D trunk is frozen
 # $(\hat F^\top\hat G)_{ab} = \sum_n \hat F_{na}\hat G_{nb}$ correlates channel $a$ of $F$ with channel
 # $b$ of $G$ over the voxels: the loss vanishes when every shared channel, seen as an $N$-vector, is
 # orthogonal to every specific channel. It is a sum over voxels, not a mean, so its size grows with
-# $N$ (the weight 0.1 was tuned for the released batch). In `CMCRModel.forward` the two lines are
-# `orth = orthogonality_loss(f3d, g3d)` and `terms["orth"], weights["orth"] = orth, o.orth_weight`;
-# with `orth_2d=True` (the paper's figure) the same loss on the 2D heads is added, at the trunk's
-# resolution. Check on the batch above:
+# $N$ (the weight 0.1 was tuned for the released batch). In `CMCRModel` the term is
+# `orthogonality_term`, which starts from `orth = orthogonality_loss(f3d, g3d)`; `forward` stores it as
+# `terms["orth"]` and `term_weights()` gives it the weight `orth_weight`. With `orth_2d=True` (the
+# paper's figure) the same loss on the 2D heads is added, at the trunk's resolution. Check on the
+# batch above:
 
 # %%
 flat = lambda t: t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])  # noqa: E731  (B, D, h, w) -> (B*h*w, D)

@@ -31,7 +31,6 @@ seed = 0
 output_dir = "../outputs/04_unified_codebook"
 
 # %%
-import copy
 import inspect
 import math
 from dataclasses import replace
@@ -45,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from cmcr_lite.classes import CLASS_NAMES_16, class_index
-from cmcr_lite.cmcr import ABLATION_STEPS, CMCRModel
+from cmcr_lite.cmcr import ABLATION_STEPS
 from cmcr_lite.analysis.codebook import (CodebookRecorder, co_occurrence, code_sharing, feature_spread, laplace_floor,
                                          paired_codes, perplexity_from_counts, quantisation_memory,
                                          toy_paired_features)
@@ -53,7 +52,7 @@ from cmcr_lite.data.pipeline import PairedScanDataset, collate_pairs
 from cmcr_lite.losses.codebook import UnifiedCodebook, cmcm_loss
 from cmcr_lite.notebook import start_notebook
 from cmcr_lite.runtime import resolve_device
-from cmcr_lite.pretrain import build_image_encoder, pretrain
+from cmcr_lite.pretrain import build_image_encoder, build_model, pretrain
 from cmcr_lite.viz import save_figure
 
 session = start_notebook(preset, dataroot, version, output_dir, seed, image_weights)
@@ -381,7 +380,7 @@ display(Markdown(f"A feature on a code gives it {p_max:.1%} of the soft-assignme
 # terms and the EMA do the work of tying the modalities to shared codes.
 #
 # **Inert by construction, measured on the bench.** The toy above shows the most CMCM could do; the committed
-# measurement `python -m cmcr_lite.experiments mechanism` (`benchmarks/results/mechanism.json`) reads what it does in a
+# measurement `python -m experiments mechanism` (`experiments/results/mechanism.json`) reads what it does in a
 # bench-length CMCR pretraining (20 epochs, the bench's recipe): the trained model's soft assignments,
 # CMCM in every epoch of the bench's five CMCR runs, and CMCM's share of the gradient that reaches the
 # 3D trunk (`cmcr_lite.gradients`: $\langle g_\text{CMCM}, g\rangle / \lVert g\rVert^2$, the shares of all
@@ -392,7 +391,7 @@ import json
 
 from cmcr_lite.paths import REPO_ROOT
 
-mechanism_file = REPO_ROOT / "benchmarks" / "results" / "mechanism.json"
+mechanism_file = REPO_ROOT / "experiments" / "results" / "mechanism.json"
 if mechanism_file.is_file():
     mech = json.loads(mechanism_file.read_text())
     cbm, table = mech["codebook"], mech["lite"]["table"]
@@ -414,7 +413,7 @@ if mechanism_file.is_file():
         "nor moves the trunk. Exercise 3 sharpens the temperature to see what it would take; the defaults stay "
         "the paper's."))
 else:
-    print(f"{mechanism_file} not found: run `python -m cmcr_lite.experiments mechanism`")
+    print(f"{mechanism_file} not found: run `python -m experiments mechanism`")
 
 # %% [markdown]
 # ## 5 · Lite CMCR pretraining with the codebook
@@ -438,7 +437,7 @@ teacher = build_image_encoder(cfg)
 # before training: a fresh model (train mode, so BatchNorm uses batch statistics, as in the first step)
 torch.manual_seed(seed)
 dev = resolve_device(cfg.device)
-fresh = CMCRModel(cfg.backbone, copy.deepcopy(teacher), cfg.feature_dim, cfg.tau, cfg.num_matches, cfg.cmcr)
+fresh = build_model(cfg, teacher)  # as pretrain builds it (the teacher is copied)
 fresh_batch = collate_pairs([PairedScanDataset(train_kf, cfg.pipeline, seed=seed)[i] for i in range(cfg.batch_size)])
 pc0 = paired_codes(fresh.to(dev).train(), fresh_batch, dev, return_features=True)
 spread0 = {m: feature_spread(pc0[f"{m}_feats"]) for m in ("point", "pixel")}

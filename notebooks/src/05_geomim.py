@@ -33,7 +33,6 @@ seed = 0
 output_dir = "../outputs/05_geomim"
 
 # %%
-import copy
 import time
 from dataclasses import replace
 
@@ -43,10 +42,10 @@ import torch
 
 from IPython.display import Markdown, display
 
-from cmcr_lite.cmcr import ABLATION_STEPS, CMCRModel
+from cmcr_lite.cmcr import ABLATION_STEPS
 from cmcr_lite.data.pipeline import PairedScanDataset, batch_to_sparse_tensor, collate_pairs
 from cmcr_lite.notebook import start_notebook
-from cmcr_lite.pretrain import build_image_encoder, pretrain
+from cmcr_lite.pretrain import build_image_encoder, build_model, pretrain
 
 t_start = time.time()
 session = start_notebook(preset, dataroot, version, output_dir, seed, image_weights)
@@ -134,8 +133,9 @@ assert batch["masks"][batch["masked_pair_pixels"][:, 0], batch["masked_pair_pixe
 # $$\mathcal L_\text{rec} = \frac{1}{3HW}\sum_{p}\lVert \hat I_p - I_p\rVert^2 \ \text{(released code, all pixels)}
 #   \qquad\text{or}\qquad \frac{\sum_p M_p \lVert \hat I_p - I_p\rVert^2}{3\sum_p M_p}\ \text{(masked only)}.$$
 #
-# `ImageDecoder`, `mim_input_features` and `reconstruction_loss` in `cmcr_lite/losses/mim.py`; an
-# untrained decoder on random features gives grey images and an MSE of a few hundredths:
+# `ImageDecoder`, `mim_input_features` and `reconstruction_loss` in `cmcr_lite/losses/mim.py`, which
+# `CMCRModel.mim_terms` puts together in training; an untrained decoder on random features gives grey
+# images and an MSE of a few hundredths:
 
 # %%
 from cmcr_lite.losses.mim import ImageDecoder, mim_input_features, reconstruction_loss
@@ -217,7 +217,7 @@ grad_norms = {}
 for variant in VARIANTS:
     cfg = config(variant)
     torch.manual_seed(seed)
-    model = CMCRModel(cfg.backbone, copy.deepcopy(teacher), cfg.feature_dim, cfg.tau, cfg.num_matches, cfg.cmcr)
+    model = build_model(cfg, teacher)  # as pretrain builds it (the teacher is copied)
     terms = model(train_batch, batch_to_sparse_tensor(train_batch), torch.Generator().manual_seed(seed))
     groups = {"3D network": model.backbone, "2D heads": model.image_encoder,
               "image decoder": model.image_decoder, "2D trunk (frozen)": model.image_encoder.trunk}

@@ -26,9 +26,9 @@ image_weights = None          # full: MoCo-v2 ResNet-50 weights path
 pretrain_epochs = 4           # lite default; None keeps the preset's (full: the paper's 10)
 seed = 0
 output_dir = "../outputs/07_cmcr_pretraining"
-bench_name = "bench"          # `python -m cmcr_lite.experiments bench`: benchmarks/results/bench.{json,md,png}
-ladder_name = "ladder"        # `python -m cmcr_lite.experiments ladder --diagnostic-weights 6 20`
-mechanism_name = "mechanism"  # `python -m cmcr_lite.experiments mechanism`
+bench_name = "bench"          # `python -m experiments bench`: experiments/results/bench.{json,md,png}
+ladder_name = "ladder"        # `python -m experiments ladder --diagnostic-weights 6 20`
+mechanism_name = "mechanism"  # `python -m experiments mechanism`
 
 # %%
 import json
@@ -117,8 +117,8 @@ display(Markdown(f"**This seed, {len(hist)} epochs** (a mechanics check): CMCR �
 # %% [markdown]
 # ## 4 · The bench: what it decides
 #
-# The runs above are too small to rank two objectives. `python -m cmcr_lite.experiments bench`
-# (`cmcr_lite.bench`) is built to: a 30-scene set (54 train / 18 val scans), twins proven learnable
+# The runs above are too small to rank two objectives. `python -m experiments bench`
+# (`experiments.bench`) is built to: a 30-scene set (54 train / 18 val scans), twins proven learnable
 # by a **supervised ceiling** and proven invisible to the cameras by an **image-only reference**, five
 # seeds per row with the same seeds for every row (differences are paired), and PPKT run again on
 # *other* seeds, the **A/A** row: what two runs of one method differ by. **Occupancy only** (CMCR with
@@ -128,11 +128,12 @@ display(Markdown(f"**This seed, {len(hist)} epochs** (a mechanics check): CMCR �
 # committed results; every sentence under the figure is rendered from them.
 
 # %%
-from cmcr_lite.bench import RESULTS_DIR, bench_verdict, load_report
+from experiments.plan import RESULTS_DIR
+from experiments.report import bench_verdict, load_report
 
 bench_report = load_report(bench_name)
 if bench_report is None:
-    print(f"{RESULTS_DIR / bench_name}.json not found: run `python -m cmcr_lite.experiments bench`")
+    print(f"{RESULTS_DIR / bench_name}.json not found: run `python -m experiments bench`")
 else:
     display(Image(filename=str(RESULTS_DIR / f"{bench_name}.png")))
     display(Markdown(bench_verdict(bench_report["summary"])))
@@ -142,24 +143,24 @@ else:
 # geometry twins apart better than PPKT: the LiDAR-only objective carries what contrastive distillation
 # misses. Full CMCR, which contains that very objective, keeps none of it. The A/A row says how large a
 # difference must be before it means anything; the noise floor's detail (more seed sets, their spread,
-# which class moves most) lives with the bench's notes, `benchmarks/results/noise_floor_sets_amd_epyc_17/`.
+# which class moves most) lives with the bench's notes, `experiments/results/noise_floor_sets_amd_epyc_17/`.
 
 # %% [markdown]
 # ## 5 · The paper's ablation on the bench
 #
-# The paper adds CMCR's parts to PPKT one at a time. `python -m cmcr_lite.experiments ladder`
-# (`cmcr_lite.ladder`) runs that ladder as bench jobs — same seeds, recipe and read-out, the bench's
+# The paper adds CMCR's parts to PPKT one at a time. `python -m experiments ladder`
+# (`experiments.ladder`) runs that ladder as bench jobs — same seeds, recipe and read-out, the bench's
 # PPKT, CMCR and occupancy-only results reused — and one row the paper does not have: **PPKT +
 # occupancy**, the NCE next to the occupancy and intensity terms and nothing else. If the LiDAR-only gain
 # survives next to the NCE at all, that row shows it. The figure draws every row's paired difference to
 # PPKT with its 95 % interval; the list under it compares each rung with the one below.
 
 # %%
-from cmcr_lite.ladder import RUNGS, keeps_both, ladder_verdict, load_ladder, says
+from experiments.ladder import RUNGS, keeps_both, ladder_verdict, load_ladder, says
 
 ladder_report = load_ladder(ladder_name)
 if ladder_report is None:
-    print(f"{RESULTS_DIR / ladder_name}.json not found: run `python -m cmcr_lite.experiments ladder`")
+    print(f"{RESULTS_DIR / ladder_name}.json not found: run `python -m experiments ladder`")
 else:
     ladder_summary = ladder_report["summary"]
     lrows = ladder_summary["rows"]
@@ -169,6 +170,31 @@ else:
         print(f"   {row:24s} {len(r['seeds']):4d}   {100 * r['miou']['mean']:5.1f}   "
               f"{100 * r['geometry twins told apart']['mean']:10.1f}   {100 * r['appearance twins told apart']['mean']:12.1f}")
     display(Markdown(ladder_verdict(ladder_summary)))
+
+# %% [markdown]
+# **A control the reading needs: BatchNorm.** Every read-out runs the frozen trunk in eval mode, with
+# the BatchNorm statistics pretraining left behind. If those were stale, a row could look worse than
+# its features are, and the ladder's order would say more about the statistics than about the
+# objectives. `python -m experiments ladder --diagnostic-weights 6 20 --batchnorm recalibrated --seeds 0 1 2`
+# reads the same trunks again with statistics re-estimated by one pass over the train scans
+# (`cmcr_lite.downstream.recalibrate_batchnorm`); the cell compares the two read-outs on the same seeds.
+
+# %%
+from experiments.ladder import batchnorm_control, batchnorm_sentences
+
+recalibrated_report = load_ladder(f"{ladder_name}_recalibrated")
+bn_control = None
+if ladder_report is None or recalibrated_report is None:
+    print("no recalibrated read-out yet: run `python -m experiments ladder --diagnostic-weights 6 20 "
+          "--batchnorm recalibrated --seeds 0 1 2`")
+else:
+    bn_control = batchnorm_control(ladder_report, recalibrated_report)
+    print("   row                     geometry twins (running → recalibrated)   appearance twins (running → recalibrated)")
+    geo_c, app_c = bn_control["columns"]["geometry twins told apart"], bn_control["columns"]["appearance twins told apart"]
+    for row in bn_control["rows"]:
+        print(f"   {row:24s} {100 * geo_c['running'][row]:6.1f} → {100 * geo_c['recalibrated'][row]:5.1f}"
+              f"{'':22s}{100 * app_c['running'][row]:6.1f} → {100 * app_c['recalibrated'][row]:5.1f}")
+    display(Markdown(batchnorm_sentences(bn_control)))
 
 # %% [markdown]
 # ## 6 · The mechanism: which terms move the trunk?
@@ -212,15 +238,15 @@ for k, v in shares.items():
 # changes no weight, and the run's per-epoch losses equal the bench's own CMCR seed 0 to the last
 # digit), at the paper's sizes for one step (`full` preset, two scans at nuScenes density, at
 # initialisation), together with the occupancy loss every run reaches, and a control for what the
-# occupancy decoder reads: `python -m cmcr_lite.experiments mechanism` (`cmcr_lite.mechanism`).
+# occupancy decoder reads: `python -m experiments mechanism` (`experiments.mechanism`).
 
 # %%
-from cmcr_lite.mechanism import mechanism_verdict, weight_ratios
+from experiments.mechanism import mechanism_verdict, weight_ratios
 
 mechanism_file = RESULTS_DIR / f"{mechanism_name}.json"
 mech = json.loads(mechanism_file.read_text()) if mechanism_file.is_file() else None
 if mech is None:
-    print(f"{mechanism_file} not found: run `python -m cmcr_lite.experiments mechanism`")
+    print(f"{mechanism_file} not found: run `python -m experiments mechanism`")
 else:
     bench_cmcr = json.loads((RESULTS_DIR / f"{bench_name}_runs" / f"cmcr_seed{mech['plan']['seed']}.json").read_text())
     same = [h["loss"] for h in mech["lite"]["history"]] == [h["loss"] for h in bench_cmcr["history"]]
@@ -268,7 +294,7 @@ display(Markdown(f"Alone, the term at weight 0.01 ends within {scale_gap:.1e} of
 # come from the measured gradient norms, never from val numbers: × 6 is the median ratio of the NCE's
 # gradient norm to the occupancy and intensity terms' over the lite run (the weight at which they pull
 # as hard as the NCE on a typical step), × 20 the same ratio in the `full` step at the paper's sizes.
-# The rule for "keeps both" was fixed before they ran (`cmcr_lite.ladder.keeps_both`): within 2 points
+# The rule for "keeps both" was fixed before they ran (`experiments.ladder.keeps_both`): within 2 points
 # of PPKT on the appearance twins, and at least half of occupancy only's gain on the geometry twins with
 # an interval above 0.
 
@@ -281,7 +307,7 @@ if ladder_report is not None and mech is not None:
     diagnostic = [r for r in lrows if r.startswith("CMCR (occupancy ×")]
     verdicts = {r: keeps_both(ladder_summary, r) for r in diagnostic}
     if not diagnostic:
-        print("no diagnostic rows yet: run `python -m cmcr_lite.experiments ladder --diagnostic-weights 6 20`")
+        print("no diagnostic rows yet: run `python -m experiments ladder --diagnostic-weights 6 20`")
     for r, k in verdicts.items():
         print(f"{r} ({len(lrows[r]['seeds'])} seeds): " + ("no verdict" if k is None else
               f"appearance twins kept: {k['appearance']}, geometry twins kept: {k['geometry']}"))
@@ -307,6 +333,10 @@ if ladder_report is not None and mech is not None:
     reads = all(v["shuffled"]["occupancy"] > v["prior"]["occupancy"] for v in ctrl.values())
     last_occ = {r: np.mean([c[-1] for c in mech["curves"][r]["occupancy"].values()]) for r in ("occupancy only", "CMCR")}
     kept = [r for r, k in verdicts.items() if k and k["both"]]
+    if bn_control is not None:
+        bn_recal_occ = bn_control["differences"]["occupancy only - PPKT"]["recalibrated"][geo]
+        bn_recal_cmcr = bn_control["differences"]["CMCR - PPKT"]["recalibrated"][geo]
+        bn_holds = bn_recal_occ["low"] > 0 and bn_recal_cmcr["low"] <= 0 <= bn_recal_cmcr["high"]
     full_seeds = all(len(lrows[r]["seeds"]) == len(ladder_report["plan"]["bench"]["seeds"]) for r in diagnostic)
     answer = (
         f"**Is contrastive distillation enough? On this bench it transfers what the camera can see, and little "
@@ -331,7 +361,15 @@ if ladder_report is not None and mech is not None:
         + (", reading the trunk's features each time: meeting the occupancy target does not require telling the "
            "geometry twins apart, so nothing in it asks a trunk that already serves the NCE for more. "
            if reads else ". ")
-        + "The code-matching term (CMCM) is inert by construction (notebook 04). ")
+        + "The code-matching term (CMCM) is inert by construction (notebook 04). "
+        + ("" if bn_control is None else
+           ("With the trunks' BatchNorm statistics re-estimated before the read-out (§5's control, seeds "
+            f"{bn_control['seeds'][0]}–{bn_control['seeds'][-1]}), occupancy only still gains on the geometry twins "
+            f"({says(bn_recal_occ)}) and CMCR still does not ({says(bn_recal_cmcr)}): stale statistics do not "
+            "explain the answer. " if bn_holds else
+            "With the trunks' BatchNorm statistics re-estimated before the read-out (§5's control), the two facts "
+            f"read otherwise: occupancy only − PPKT {says(bn_recal_occ)}, CMCR − PPKT {says(bn_recal_cmcr)} on the "
+            "geometry twins, so part of the answer rests on the read-out's statistics. ")))
     if not diagnostic or all(k is None for k in verdicts.values()):
         answer += ("Whether raising the LiDAR terms' weights brings the geometry back is the diagnostic rows' "
                    "question (§7): " + ("not yet run." if not diagnostic else

@@ -6,7 +6,7 @@
 # whole network with 1 / 5 / 10 / 25 / 100 % of the labelled training scenes; and it transfers the
 # nuScenes-pretrained trunk to **SemanticKITTI** at 1 % of the frames. This notebook teaches that
 # protocol on the embedded data, then reads the committed label-efficiency experiment
-# (`python -m cmcr_lite.experiments label-efficiency`): random init vs PPKT vs CMCR.
+# (`python -m experiments label-efficiency`): random init vs PPKT vs CMCR.
 #
 # **You will learn:** (1) what mIoU counts, and which classes; (2) why label fractions are taken by
 # *scene*; (3) the difference between a linear probe and fine-tuning; (4) how to read a label-efficiency
@@ -24,7 +24,7 @@ output_dir = "../outputs/08_downstream"
 mechanics_epochs = 4          # the short fine-tuning of §3 (a mechanics check, not a result)
 pretrain_epochs = 2           # lite: the small PPKT trunk that §5 transfers to SemanticKITTI
 checkpoints = None            # full: {"PPKT": path, "CMCR": path} of pretraining checkpoints
-results_file = "../benchmarks/results/label_efficiency.json"  # lite: read, never trained here
+results_file = "../experiments/results/label_efficiency.json"  # lite: read, never trained here
 kitti_root = None             # full: /data/sets/semantickitti/dataset; None: a small synthetic set
 kitti_fraction = None         # None: the preset's (full: the paper's 1 %; lite: every frame)
 
@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from IPython.display import Markdown, display
 
-from cmcr_lite.bench import PAPER_FRACTIONS, label_efficiency_summary
+from experiments.label_efficiency import label_efficiency_summary, PAPER_FRACTIONS
 from cmcr_lite.classes import CLASS_NAMES_16
 from cmcr_lite.downstream import (DownstreamConfig, evaluate, keyframe_indices_for_fraction, predict_scan,
                                   select_scenes_by_fraction, train_segmentation)
@@ -167,7 +167,7 @@ points_3d_figure(points[keep], predicted[keep], title="val scan 0, predicted cla
 # %% [markdown]
 # ## 4 · Label efficiency: random init vs PPKT vs CMCR
 #
-# `python -m cmcr_lite.experiments label-efficiency` fine-tunes and linear-probes each pretraining at
+# `python -m experiments label-efficiency` fine-tunes and linear-probes each pretraining at
 # each fraction over three seeds, on the bench set (30 scenes: 18 train, 6 val), with the bench's
 # pretrained trunks (its checkpoints, reused; the lines under the figure say how long they were
 # pretrained). Every fine-tuning run makes the same number of optimizer steps whatever the
@@ -191,7 +191,7 @@ else:
     path = Path(results_file)
     report = json.loads(path.read_text()) if path.is_file() else None
     if report is None:
-        print(f"{path} not found: run `python -m cmcr_lite.experiments label-efficiency` to produce it")
+        print(f"{path} not found: run `python -m experiments label-efficiency` to produce it")
 
 # %%
 if report is not None:
