@@ -89,6 +89,10 @@ def _dataset_in_out(work, files):
     (work / "out" / "sequences").mkdir(parents=True)
 
 
+def _predictions_in_preds(work, files):
+    (work / "preds" / "lidarseg").mkdir(parents=True)
+
+
 # (args, substrings the error line must contain, files to put in the work folder first)
 PRETRAIN = {
     "unparsable_float": (["--set", "lr=abc"], ["lr must be a number", "'abc'"], None),
@@ -150,6 +154,11 @@ DOWNSTREAM = {
     "resume_pretraining_checkpoint": (["--resume", "--set", *TINY],
                                       ["{work}/run/checkpoint.pt", "is a pretraining checkpoint"],
                                       _checkpoint_in_run("pre")),
+    # earlier predictions are never overwritten; refused before training starts
+    "write_predictions_not_empty": (["--write-predictions", "{work}/preds", "--set", *TINY],
+                                    ["--write-predictions", "{work}/preds", "not empty"], _predictions_in_preds),
+    "write_predictions_a_file": (["--write-predictions", "{pre}", "--set", *TINY],
+                                 ["--write-predictions", "{pre}", "is a file"], None),
 }
 
 

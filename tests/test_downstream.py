@@ -108,6 +108,14 @@ def test_config_presets_and_validation():
     lite = DownstreamConfig.lite()
     assert lite.backbone.planes == MinkUNetConfig.lite().planes and lite.batch_size == 2 and lite.cache_features
     assert DownstreamConfig.from_dict(lite.to_dict()) == lite
+    # the mIoU rule: the devkit's at the paper's scale, the classes present on the small sets; a record
+    # written before the field existed was scored over the classes present
+    assert (ft.miou_rule, lp.miou_rule, lite.miou_rule, DownstreamConfig.lite("finetune").miou_rule) == \
+        ("nuscenes", "nuscenes", "present", "present")
+    old = {k: v for k, v in ft.to_dict().items() if k != "miou_rule"}
+    assert DownstreamConfig.from_dict(old).miou_rule == "present"
+    with pytest.raises(ValueError, match="miou_rule"):
+        DownstreamConfig(miou_rule="kitti")
     with pytest.raises(ValueError, match="label_fraction"):
         DownstreamConfig.finetune(0.0)
     with pytest.raises(ValueError, match="label_fraction"):

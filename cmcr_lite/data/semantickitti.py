@@ -36,6 +36,10 @@ LEARNING_MAP = {
     99: 0,                                        # other-object (ignored)
     252: 1, 253: 7, 254: 6, 255: 8, 256: 5, 257: 5, 258: 4, 259: 5,  # moving-* -> their static class
 }
+# learning index -> raw label, as semantic-kitti.yaml's learning_map_inv: how a prediction is written
+# (sequences/NN/predictions/XXXXXX.label, uint32), which the official evaluator maps back by learning_map
+LEARNING_MAP_INV = {0: 0, 1: 10, 2: 11, 3: 15, 4: 18, 5: 20, 6: 30, 7: 31, 8: 32, 9: 40, 10: 44, 11: 48, 12: 49,
+                    13: 50, 14: 51, 15: 70, 16: 71, 17: 72, 18: 80, 19: 81}
 CLASS_NAMES_19 = ("ignore", "car", "bicycle", "motorcycle", "truck", "other-vehicle", "person", "bicyclist",
                   "motorcyclist", "road", "parking", "sidewalk", "other-ground", "building", "fence", "vegetation",
                   "trunk", "terrain", "pole", "traffic-sign")

@@ -14,7 +14,10 @@ The protocol is SLidR's, which CMCR keeps:
 * **linear probing**: every trunk parameter frozen and the trunk kept in eval mode (BatchNorm
   statistics frozen), only the head trained: lr 0.05 for the head, 50 epochs, 100% of the labels;
 * **metric**: mIoU over the 16 classes on *per-point* predictions: the voxel predictions are
-  un-voxelised through the inverse map, and the ignore class can never be predicted.
+  un-voxelised through the inverse map, and the ignore class can never be predicted. Which classes
+  the mean counts is ``DownstreamConfig.miou_rule`` (:data:`cmcr_lite.metrics.MIOU_RULES`): the
+  nuScenes devkit's at the paper's scale, SemanticKITTI's official one there, the classes present in
+  the ground truth for the lite preset.
 
 Coordinates are 0.1 m Cartesian voxels, as CMCR pretrains: the official downstream code asserts that
 pretraining and downstream voxelisations agree (its linear-probe config is cylindrical, which would
@@ -50,13 +53,16 @@ From the command line (``--config full``: :meth:`DownstreamConfig.full`, the pap
         [--set batch_size=4 backbone.bn_momentum=0.05] [--epochs N] [--seed N] [--resume] [--evaluate]
 
 It writes ``config.json``, ``checkpoint.pt`` after every epoch (atomically; ``--resume`` continues it
-and reaches the weights of an uninterrupted run), ``results.json`` (mIoU, per-class IoU by name, the
-confusion matrix, the config, the pretrained file, the training scenes) and TensorBoard scalars in
-``tensorboard/``. ``--evaluate`` only evaluates the saved model (or ``--model PATH``).
+and reaches the weights of an uninterrupted run), ``results.json`` (mIoU and per-class IoU by name
+under ``miou_rule``, which it names, ``miou_by_rule`` with every rule's mIoU, the confusion matrix,
+the config, the pretrained file, the training scenes) and TensorBoard scalars in ``tensorboard/``.
+``--evaluate`` only evaluates the saved model (or ``--model PATH``); ``--write-predictions DIR`` also
+writes every val point's prediction in the benchmark's submission layout (``submission``).
 
 The package, one job per module: ``config`` (DownstreamConfig), ``data`` (label fractions, scans),
 ``model`` (SegmentationModel, pretrained weights), ``train`` (optimiser, schedule, loop, checkpoints),
-``evaluate`` (features, per-point confusion matrices), ``cli`` (``python -m cmcr_lite.downstream``).
+``evaluate`` (features, per-point confusion matrices), ``submission`` (prediction files in the
+benchmarks' layouts), ``cli`` (``python -m cmcr_lite.downstream``).
 """
 from cmcr_lite.downstream.cli import main
 from cmcr_lite.downstream.config import LOSSES, MODES, DownstreamConfig

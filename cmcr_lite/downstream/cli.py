@@ -30,6 +30,8 @@ def _config_from_args(args) -> DownstreamConfig:
         # the paper's nuScenes -> SemanticKITTI transfer: a 20-logit head (19 classes + ignore) on the
         # pretrained trunk; the voxel feature is SLidR's reflectance + 1 (SemanticKittiScans), unscaled
         base.update(num_classes=20, intensity_scale=1.0)
+        if args.config == "full":  # the official evaluator's mIoU; lite keeps the classes present
+            base["miou_rule"] = "semantickitti"
     override_fields(base, DownstreamConfig, args.set)
     try:
         return DownstreamConfig.from_dict(base)
@@ -103,10 +105,11 @@ def _class_names(config: DownstreamConfig) -> list:
 
 
 def _results(conf: np.ndarray, config: DownstreamConfig, train_kf, val_kf, train_indices, pretrained) -> dict:
-    """The JSON record of an evaluation: mIoU, per-class IoU by name, the confusion matrix, the setup."""
-    from cmcr_lite.metrics import iou_report, mean_iou
+    """The JSON record of an evaluation: mIoU and per-class IoU by name under ``config.miou_rule``
+    (named in ``miou_rule``), the mIoU under every rule (``miou_by_rule``), the confusion matrix, the setup."""
+    from cmcr_lite.metrics import MIOU_RULES, iou_report, mean_iou
 
-    rows = iou_report(conf, _class_names(config), ignore_index=config.ignore_index)
+    rows = iou_report(conf, _class_names(config), ignore_index=config.ignore_index, rule=config.miou_rule)
     nusc = getattr(train_kf, "nusc", None)
     scenes = []
     if nusc is not None:
@@ -114,7 +117,9 @@ def _results(conf: np.ndarray, config: DownstreamConfig, train_kf, val_kf, train
             name = nusc.get("scene", nusc.get("sample", train_kf.sample_tokens[i])["scene_token"])["name"]
             if name not in scenes:
                 scenes.append(name)
-    return {"miou": mean_iou(conf, ignore_index=config.ignore_index),
+    return {"miou": mean_iou(conf, ignore_index=config.ignore_index, rule=config.miou_rule),
+            "miou_rule": config.miou_rule,
+            "miou_by_rule": {rule: mean_iou(conf, ignore_index=config.ignore_index, rule=rule) for rule in MIOU_RULES},
             "per_class_iou": {r["name"]: (None if math.isnan(r["iou"]) else r["iou"]) for r in rows},
             "support": {r["name"]: r["support"] for r in rows}, "confusion": conf.tolist(),
             "config": config.to_dict(), "pretrained": None if pretrained is None else str(pretrained),
@@ -129,6 +134,7 @@ def main(argv=None) -> dict:
 
     from cmcr_lite.data.nuscenes_loader import DatasetError, NuScenesKeyframes
     from cmcr_lite.downstream.data import keyframe_indices_for_fraction
+    from cmcr_lite.downstream.submission import PredictionWriter, check_prediction_folder
     from cmcr_lite.metrics import format_iou_report, iou_report
     from cmcr_lite.paths import EMBEDDED_VERSION, ensure_embedded_dataset
 
@@ -156,10 +162,19 @@ def main(argv=None) -> dict:
     p.add_argument("--resume", action="store_true", help="continue from <output-dir>/checkpoint.pt")
     p.add_argument("--evaluate", action="store_true", help="no training: evaluate the saved model")
     p.add_argument("--model", help="with --evaluate: the downstream checkpoint (default <output-dir>/checkpoint.pt)")
+    p.add_argument("--write-predictions", metavar="DIR",
+                   help="also write every val point's prediction in the benchmark's submission layout to the new "
+                        "folder DIR (nuScenes: lidarseg/<split>/<token>_lidarseg.bin + <split>/submission.json; "
+                        "SemanticKITTI: sequences/NN/predictions/*.label)")
     args = p.parse_args(argv)
     out = Path(args.output_dir)
     if out.exists() and not out.is_dir():
         raise InputError(f"--output-dir {out} is a file, not a folder")
+    if args.write_predictions:
+        try:
+            check_prediction_folder(args.write_predictions)
+        except ValueError as e:
+            raise InputError(f"--write-predictions {e}") from None
     if args.model and not args.evaluate:
         raise InputError(f"--model {args.model} is read only with --evaluate (to fine-tune from a pretraining "
                          f"checkpoint use --pretrained)")
@@ -182,6 +197,9 @@ def main(argv=None) -> dict:
         config = state["config"]
     else:
         config = _config_from_args(args)
+    if args.write_predictions and args.dataset == "nuscenes" and config.num_classes != 17:
+        raise InputError(f"--write-predictions: the nuScenes-lidarseg layout holds classes 1..16, but this model has "
+                         f"num_classes={config.num_classes}")
     problem = device_problem(config.device)
     if problem:
         raise InputError(problem)
@@ -242,7 +260,11 @@ def main(argv=None) -> dict:
             train_indices, pretrained = history["train_indices"], args.pretrained
         except (PretrainedWeightsError, DatasetError, ValueError) as e:
             raise InputError(e) from None
-    conf = evaluate(model, val_kf, config)
+    if args.write_predictions:
+        with PredictionWriter(args.write_predictions, val_kf) as write:
+            conf = evaluate(model, val_kf, config, on_scan=write)
+    else:
+        conf = evaluate(model, val_kf, config)
     results = _results(conf, config, train_kf, val_kf, train_indices, pretrained)
     with atomic_path(out / "results.json") as tmp:
         tmp.write_text(json.dumps(results, indent=1))
@@ -251,6 +273,10 @@ def main(argv=None) -> dict:
 
         with SummaryWriter(log_dir=str(out / "tensorboard")) as writer:
             writer.add_scalar("val/miou", results["miou"], config.epochs)
-    print(format_iou_report(iou_report(conf, _class_names(config), ignore_index=config.ignore_index)))
+    print(format_iou_report(iou_report(conf, _class_names(config), ignore_index=config.ignore_index,
+                                       rule=config.miou_rule), rule=config.miou_rule))
+    print("mIoU by rule: " + ", ".join(f"{rule} {100 * v:.1f}" for rule, v in results["miou_by_rule"].items()))
+    if args.write_predictions:
+        print(f"predictions: {args.write_predictions}")
     print(f"results: {out / 'results.json'}")
     return results

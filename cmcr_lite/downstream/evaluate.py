@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -154,11 +154,17 @@ def predict_scan(model: SegmentationModel, keyframes, index: int, config: Option
 
 @torch.no_grad()
 def evaluate(model: SegmentationModel, keyframes, config: Optional[DownstreamConfig] = None,
-             indices: Optional[Sequence[int]] = None, progress: bool = True) -> np.ndarray:
+             indices: Optional[Sequence[int]] = None, progress: bool = True,
+             on_scan: Optional[Callable[[int, np.ndarray], None]] = None) -> np.ndarray:
     """Confusion matrix over every point of ``keyframes`` (no augmentation, model in eval mode).
 
     Voxel logits are un-voxelised through each scan's inverse map (``voxel_of_point``), the ignore
     class is never predicted and points labelled ``ignore_index`` are not counted.
+
+    Args:
+        on_scan: if given, called once per scan with (keyframe index, (N,) int64 predicted class of
+            every point of the scan, in the scan file's point order): e.g.
+            :class:`cmcr_lite.downstream.submission.PredictionWriter`.
 
     Returns:
         (num_classes, num_classes) int64 numpy array, rows = target; feed it to
@@ -173,7 +179,10 @@ def evaluate(model: SegmentationModel, keyframes, config: Optional[DownstreamCon
     for i in tqdm(range(len(dataset)), desc="evaluate", disable=not progress):
         batch = collate_scans([dataset[i]])
         logits = model(batch_to_sparse(batch, device))
-        conf += scan_confusion(logits, batch["voxel_of_point"][0], batch["point_labels"][0], model.num_classes,
-                               config.ignore_index)
+        pred = point_predictions(logits, batch["voxel_of_point"][0], config.ignore_index).cpu().numpy()
+        conf += confusion_matrix(pred, batch["point_labels"][0].numpy(), model.num_classes,
+                                 ignore_index=config.ignore_index)
+        if on_scan is not None:
+            on_scan(batch["indices"][0], pred)
     model.train(was_training)
     return conf

@@ -97,7 +97,7 @@ def train_segmentation(config: DownstreamConfig, train_keyframes, pretrained=Non
     start_epoch, resumed = 0, None
     if resume and checkpoint_path is not None and Path(checkpoint_path).is_file():
         resumed = load_segmentation_checkpoint(checkpoint_path)
-        check_resumable(resumed["config"], config, {"epochs", "device", "num_workers"}, checkpoint_path)
+        check_resumable(resumed["config"], config, {"epochs", "device", "num_workers", "miou_rule"}, checkpoint_path)
         optimizer.load_state_dict(resumed["optimizer"])
         history, start_epoch = resumed["history"], resumed["epoch"] + 1
     scheduler = make_scheduler(optimizer, config, start_epoch)

@@ -39,7 +39,7 @@ from experiments.label_efficiency import label_efficiency_summary, PAPER_FRACTIO
 from cmcr_lite.classes import CLASS_NAMES_16
 from cmcr_lite.downstream import (DownstreamConfig, evaluate, keyframe_indices_for_fraction, predict_scan,
                                   select_scenes_by_fraction, train_segmentation)
-from cmcr_lite.metrics import confusion_matrix, format_iou_report, iou_per_class, iou_report, mean_iou
+from cmcr_lite.metrics import MIOU_RULES, confusion_matrix, format_iou_report, iou_per_class, iou_report, mean_iou
 from cmcr_lite.notebook import start_notebook
 from cmcr_lite.viz import bev_prediction_figure, label_efficiency_figure, points_3d_figure, save_figure
 
@@ -60,9 +60,9 @@ print(f"train: {len(train_kf)} scans, val: {len(val_kf)} scans")
 #   \text{mIoU} = \frac{1}{|\mathcal C|}\sum_{c\in\mathcal C}\text{IoU}_c ,$$
 #
 # with $\mathcal C$ the classes that have at least one ground-truth point. On nuScenes val all 16 are
-# present, so this is the usual 16-class mean. On a small split that lacks a class, the other rule in
-# use (the official code's: all 16 classes, an empty class scoring 1 and a class predicted but absent
-# scoring 0) lets a single stray prediction move the mean. The network predicts per **voxel**; each
+# present, so this is the usual 16-class mean. On a small split that lacks a class, the other rules in
+# use (below: the released CMCR code's, the nuScenes devkit's, SemanticKITTI's) let a single stray
+# prediction move the mean. The network predicts per **voxel**; each
 # point takes its voxel's class through the inverse map `voxel_of_point`, and the ignore class (0) is
 # never predicted. A hand-made check, with the counts written out:
 
@@ -76,8 +76,41 @@ assert all(np.isclose(iou[c], v) for c, v in by_hand.items()) and iou[4] == 0.0
 assert np.isclose(mean_iou(conf), np.mean(list(by_hand.values())))           # classes 1-3 only
 official = mean_iou(conf, empty_value=1.0)                                     # classes 1-4: a 0 for class 4
 display(Markdown(f"IoU of classes 1, 2, 3: {iou[1]:.3f}, {iou[2]:.3f}, {iou[3]:.3f}. mIoU over the present "
-                 f"classes: **{mean_iou(conf):.3f}**; with the official rule the stray class-4 point adds a 0 "
-                 f"and the mean becomes {official:.3f}."))
+                 f"classes: **{mean_iou(conf):.3f}**; with the released CMCR code's rule the stray class-4 point "
+                 f"adds a 0 and the mean becomes {official:.3f}."))
+
+# %% [markdown]
+# **Which rule a number uses.** A number is comparable with a paper's only if it is computed by the
+# evaluator the field uses (`cmcr_lite.metrics.MIOU_RULES`, `mean_iou(conf, rule=...)`):
+#
+# | rule | classes in the mean | an absent class | a point predicted ignore |
+# |---|---|---|---|
+# | `present` (ours, small sets) | in the ground truth | not counted | a miss |
+# | `nuscenes` (the devkit's `LidarSegEval`) | in the ground truth **or** predicted | not counted | not counted |
+# | `semantickitti` (the official `evaluate_semantics.py`) | all but ignore | scores 0 | a miss |
+# | released CMCR code (`empty_value=1.0`) | all but ignore | scores 1 | a miss |
+#
+# The same points as above, in a dataset with a class 5 that appears nowhere:
+
+# %%
+conf6 = confusion_matrix(pred, target, num_classes=6)
+rules = {rule: mean_iou(conf6, rule=rule) for rule in MIOU_RULES}
+known = by_hand[1] + by_hand[2] + by_hand[3]
+assert np.isclose(rules["present"], known / 3)                  # classes 1-3
+assert np.isclose(rules["nuscenes"], (known + 0.0) / 4)          # class 4 predicted: a 0; class 5 left out
+assert np.isclose(rules["semantickitti"], (known + 0.0 + 0.0) / 5)  # classes 4 and 5: a 0 each
+released = mean_iou(conf6, empty_value=1.0)
+assert np.isclose(released, (known + 0.0 + 1.0) / 5)             # class 5 scores 1
+display(Markdown(", ".join(f"`{r}` {v:.3f}" for r, v in rules.items()) + f", released CMCR code {released:.3f}."))
+
+# %% [markdown]
+# They agree when every class is in the ground truth and ignore is never predicted, as on nuScenes
+# val (all 16 classes) with `evaluate` (which never predicts ignore). This notebook's tables: §3 and
+# §5 use the preset's `DownstreamConfig.miou_rule` (lite: `present`; full: `nuscenes`, and
+# `semantickitti` for §5), and §4's label-efficiency curves average over the classes present, which on
+# real nuScenes val is the devkit's number. `python -m cmcr_lite.downstream` names its rule in
+# `results.json` (`miou_rule`) and gives all three (`miou_by_rule`); `--write-predictions DIR` writes
+# the benchmarks' submission files (docs/full_scale.md).
 
 # %% [markdown]
 # ## 2 · Label fractions are taken by scene
@@ -150,7 +183,8 @@ conf_val = evaluate(model, val_kf, ft_config, progress=False)
 losses = history["loss"]  # mean training loss of each epoch
 print("loss per epoch:", np.round(losses, 3))
 assert losses[-1] < losses[0]
-print(format_iou_report(iou_report(conf_val, CLASS_NAMES_16)))
+rule = ft_config.miou_rule  # lite: the classes present; full: the nuScenes devkit's
+print(format_iou_report(iou_report(conf_val, CLASS_NAMES_16, rule=rule), rule=rule))
 
 # %%
 points, truth, predicted = predict_scan(model, val_kf, 0, ft_config)
@@ -288,7 +322,8 @@ for name, pretrained in {"random init": None, "PPKT (nuScenes-format pretraining
 for name, r in kitti_results.items():
     assert len(r["per_class_iou"]) == NUM_CLASSES_19 - 1 and r["config"]["num_classes"] == NUM_CLASSES_19
     present = [c for c in CLASS_NAMES_19[1:] if r["support"][c] > 0]
-    display(Markdown(f"**{name}**: mIoU {100 * r['miou']:.1f} over the {len(present)} classes present in "
+    rule = ("over the classes present" if r["miou_rule"] == "present" else f"by the {r['miou_rule']} rule")
+    display(Markdown(f"**{name}**: mIoU {100 * r['miou']:.1f} {rule}; {len(present)} classes present in "
                      f"sequence 08 ({', '.join(present)})."))
 
 # %% [markdown]
@@ -300,14 +335,15 @@ for name, r in kitti_results.items():
 # ## Summary
 #
 # * mIoU averages the per-class IoU over the classes present in the ground truth, per point through
-#   the voxel map (§1).
+#   the voxel map (§1); the field's evaluators count classes differently (nuScenes devkit: in the
+#   ground truth or predicted; SemanticKITTI: all), and a table says which rule it uses.
 # * Label fractions are taken by scene on nuScenes and by frame on SemanticKITTI, following SLidR (§2, §5).
 # * The linear probe reads what a frozen trunk holds; fine-tuning with few labels measures what the
 #   pretraining is worth (§3). The committed curves of §4 say how random init, PPKT and CMCR compare
 #   on this data: read their spread across seeds before their order.
 #
 # **Exercises**
-# 1. *Implement it yourself*: compute the mIoU of §1's `conf` with the official rule by hand (every
+# 1. *Implement it yourself*: compute the mIoU of §1's `conf` with the released code's rule by hand (every
 #    class but 0, an empty class scoring 1) and check it against `mean_iou(conf, empty_value=1.0)`.
 #    Hint: class 4 has a union of one point and no true positive.
 # 2. In §2, which nuScenes scenes does 5 % keep? Check that every 20th scene is kept:
