@@ -12,6 +12,7 @@ import torch.nn as nn
 from cmcr_lite.classes import NUM_CLASSES_16
 from cmcr_lite.downstream.config import DownstreamConfig
 from cmcr_lite.models.minkunet import MinkUNet, MinkUNetConfig
+from cmcr_lite.models.slidr_layout import WeightsLayoutError, from_slidr_layout, slidr_state_dict
 
 
 class SegmentationModel(nn.Module):
@@ -91,8 +92,8 @@ def _strip_prefixes(key: str) -> str:
     return key
 
 
-def _read_checkpoint(path_or_state):
-    """(state_dict, config or None, source description) from a path or an in-memory dict."""
+def _load_object(path_or_state):
+    """(the checkpoint dict, source description) from a path or an in-memory dict."""
     if isinstance(path_or_state, (str, os.PathLike)):
         path = Path(path_or_state)
         if not path.is_file():
@@ -106,15 +107,20 @@ def _read_checkpoint(path_or_state):
         obj, source = path_or_state, "the given state dict"
     if not isinstance(obj, dict):
         raise PretrainedWeightsError(f"{source}: expected a dict (checkpoint or state_dict), got {type(obj).__name__}")
-    config = obj.get("config") if isinstance(obj.get("config"), dict) else None
+    return obj, source
+
+
+def _read_checkpoint(obj, source):
+    """(state_dict, source description) of a checkpoint dict in our layout."""
     for key in ("model3d", "state_dict", "model"):
         if isinstance(obj.get(key), dict):
-            return obj[key], config, f"{source} ['{key}']"
+            return obj[key], f"{source} ['{key}']"
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise PretrainedWeightsError(f"{source}: no weights found; expected key 'model3d' (a MinkUNet trunk "
-                                     f"state_dict) or a plain state_dict, got keys {sorted(obj)[:10]}")
-    return tensors, config, source
+                                     f"state_dict), 'model_points' (SLidR's layout) or a plain state_dict, "
+                                     f"got keys {sorted(obj)[:10]}")
+    return tensors, source
 
 
 def _find_key(d, name):
@@ -133,27 +139,45 @@ def _find_key(d, name):
 def load_pretrained_trunk(model: SegmentationModel, path_or_state, config: Optional[DownstreamConfig] = None) -> dict:
     """Copy pretrained trunk weights into ``model.trunk`` by matching names and shapes.
 
-    Accepts a checkpoint file or dict with key ``"model3d"`` (the pretraining trunk's state_dict,
-    as written by :mod:`cmcr_lite.pretrain`), ``"state_dict"`` or ``"model"``, or a plain MinkUNet
-    state_dict. Prefixes ``module.``, ``model_points.``, ``model3d.``, ``backbone.``, ``trunk.`` are
-    stripped. Keys the trunk does not have (pretraining heads, codebook, image branch) are ignored.
+    Accepts a checkpoint file or dict in one of two layouts:
+
+    * ours: key ``"model3d"`` (the pretraining trunk's state_dict, as written by
+      :mod:`cmcr_lite.pretrain`), ``"state_dict"`` or ``"model"``, or a plain MinkUNet state_dict.
+      Prefixes ``module.``, ``model_points.``, ``model3d.``, ``backbone.``, ``trunk.`` are stripped.
+    * SLidR's ``Res16UNet34C`` names (:mod:`cmcr_lite.models.slidr_layout`): SLidR's / PPKT's
+      ``{"model_points": ...}`` files, CMCR's ``{"state_dict": {"model_points.*", ...}}``, or such a
+      state_dict; renamed to ours.
+
+    Keys the trunk does not have (pretraining heads, codebook, image branch) are ignored.
 
     If ``config`` is given and the checkpoint's config records ``voxel_size`` / ``cylindrical``, they
     must equal the downstream ones (the official code asserts the same).
 
     Returns:
-        ``{"source", "loaded": [trunk keys], "ignored": [checkpoint keys not used]}``.
+        ``{"source", "layout": "cmcr_lite" or "slidr", "loaded": [trunk keys], "ignored": [checkpoint
+        keys not used]}``.
     Raises:
         PretrainedWeightsError naming the file and every missing or mismatched trunk key.
     """
-    state, ckpt_config, source = _read_checkpoint(path_or_state)
+    obj, source = _load_object(path_or_state)
+    ckpt_config = obj.get("config") if isinstance(obj.get("config"), dict) else None
     if config is not None and ckpt_config is not None:
-        for name in ("voxel_size", "cylindrical"):
-            theirs = _find_key(ckpt_config, name)
+        # SLidR's and CMCR's configs call ``cylindrical`` ``cylindrical_coordinates``
+        for name, theirs_name in (("voxel_size", "voxel_size"), ("cylindrical", "cylindrical"),
+                                  ("cylindrical", "cylindrical_coordinates")):
+            theirs = _find_key(ckpt_config, theirs_name)
             ours = getattr(config, name)
             if theirs is not None and theirs != ours:
-                raise PretrainedWeightsError(f"{source}: pretrained with {name}={theirs!r} but the downstream "
+                raise PretrainedWeightsError(f"{source}: pretrained with {theirs_name}={theirs!r} but the downstream "
                                              f"config has {name}={ours!r}; they must match")
+    if slidr_state_dict(obj) is not None:
+        try:
+            new_state, dropped = from_slidr_layout(obj, model.trunk.state_dict(), source)
+        except WeightsLayoutError as e:
+            raise PretrainedWeightsError(str(e)) from None
+        model.trunk.load_state_dict(new_state, strict=True)
+        return {"source": source, "layout": "slidr", "loaded": sorted(new_state), "ignored": dropped}
+    state, source = _read_checkpoint(obj, source)
     source_by_name = {}
     for k, v in state.items():
         if isinstance(v, torch.Tensor):
@@ -185,4 +209,5 @@ def load_pretrained_trunk(model: SegmentationModel, path_or_state, config: Optio
         lines.append("  (check that the downstream backbone config equals the pretraining one)")
         raise PretrainedWeightsError("\n".join(lines))
     model.trunk.load_state_dict(new_state, strict=True)
-    return {"source": source, "loaded": sorted(new_state), "ignored": sorted(set(state) - used)}
+    return {"source": source, "layout": "cmcr_lite", "loaded": sorted(new_state),
+            "ignored": sorted(set(state) - used)}
