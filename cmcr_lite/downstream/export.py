@@ -9,7 +9,7 @@ pretraining heads are not SLidR's ``final`` and their downstream ``final`` is tr
 """
 from __future__ import annotations
 
-from cmcr_lite.downstream.model import _find_key
+from cmcr_lite.downstream.model import find_key
 from cmcr_lite.models.slidr_layout import WeightsLayoutError, to_slidr_layout
 from cmcr_lite.runtime import (CheckpointError, CommandLineParser, InputError, checkpoint_kind, read_checkpoint,
                                reports_input_errors, save_checkpoint_atomic)
@@ -32,9 +32,9 @@ def export_slidr(checkpoint_path, out_path) -> dict:
     except WeightsLayoutError as e:
         raise InputError(f"--checkpoint {checkpoint_path}: {e}") from None
     config = state.get("config") if isinstance(state.get("config"), dict) else {}
-    if _find_key(config, "voxel_size") is not None:  # else no config: SLidR's loader then checks nothing
-        out["config"] = {"voxel_size": _find_key(config, "voxel_size"),
-                         "cylindrical_coordinates": bool(_find_key(config, "cylindrical"))}
+    if find_key(config, "voxel_size") is not None:  # else no config: SLidR's loader then checks nothing
+        out["config"] = {"voxel_size": find_key(config, "voxel_size"),
+                         "cylindrical_coordinates": bool(find_key(config, "cylindrical"))}
     save_checkpoint_atomic(out, out_path)
     return out
 

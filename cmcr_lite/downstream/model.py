@@ -123,14 +123,14 @@ def _read_checkpoint(obj, source):
     return tensors, source
 
 
-def _find_key(d, name):
+def find_key(d, name):
     """First value of ``name`` in a nested dict (depth-first), or None."""
     if not isinstance(d, dict):
         return None
     if name in d:
         return d[name]
     for v in d.values():
-        found = _find_key(v, name)
+        found = find_key(v, name)
         if found is not None:
             return found
     return None
@@ -165,7 +165,7 @@ def load_pretrained_trunk(model: SegmentationModel, path_or_state, config: Optio
         # SLidR's and CMCR's configs call ``cylindrical`` ``cylindrical_coordinates``
         for name, theirs_name in (("voxel_size", "voxel_size"), ("cylindrical", "cylindrical"),
                                   ("cylindrical", "cylindrical_coordinates")):
-            theirs = _find_key(ckpt_config, theirs_name)
+            theirs = find_key(ckpt_config, theirs_name)
             ours = getattr(config, name)
             if theirs is not None and theirs != ours:
                 raise PretrainedWeightsError(f"{source}: pretrained with {theirs_name}={theirs!r} but the downstream "
