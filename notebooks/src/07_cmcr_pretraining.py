@@ -380,8 +380,11 @@ if ladder_report is not None and mech is not None:
                    f"their balance is what fails at the paper's weights"
                    + ("" if full_seeds else " (on fewer seeds than the bench's: a first reading)") + ".")
     else:
-        answer += ("Raising the LiDAR terms' weights towards the NCE's does not bring both back (§7): balance alone "
-                   "does not make them teach the trunk what occupancy alone does"
+        answer += ("Raising the LiDAR terms' weights towards the NCE's does not bring both back (§7; "
+                   + "; ".join(f"at {r.removeprefix('CMCR (occupancy ').removesuffix(')')} geometry twins {says(diffs[f'{r} - PPKT'][geo])}, appearance "
+                               f"twins {says(diffs[f'{r} - PPKT'][app])}" for r in diagnostic)
+                   + "): a larger weight buys some geometry with appearance, and balance alone does not make the "
+                   "LiDAR terms teach the trunk what occupancy alone does"
                    + ("" if full_seeds else " (on fewer seeds than the bench's: a first reading)") + ".")
     display(Markdown(answer))
 
