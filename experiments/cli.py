@@ -26,7 +26,7 @@ def bench_main(argv) -> dict:
     from experiments.report import markdown_report
 
     p = CommandLineParser(prog="python -m experiments bench",
-                                description="The benchmark that can decide the paper's claim (experiments.bench).")
+                          description="The benchmark that can decide the paper's claim (experiments.bench).")
     add_plan_options(p, "bench")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds of every row (default 0-4)")
     p.add_argument("--noise-floor-seeds", type=int, nargs="*",
@@ -122,7 +122,7 @@ def ladder_main(argv) -> dict:
     from experiments.ladder import LadderPlan, ladder
 
     p = CommandLineParser(prog="python -m experiments ladder",
-                                description="The paper's ablation ladder on the bench (experiments.ladder); resumable.")
+                          description="The paper's ablation ladder on the bench (experiments.ladder); resumable.")
     add_plan_options(p, "ladder")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds of every row (default: the bench's, 0-4)")
     p.add_argument("--diagnostic-weights", type=float, nargs="*",
@@ -159,8 +159,8 @@ def mechanism_main(argv) -> dict:
     from experiments.mechanism import MechanismPlan, mechanism
 
     p = CommandLineParser(prog="python -m experiments mechanism",
-                                description="Which loss terms shape the 3D trunk: per-term gradients over a bench "
-                                            "pretraining and one full-size step (experiments.mechanism); resumable.")
+                          description="Which loss terms shape the 3D trunk: per-term gradients over a bench "
+                                      "pretraining and one full-size step (experiments.mechanism); resumable.")
     add_plan_options(p, "mechanism")
     p.add_argument("--row", help="the bench row to pretrain with the diagnostic (default CMCR)")
     p.add_argument("--seed", type=int, help="default 0")
