@@ -35,9 +35,11 @@ import json
 import time
 from pathlib import Path
 
+from experiments import RESULTS_DIR
 from experiments.jobs import bench_dataroot, job_seconds, pool_map, prepare_data, run_job
-from experiments.plan import RESULTS_DIR, BenchPlan, bench_jobs, job_result
+from experiments.plan import BenchPlan, bench_jobs, job_result
 from experiments.report import bench_figure, load_report, markdown_report, summarize
+
 
 def same_plan(saved: dict, plan: BenchPlan) -> bool:
     """Whether a report's plan is ``plan``, where its results were written aside (another output

@@ -21,8 +21,8 @@ from pathlib import Path
 
 os.environ["OMP_NUM_THREADS"] = "1"  # as in the bench's workers (experiments.jobs.pool_map)
 
-from experiments.plan import BenchPlan, downstream_config  # noqa: E402
 from cmcr_lite.paths import BENCH_DATAROOT  # noqa: E402
+from experiments.plan import BenchPlan, downstream_config  # noqa: E402
 
 # the committed jobs' machine made this one (the bench's ceiling under its earlier recipe); the
 # cross-machine runs were compared with it

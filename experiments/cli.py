@@ -99,12 +99,11 @@ def plan_changes(a: argparse.Namespace, **more) -> dict:
     """``BenchPlan`` fields from the options of :func:`add_plan_options` (and ``more``) that were given.
     ``--set`` values are checked against ``PretrainConfig`` here, before any job starts: a bad field or
     value is one line ``error: ...`` (exit status 2), not a traceback from a worker."""
-    if a.set:
-        check_pretrain_fields(a.set)
     changes = {k: v for k, v in {"dataroot": a.dataroot, "output_root": a.output_root, **more}.items() if v is not None}
     if a.set:
         from cmcr_lite.pretrain import parse_fields
 
+        check_pretrain_fields(a.set)
         changes["pretrain"] = parse_fields(a.set)
     return changes
 

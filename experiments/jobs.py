@@ -9,8 +9,16 @@ import time
 from pathlib import Path
 
 from cmcr_lite.analysis.readout import frozen_trunk, image_reference, linear_readout
-from experiments.plan import (ROWS, BenchPlan, downstream_config, is_pretrained, job_result, pretrain_checkpoint,
-                              pretrain_config, row_slug)
+from experiments.plan import (
+    ROWS,
+    BenchPlan,
+    downstream_config,
+    is_pretrained,
+    job_result,
+    pretrain_checkpoint,
+    pretrain_config,
+    row_slug,
+)
 
 PROBE = "softmax, L-BFGS to convergence"  # the linear probe's name in each result's sizes: a change re-reads
 

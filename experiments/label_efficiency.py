@@ -15,8 +15,9 @@ import numpy as np
 
 from cmcr_lite.analysis.readout import frozen_trunk, linear_readout
 from cmcr_lite.metrics import summarize_confusion
+from experiments import RESULTS_DIR
 from experiments.jobs import PROBE, pool_map, prepare_data, run_job
-from experiments.plan import RESULTS_DIR, BenchPlan, downstream_config, pretrain_checkpoint, row_slug
+from experiments.plan import BenchPlan, downstream_config, pretrain_checkpoint, row_slug
 from experiments.stats import sample_std
 
 # On the bench set's 18 training scenes SLidR's rule keeps 1, 3, 9 and 18 scenes at these fractions

@@ -27,9 +27,10 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from experiments import RESULTS_DIR
 from experiments.jobs import job_seconds, pool_map, prepare_data, run_job
-from experiments.plan import BenchPlan, COLUMNS, diagnostic_row, job_result, LADDER, NCE_AND_OCCUPANCY, RESULTS_DIR
-from experiments.report import COLUMN_TITLES, paired_differences, rescored, summarize_rows
+from experiments.plan import COLUMNS, LADDER, NCE_AND_OCCUPANCY, BenchPlan, diagnostic_row, job_result
+from experiments.report import COLUMN_TITLES, load_report, paired_differences, rescored, summarize_rows
 
 RUNGS = ("PPKT",) + LADDER + ("CMCR",)
 REUSED = ("random init", "PPKT", "CMCR", "occupancy only")  # the bench's rows, read from its results
@@ -177,8 +178,7 @@ def ladder(plan: LadderPlan | None = None, progress: bool = True, results_dir: P
 
 def load_ladder(name: str = "ladder", results_dir: Path | None = None) -> dict | None:
     """The written ``<name>.json`` report, or None when the ladder has not been run."""
-    path = (Path(results_dir) if results_dir is not None else RESULTS_DIR) / f"{name}.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    return load_report(name, results_dir)
 
 
 CONTROL_COLUMNS = ("miou", "geometry twins told apart", "appearance twins told apart")

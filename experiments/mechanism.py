@@ -28,9 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments import RESULTS_DIR
 from experiments.jobs import prepare_data
-from experiments.plan import BenchPlan, is_pretrained, pretrain_config, RESULTS_DIR, row_slug
 from experiments.ladder import LadderPlan
+from experiments.plan import BenchPlan, is_pretrained, pretrain_config, row_slug
 
 
 @dataclass

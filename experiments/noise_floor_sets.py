@@ -26,10 +26,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from cmcr_lite.pretrain import parse_fields  # --set values: JSON, else the text
 from experiments.bench import same_plan
 from experiments.jobs import pool_map, prepare_data, run_job
 from experiments.plan import BenchPlan
-from cmcr_lite.pretrain import parse_fields  # --set values: JSON, else the text
 from experiments.stats import chance_of_gap, spread_of_set_means, variance_shares
 
 ROW = "PPKT (A/A)"  # the same job as the PPKT row's: another seed set of the same method

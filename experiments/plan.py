@@ -8,7 +8,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from cmcr_lite.metrics import GROUPS, TWIN_METRICS
-from experiments import RESULTS_DIR  # noqa: F401  (re-exported: every experiment writes there)
 
 ROWS = ("random init", "supervised ceiling", "image-only reference", "PPKT", "PPKT (A/A)", "occupancy only", "CMCR")
 PRETRAINED = ("PPKT", "PPKT (A/A)", "occupancy only", "CMCR")

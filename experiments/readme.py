@@ -34,7 +34,8 @@ def readme_block(name: str) -> str:
 
         return bench_block(load_report()["summary"])
     if name == "ladder":
-        from experiments.ladder import load_ladder, readme_block as ladder_block
+        from experiments.ladder import load_ladder
+        from experiments.ladder import readme_block as ladder_block
 
         mechanism_file = RESULTS_DIR / "mechanism.json"
         return ladder_block(load_ladder()["summary"],

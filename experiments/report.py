@@ -10,8 +10,10 @@ import numpy as np
 
 from cmcr_lite.analysis.readout import per_pair
 from cmcr_lite.metrics import summarize_confusion
-from experiments.plan import COLUMNS, DIFFERENCES, PRETRAINED, RESULTS_DIR, ROWS, BenchPlan, is_pretrained
+from experiments import RESULTS_DIR
+from experiments.plan import COLUMNS, DIFFERENCES, PRETRAINED, ROWS, BenchPlan, is_pretrained
 from experiments.stats import sample_std, t_interval, welch_interval
+
 
 def machine_label(m: dict | None) -> str:
     """A job's machine (``runtime.machine()``) in words: ``"AMD EPYC, AVX2"``, with OpenBLAS's kernels

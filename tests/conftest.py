@@ -9,6 +9,14 @@ from cmcr_lite.paths import EMBEDDED_VERSION, ensure_embedded_dataset
 VERSION = EMBEDDED_VERSION
 
 
+def tests_on_pythonpath() -> str:
+    """PYTHONPATH for a child process that imports test modules (``test_cmcr``, ``test_minkunet``):
+    this folder, then the parent's own PYTHONPATH."""
+    import os
+
+    return os.pathsep.join(p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH")) if p)
+
+
 @pytest.fixture(scope="session")
 def synthetic_root() -> Path:
     """Root of the embedded dataset (5 scenes x 3 keyframes; teacher / val / train = 1 / 1 / 3 scenes).

@@ -16,6 +16,7 @@ from cmcr_lite.gradients import gradient_shares, term_gradients
 from cmcr_lite.models.image_encoder import SmallImageTeacher
 from cmcr_lite.pretrain import build_model, training_losses, trunk_gradient_shares
 
+from conftest import tests_on_pythonpath
 from test_cmcr import replace_small, tiny
 
 
@@ -89,14 +90,9 @@ print(json.dumps({"same_weights": all(torch.equal(a, b) for a, b in zip(weights[
 """
 
 
-def with_tests_on_path() -> str:
-    """PYTHONPATH for a child that imports test modules (``test_cmcr``): this folder, then the parent's."""
-    return os.pathsep.join(p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH")) if p)
-
-
 def test_the_loop_records_shares_every_n_steps_and_changes_no_weight(synthetic_root):
     out = subprocess.run([sys.executable, "-W", "ignore", "-c", _LOOP_RUNS, str(Path(__file__).parent), str(synthetic_root)],
-                         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": with_tests_on_path()},
+                         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": tests_on_pythonpath()},
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])

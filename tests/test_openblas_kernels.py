@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from cmcr_lite.runtime import cpu_flags, detected_openblas_kernels, kernels_for_cpu
+from conftest import tests_on_pythonpath
 
 AVX512 = {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"}
 
@@ -30,7 +31,7 @@ print(json.dumps({"kernels": openblas_kernels()}))
 def run_child(**env_changes) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
     env.update(env_changes)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = tests_on_pythonpath()
     out = subprocess.run([sys.executable, "-W", "ignore", "-c", CHILD, str(Path(__file__).parent)], env=env,
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr  # the sparse convolution equals the dense conv3d

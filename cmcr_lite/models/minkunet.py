@@ -34,7 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Optional, Tuple
 
-from cmcr_lite.runtime import limit_openblas_threads, prepare_openblas  # noqa: F401 (re-exported)
+from cmcr_lite.runtime import prepare_openblas
 
 
 prepare_openblas()  # OpenBLAS's threads and kernels are fixed when MinkowskiEngine loads it (runtime.py)
@@ -43,7 +43,7 @@ import MinkowskiEngine as ME  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
-__all__ = ["MinkUNetConfig", "BasicBlock", "MinkUNet", "sparse_tensor_from_voxels", "limit_openblas_threads"]
+__all__ = ["MinkUNetConfig", "BasicBlock", "MinkUNet", "sparse_tensor_from_voxels"]
 
 
 @dataclass

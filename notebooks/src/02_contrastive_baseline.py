@@ -294,7 +294,7 @@ else:
 # %%
 from IPython.display import Image
 
-from experiments.plan import RESULTS_DIR
+from experiments import RESULTS_DIR
 from experiments.report import load_report
 
 bench_report = load_report("bench")

@@ -128,7 +128,7 @@ display(Markdown(f"**This seed, {len(hist)} epochs** (a mechanics check): CMCR â
 # committed results; every sentence under the figure is rendered from them.
 
 # %%
-from experiments.plan import RESULTS_DIR
+from experiments import RESULTS_DIR
 from experiments.report import bench_verdict, load_report
 
 bench_report = load_report(bench_name)
