@@ -4,7 +4,7 @@
     python -m experiments ladder             # the paper's ablation on the bench (experiments.ladder)
     python -m experiments mechanism          # which loss terms move the trunk (experiments.mechanism)
     python -m experiments label-efficiency   # fine-tune / probe at few labels (experiments.label_efficiency)
-    python -m experiments readme             # rewrite the README's generated result blocks
+    python -m experiments notes              # rewrite every generated result block (experiments.notes)
 
 ``experiments`` imports ``cmcr_lite``'s public names, never the reverse. Results (small JSON, Markdown
 and PNG files, committed) go to ``experiments/results/``; checkpoints to ``outputs/experiments/``

@@ -7,7 +7,7 @@
     python -m experiments label-efficiency           # fine-tune / probe at few labels (bench trunks)
     python -m experiments baseline --seeds 0 1 2     # notebook-size PPKT / SLidR vs random init (experiments.lite_runs)
     python -m experiments ablation --seeds 0 1 2     # notebook-size CMCR ablation (experiments.lite_runs)
-    python -m experiments readme                     # rewrite the README's generated result blocks
+    python -m experiments notes                      # rewrite the generated result blocks (README, docs, notes)
 """
 from __future__ import annotations
 
@@ -191,7 +191,6 @@ def main(argv=None):
     import sys
 
     from experiments.lite_runs import DEFAULT_EPOCHS, ablation, ablation_variants, baseline, markdown_table
-    from experiments.readme import README, README_BLOCKS, readme_with_blocks
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:
@@ -202,13 +201,13 @@ def main(argv=None):
         return ladder_main(argv[1:])
     if argv[:1] == ["mechanism"]:
         return mechanism_main(argv[1:])
-    if argv[:1] == ["readme"]:  # rewrite the README's generated blocks from the committed results
-        README.write_text(readme_with_blocks(README.read_text()))
-        print(f"{README}: blocks {', '.join(README_BLOCKS)} rewritten")
-        return None
+    if argv[:1] == ["notes"]:  # rewrite the generated blocks of the README and the results notes
+        from experiments.notes import main as notes_main
+
+        return notes_main(argv[1:])
     p = CommandLineParser(prog="python -m experiments", description=__doc__.split("\n\n")[0])
     p.add_argument("experiment", choices=["baseline", "ablation", "bench", "label-efficiency", "ladder", "mechanism",
-                                          "readme"])
+                                          "notes"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=None,
                    help=f"pretraining epochs per run (lite preset: 4 steps each); default {DEFAULT_EPOCHS}")

@@ -15,7 +15,9 @@ change between kinds, ``cmcr_lite.runtime.machine``), or the script stops and sa
 Writes ``<out>/noise_floor_sets.{json,md,png}``: every set's mean and std, how far the set means
 scatter against the ``sigma / sqrt(n)`` that independent seeds predict (one-way ANOVA), every pair
 of sets' difference, how often two random disjoint sets of n differ by 1 point or by the report's
-A/A gap, and each class's share of the mIoU's variance (``experiments.stats``).
+A/A gap, and each class's share of the mIoU's variance (``experiments.stats``). The sentences that
+read them (``results/noise_floor_sets_amd_epyc_17/README.md``, ``docs/results.md``) are written from
+those files by :func:`folder_notes` and :func:`results_page_notes` (``python -m experiments notes``).
 """
 from __future__ import annotations
 
@@ -26,13 +28,22 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from cmcr_lite.pretrain import parse_fields  # --set values: JSON, else the text
+from experiments import RESULTS_DIR
 from experiments.bench import same_plan
+from experiments.ceiling_recipes import wall_with_current_ceiling
 from experiments.jobs import pool_map, prepare_data, run_job
+from experiments.machines import FROM_SCRATCH
 from experiments.plan import BenchPlan
 from experiments.stats import chance_of_gap, spread_of_set_means, variance_shares
+from experiments.wording import count_word, load, premise
 
 ROW = "PPKT (A/A)"  # the same job as the PPKT row's: another seed set of the same method
+FOLDER = RESULTS_DIR / "noise_floor_sets_amd_epyc_17"  # five sets on the AMD EPYC of model 17
+THIRD_SET = RESULTS_DIR / "noise_floor_third_set_runs"  # seeds 200-207 on the committed jobs' machine
+HERE = "experiments/noise_floor_sets.py"
 
 
 def parse_set(text: str) -> list:
@@ -161,6 +172,143 @@ def figure(summary: dict, path: Path):
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=80)
     plt.close(fig)
+
+
+def seeds_for_power(sigma: float, gap: float = 1.0) -> int:
+    """Seeds a side for two sets' difference of means to stay under ``gap`` in 95 % of draws:
+    the smallest n with 1.96 · sigma · sqrt(2 / n) <= gap."""
+    return int(np.ceil(2 * (1.96 * sigma / gap) ** 2))
+
+
+def _miou(runs) -> np.ndarray:
+    return 100 * np.array([r["miou"] for r in runs])
+
+
+def reading() -> dict:
+    """Everything the notes quote, from the committed files: the five-set summary, the from-scratch
+    report, the committed bench's PPKT and A/A jobs, and seeds 200-207 on both machine kinds."""
+    summary, report = load(FOLDER / "noise_floor_sets.json"), load(FROM_SCRATCH)
+    jobs = {j["seed"]: j for j in (load(p) for p in FOLDER.glob("ppkt__a_a_seed*.json"))}
+    premise(sorted(jobs) == sorted(s for seeds in summary["job_seeds"].values() for s in seeds), "every job of the sets", HERE)
+    bench = {row: [load(p) for p in sorted((RESULTS_DIR / "bench_runs").glob(pattern))]
+             for row, pattern in (("PPKT", "ppkt_seed*.json"), ("A/A", "ppkt__a_a_seed*.json"))}
+    third = {j["seed"]: j for j in (load(p) for p in THIRD_SET.glob("ppkt__a_a_seed*.json"))}
+    return {"summary": summary, "report": report, "jobs": jobs, "bench": bench, "third": third,
+            "gap": 100 * report["summary"]["differences"]["PPKT (A/A) - PPKT"]["miou"]["mean"]}
+
+
+def folder_notes() -> str:
+    """What the five seed sets show: results/noise_floor_sets_amd_epyc_17/README.md's reading."""
+    r = reading()
+    summary, jobs, s = r["summary"], r["jobs"], r["summary"]["spread"]
+    means = {k: v["mean"] for k, v in s["sets"].items()}
+    premise(max(means, key=means.get) == "100–107", "One set is the outlier, and it is the A/A set", HERE)
+    premise(s["p"] < 0.05 and s["std_of_means"] > s["predicted_std_of_means"], "scatter more than independent seeds predict", HERE)
+    premise(max(summary["variance_shares"], key=summary["variance_shares"].get) == "traffic_cone",
+            "The traffic cone carries the largest share", HERE)
+    others = [k for k in means if k != "100–107"]
+    cone = summary["class_iou"]["traffic_cone"]["per_set"]
+    third = {k: 100 * j["miou"] for k, j in r["third"].items()}
+    here = {k: 100 * jobs[k]["miou"] for k in third}
+    committed_sets = [_miou(r["bench"]["PPKT"]), _miou(r["bench"]["A/A"]), np.array(list(third.values()))]
+    committed_sigma = float(np.sqrt(np.mean([v.var(ddof=1) for v in committed_sets])))
+    chance, gap = summary["chance_of_gap"], f"{r['gap']:.2f}"
+    minutes = sum(j["seconds"] for j in jobs.values()) / 60
+    steps = float(np.median([j["pretrain_seconds_per_step"] for j in jobs.values()]))
+    need = seeds_for_power(s["pooled_std"])
+    return (
+        f"The {len(jobs)} jobs took {minutes:.0f} one-thread minutes, about {minutes / 2:.0f} minutes on 2 cores "
+        f"({steps:.2f} s per PPKT step, median).\n"
+        "\n"
+        "What it shows:\n"
+        "\n"
+        "- **One set is the outlier, and it is the A/A set.** Seeds 100–107 score highest. The other four\n"
+        f"  sets' means lie within {max(abs(means[a] - means[b]) for a in others for b in others):.2f} points of one another.\n"
+        "- **The set means scatter more than independent seeds predict, but only just.** Their std is\n"
+        f"  {s['std_of_means']:.2f} points, against the {s['predicted_std_of_means']:.2f} that independent seeds with the "
+        f"pooled per-seed std of\n  {s['pooled_std']:.2f} predict. A one-way ANOVA over the five sets gives p = {s['p']:.3f}.\n"
+        "- **The bench's A/A gap is a rare split.** Take all 40 seeds as one pool and draw two disjoint sets\n"
+        f"  of 8 at random. Their means differ by at least 1 point in {100 * chance['1.0']:.1f} % of draws, and by the\n"
+        f"  from-scratch bench's {gap} points in {100 * chance[gap]:.1f} % of draws.\n"
+        "- **Nothing in the code reads a seed's size.** A seed reaches a run only as the seed of NumPy's\n"
+        "  generators per (seed, epoch, scan) and of torch's generators for the initialisation, the data order\n"
+        "  and the pair sampling.\n"
+        "- So either seeds 100–107 are a rare draw, or those particular seeds have an effect that nothing here\n"
+        "  explains. The two realizations do not count as two independent draws of that set: they share each\n"
+        "  seed's initialisation and data order.\n"
+        "- **One small class makes the largest share.** The traffic cone carries the largest share of the\n"
+        "  mIoU's variance over the 40 seeds (`experiments.stats.variance_shares`), and its IoU per set\n"
+        f"  moves by up to {max(cone.values()) - min(cone.values()):.1f} points.\n"
+        "- **The same seeds on the committed kind of machine land close.** PPKT on seeds 200–207 ran on the\n"
+        "  Intel machine of the committed table (`../noise_floor_third_set_runs/`) and here. The set means\n"
+        f"  agree to {abs(np.mean(list(third.values())) - np.mean(list(here.values()))):.1f} points, and single seeds "
+        f"differ by up to {max(abs(third[k] - here[k]) for k in here):.1f}.\n"
+        "\n"
+        "What it means for the bench's power check: at this machine's per-seed spread, two sets of 8\n"
+        f"independent seeds pass the 1-point A/A check in about {100 - round(100 * chance['1.0'])} % of draws. "
+        "To pass in 95 % of draws, each\n"
+        f"side needs n seeds with 1.96 · σ · √(2/n) ≤ 1: {need} a side at σ = {s['pooled_std']:.2f}. The committed "
+        f"table's σ of\n{committed_sigma:.2f} would need {seeds_for_power(committed_sigma)}."
+    )
+
+
+def results_page_notes() -> str:
+    """docs/results.md's reading of the noise floor: the A/A gap, the third set, the five sets, the cone."""
+    r = reading()
+    summary, report, s = r["summary"], r["report"], r["summary"]["spread"]
+    bench = load(RESULTS_DIR / "bench.json")["summary"]
+    d = bench["differences"]["PPKT (A/A) - PPKT"]["miou"]
+    ppkt, aa, third = _miou(r["bench"]["PPKT"]), _miou(r["bench"]["A/A"]), _miou(r["third"].values())
+    premise(len(ppkt) == len(aa) == len(third) == 8, "eight seeds a side", HERE)
+    means = {k: v["mean"] for k, v in s["sets"].items()}
+    others = [k for k in means if k != "100–107"]
+    premise(max(means, key=means.get) == "100–107", "the one outlier", HERE)
+    # the class that makes the largest part of the committed A/A gap
+    iou = lambda runs, c: 100 * np.array([j["per_class"][c] for j in runs])  # noqa: E731
+    classes = list(r["bench"]["PPKT"][0]["per_class"])
+    shares = {c: (iou(r["bench"]["A/A"], c).mean() - iou(r["bench"]["PPKT"], c).mean()) / len(classes) for c in classes}
+    premise(max(shares, key=shares.get) == "traffic_cone", "the traffic cone makes the largest part", HERE)
+    c_ppkt, c_aa = iou(r["bench"]["PPKT"], "traffic_cone"), iou(r["bench"]["A/A"], "traffic_cone")
+    need = seeds_for_power(s["pooled_std"])
+    ppkt_job = np.mean([j["seconds"] for j in report["runs"] if j["row"].startswith("PPKT")]) / 60
+    extra = 2 * (need - 8) * ppkt_job
+    wall = wall_with_current_ceiling(report) + extra / 2
+    chance, gap = summary["chance_of_gap"], f"{r['gap']:.2f}"
+    n = len(BenchPlan().seeds)
+    resolved = 1.96 * s["pooled_std"] * np.sqrt(2 / n)
+    return (
+        f"The A/A row differs from PPKT by {aa.mean() - ppkt.mean():+.1f} mIoU points over eight seeds a side "
+        f"(1 asked; Welch interval\n{100 * d['low']:+.1f} to {100 * d['high']:+.1f}). "
+        "As a diagnostic (not a row of the bench), PPKT on a third disjoint set,\n"
+        "seeds 200–207 (`experiments/results/noise_floor_third_set_runs/`), lands between the two:\n"
+        f"{third.mean():.1f} ± {third.std(ddof=1):.1f}, {third.mean() - ppkt.mean():+.1f} above the PPKT row and "
+        f"{aa.mean() - third.mean():.1f} below the A/A row.\n"
+        "Nothing in the code reads a seed's size (a seed reaches the run only as the seed of NumPy's generators\n"
+        "per (seed, epoch, scan) and of torch's for the initialisation, the data order and the pair sampling),\n"
+        "and five sets say more than three: on the AMD EPYC of the from-scratch run (below), PPKT ran on three\n"
+        "more disjoint sets of 8, seeds 8–15, 200–207 and 300–307 (`python -m experiments.noise_floor_sets`,\n"
+        "`experiments/results/noise_floor_sets_amd_epyc_17/`). There the A/A set 100–107 is the one outlier\n"
+        f"({means['100–107']:.1f}, against {min(means[k] for k in others):.1f} to {max(means[k] for k in others):.1f} "
+        f"for the four others); the five set means spread by {s['std_of_means']:.2f} points (std)\n"
+        f"against the {s['predicted_std_of_means']:.2f} that independent seeds with the pooled per-seed std of "
+        f"{s['pooled_std']:.2f} predict (one-way ANOVA\np = {s['p']:.3f}), and two sets of 8 drawn at random from all "
+        f"40 seeds differ by 1 point or more in {100 * chance['1.0']:.1f} %\n"
+        f"of draws, by that bench's {gap} in {100 * chance[gap]:.1f} %. So the A/A gap is a rare draw of seeds 100–107, "
+        "made twice\nby two realizations that share each seed's initialisation and data order, or an effect of those\n"
+        f"seeds that nothing here explains; at that spread, 8 seeds a side pass the 1-point check in about "
+        f"{100 - round(100 * chance['1.0'])} %\n"
+        f"of draws, and 95 % would take {need} a side: {need - 8} more PPKT seeds on each side, {extra:.0f} more "
+        "one-thread\n"
+        f"minutes at the AMD EPYC of model 17's {ppkt_job:.1f} per PPKT job, which would take the bench there to about "
+        f"{wall:.0f}\nmin of wall time{', past its 2-hour budget' if wall > 120 else ''}. "
+        "The largest part of the committed A/A gap is one small\n"
+        f"class: the traffic cone's IoU is {c_ppkt.mean():.1f} ± {c_ppkt.std(ddof=1):.1f} over the eight PPKT seeds "
+        f"({count_word(int((c_ppkt < c_aa.min()).sum()))} of them under\nevery A/A seed's) "
+        f"against {c_aa.mean():.1f} ± {c_aa.std(ddof=1):.1f} over the A/A seeds, which alone makes "
+        f"+{shares['traffic_cone']:.2f} of the +{aa.mean() - ppkt.mean():.2f} mIoU\n"
+        f"points (mIoU is the mean over {len(classes)} classes). At this size, differences between rows under about "
+        f"{resolved:.1f} mIoU\npoints (1.96 σ √(2/{n}) for {n} seeds a row at the pooled σ) are not resolved."
+    )
 
 
 def main(argv=None) -> dict:

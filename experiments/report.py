@@ -250,6 +250,15 @@ def bench_figure(results: list, summary: dict, path: Path):
     plt.close(fig)
 
 
+def summary_table(summary: dict, columns=("miou", "geometry twins told apart", "appearance twins told apart")) -> str:
+    """The README's bench table: each row's seeds and ``columns`` (mean ± sample std, %)."""
+    lines = ["| row | seeds | " + " | ".join(COLUMN_TITLES[c] for c in columns) + " |", "|---|---|" + "---|" * len(columns)]
+    for row, r in summary["rows"].items():
+        cells = [f"{100 * r[c]['mean']:.1f} ± {100 * r[c]['std']:.1f}" for c in columns]
+        lines.append(f"| {row} | {len(r['seeds'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def load_report(name: str = "bench", results_dir: Path | None = None) -> dict | None:
     """The written ``<name>.json`` report, or None when the bench has not been run."""
     path = (Path(results_dir) if results_dir is not None else RESULTS_DIR) / f"{name}.json"

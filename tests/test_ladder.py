@@ -143,12 +143,3 @@ def test_recalibrated_batchnorm_holds_the_statistics_of_one_pass(synthetic_root)
     assert len(seen) == 3 and not model.training and bn.momentum == momentum
     assert torch.allclose(bn.running_mean, torch.stack(seen).mean(0), atol=1e-5)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())  # no weight changed
-
-
-def test_readme_blocks_are_what_the_results_files_say():
-    """The README's generated blocks equal what ``python -m experiments readme`` writes now:
-    a results file changed without regenerating fails here."""
-    from experiments.readme import README, readme_with_blocks
-
-    text = README.read_text()
-    assert text == readme_with_blocks(text), "run `python -m experiments readme`"
