@@ -213,6 +213,18 @@ def build_model(config: PretrainConfig, image_trunk: nn.Module | None = None) ->
     return DistillationModel(config.backbone, image_encoder, config.feature_dim)
 
 
+def load_pretrained_model(path, image_trunk: nn.Module) -> tuple:
+    """``(model, config)``: a pretraining model (3D trunk, heads and image branch) from a file holding
+    ``"model"`` and ``"config"`` (a pretraining checkpoint, or a converged trunk the bench exported),
+    in eval mode on the CPU. ``image_trunk``: an image encoder of the config's architecture, copied;
+    its weights are replaced by the file's, so the 2D features are the ones the 3D trunk learnt from."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    config = PretrainConfig.from_dict(state["config"])
+    model = build_model(config, image_trunk)
+    model.load_state_dict(state["model"])
+    return model.eval(), config
+
+
 def training_losses(model: nn.Module, config: PretrainConfig, batch: dict, x, generator=None) -> dict:
     """One step's loss terms ``{"loss": total, ...}`` for a collated batch and its sparse tensor ``x``
     (``model`` may be wrapped in DistributedDataParallel: its forward is what runs)."""

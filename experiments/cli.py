@@ -8,6 +8,7 @@
     python -m experiments baseline --seeds 0 1 2     # notebook-size PPKT / SLidR vs random init (experiments.lite_runs)
     python -m experiments ablation --seeds 0 1 2     # notebook-size CMCR ablation (experiments.lite_runs)
     python -m experiments notes                      # rewrite the generated result blocks (README, docs, notes)
+    python -m experiments trunks                     # the converged trunks the notebooks load (experiments.trunks)
 """
 from __future__ import annotations
 
@@ -201,13 +202,17 @@ def main(argv=None):
         return ladder_main(argv[1:])
     if argv[:1] == ["mechanism"]:
         return mechanism_main(argv[1:])
+    if argv[:1] == ["trunks"]:  # the bench's converged trunks that the notebooks load
+        from experiments.trunks import main as trunks_main
+
+        return trunks_main(argv[1:])
     if argv[:1] == ["notes"]:  # rewrite the generated blocks of the README and the results notes
         from experiments.notes import main as notes_main
 
         return notes_main(argv[1:])
     p = CommandLineParser(prog="python -m experiments", description=__doc__.split("\n\n")[0])
     p.add_argument("experiment", choices=["baseline", "ablation", "bench", "label-efficiency", "ladder", "mechanism",
-                                          "notes"])
+                                          "notes", "trunks"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=None,
                    help=f"pretraining epochs per run (lite preset: 4 steps each); default {DEFAULT_EPOCHS}")

@@ -19,7 +19,7 @@ import numpy as np
 
 from cmcr_lite.paths import REPO_ROOT
 from cmcr_lite.runtime import atomic_path
-from experiments import RESULTS_DIR, ceiling_recipes, machines, noise_floor_sets
+from experiments import RESULTS_DIR, ceiling_recipes, machines, noise_floor_sets, trunks
 from experiments.ladder import load_ladder
 from experiments.ladder import readme_block as ladder_table
 from experiments.report import bench_verdict, load_report, summary_table
@@ -118,6 +118,7 @@ DOCUMENTS = {  # document (relative to the repository) -> {block name: what writ
         "machines_reading": machines_notes,
         "label_efficiency": lambda: first_table(RESULTS_DIR / "label_efficiency.md"),
     },
+    "experiments/README.md": {"trunks": trunks.sizes_note},
     f"{NOTES}/cross_machine_runs/README.md": {
         "amd_avx2": machines.amd_avx2_notes, "intel_xeon": machines.intel_xeon_notes,
         "amd_epyc_17": machines.amd_epyc_notes, "from_scratch": machines.from_scratch_notes},
