@@ -243,8 +243,8 @@ def bench_figure(results: list, summary: dict, path: Path):
     ax.axvline(0, color="k", lw=1)
     ax.set_yticks(range(len(names)), names)
     ax.invert_yaxis()
-    ax.set(title="differences, 95 % interval", xlabel="points of %")
-    ax.legend(fontsize=7, loc="lower left")  # below the occupancy row's large negative mIoU, clear of the A/A rows
+    ax.set(title="differences, 95 % interval", xlabel="row − reference (percentage points)")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)  # under the axis: no row hidden
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=80)
     plt.close(fig)
