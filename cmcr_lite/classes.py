@@ -10,8 +10,9 @@ so that the paper's argument becomes measurable:
   and differ only in a fine relief the LiDAR resolves: what separates them is specific to the LiDAR,
   so a teacher that sees only images cannot pass it on;
 * appearance-only twins have identical shape and differ strongly in colour/texture; the LiDAR sees
-  them only through a weak intensity shift. What separates them is *shared*, clear in the images
-  and faint in the points: the kind of information contrastive distillation transfers;
+  them only through an intensity shift with overlapping distributions. What separates them is
+  *shared*, plain in the images and partial in the points: the kind of information contrastive
+  distillation transfers;
 * ``both`` classes differ from everything else in shape and in colour.
 """
 

@@ -11,6 +11,24 @@ from cmcr_lite.classes import APPEARANCE_ONLY_TWINS, CLASS_NAMES_16, GEOMETRY_ON
 
 CAMERA_GRID = ("CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT")
 
+# JupyterLab's output column on a 1366-pixel-wide laptop screen with the file browser open (833 px at a
+# 1280-pixel window, 993 at 1440): JupyterLab shrinks a wider image to fit, its text with it.
+JUPYTERLAB_WIDTH_PX = 900
+# The widest a figure is laid out: drawn 900 px wide, its 10-point text is 11 px high, still readable.
+MAX_FIGURE_WIDTH_IN = 11.0
+
+
+def fit_to_jupyterlab(fig):
+    """A pyplot figure hook (``rcParams["figure.hooks"]``, set by the project's kernel) that runs when a figure
+    is created, before anything is laid out on it. A figure wider than JupyterLab's column is drawn exactly
+    that wide (a lower dpi) instead of being shrunk by the browser, and one wider than ``MAX_FIGURE_WIDTH_IN``
+    is first scaled down whole, so that its text, which keeps its point size, stays readable."""
+    width, height = fig.get_size_inches()
+    if width * fig.dpi > JUPYTERLAB_WIDTH_PX:
+        scale = min(1.0, MAX_FIGURE_WIDTH_IN / width)
+        fig.set_size_inches(width * scale, height * scale)
+        fig.set_dpi(JUPYTERLAB_WIDTH_PX / (width * scale))
+
 
 def save_figure(fig, path, dpi: int = 80):
     """The notebooks' figure ending: tight layout, a PNG at ``path`` next to the executed notebook, show."""
@@ -133,16 +151,23 @@ def twin_statistics(keyframes, n_keyframes: int = 4) -> dict:
     return {k: {f: np.concatenate(v) for f, v in s.items()} for k, s in stats.items()}
 
 
-def twins_figure(stats: dict):
+def twins_figure(stats: dict, rough_threshold: float = 0.05, rough_max: float = 0.5, intensity_max: float = 255.0):
     """One row per twin pair, one column per thing a sensor reports: the mean paired-pixel colour of
     each twin (camera), and histograms of point roughness and intensity (LiDAR). Geometry-only twins
-    differ in roughness only; appearance-only twins in colour, and faintly in intensity."""
+    differ in roughness only; appearance-only twins in colour, and in intensity by the d′ in the panel's
+    title (:func:`separability`).
+
+    Nothing is clipped into an end bin: each histogram spans its two twins' values up to the largest
+    (at most ``rough_max`` m and ``intensity_max``; a share beyond that is not drawn and the legend says
+    how much). Roughness densities are on a log scale, so the few rough points (a truck's ribs) show,
+    and each twin's legend entry gives the share of its points at ``rough_threshold`` m or more."""
     import matplotlib.pyplot as plt
 
     pairs = [("geometry-only", p) for p in GEOMETRY_ONLY_TWINS] + [("appearance-only", p) for p in APPEARANCE_ONLY_TWINS]
     fig, axes = plt.subplots(len(pairs), 3, figsize=(13, 2.2 * len(pairs)), gridspec_kw={"width_ratios": [1, 2, 2]})
-    columns = (("roughness", np.linspace(0, 0.15, 31), "LiDAR: roughness (m)"),
-               ("intensity", np.linspace(0, 120, 41), "LiDAR: intensity (0..255)"))
+    # (field, the most that is drawn, bin width, bins rounded up to, x label)
+    columns = (("roughness", rough_max, 0.005, 0.05, "LiDAR: roughness (m)"),
+               ("intensity", intensity_max, 3.0, 10.0, "LiDAR: intensity (0..255)"))
     for row, (group, (a, b)) in enumerate(pairs):
         ka, kb = class_index(a), class_index(b)
         sw = np.ones((20, 45, 3))
@@ -155,15 +180,140 @@ def twins_figure(stats: dict):
         axes[row, 0].imshow(sw)
         axes[row, 0].set_title(f"camera colour, {group}:\n{a} | {b}", fontsize=9)
         axes[row, 0].axis("off")
-        for col, (field_name, bins, xlabel) in enumerate(columns, start=1):
-            for k, name in ((ka, a), (kb, b)):
-                if k in stats:
-                    axes[row, col].hist(np.clip(stats[k][field_name], bins[0], bins[-1]), bins=bins, alpha=0.55,
-                                        density=True, label=name)
-            axes[row, col].set_xlabel(xlabel, fontsize=8)
-            axes[row, col].set_ylabel("density (share per unit)", fontsize=8)
-            axes[row, col].legend(fontsize=8)
+        present = [(k, name) for k, name in ((ka, a), (kb, b)) if k in stats and len(stats[k][columns[0][0]])]
+        for col, (field_name, cap, width, step, xlabel) in enumerate(columns, start=1):
+            ax = axes[row, col]
+            if not present:
+                ax.set_axis_off()
+                continue
+            top = max(float(stats[k][field_name].max()) for k, _ in present)
+            high = min(cap, step * np.ceil(max(top, step) / step))
+            bins = np.arange(0.0, high + width / 2, width)
+            for k, name in present:
+                values = stats[k][field_name]
+                label = name
+                if field_name == "roughness":
+                    label += f": {100 * np.mean(values >= rough_threshold):.1f} % ≥ {100 * rough_threshold:g} cm"
+                beyond = int(np.sum(values > bins[-1]))
+                if beyond:
+                    label += f" ({beyond} of {len(values)} beyond {bins[-1]:g}, not drawn)"
+                ax.hist(values[values <= bins[-1]], bins=bins, alpha=0.55, density=True, label=label,
+                        log=field_name == "roughness")
+            if field_name == "roughness":
+                ax.axvline(rough_threshold, color="k", lw=0.8, ls="--")
+            elif len(present) == 2:
+                ax.set_title(f"intensity d′ = {separability(stats[ka][field_name], stats[kb][field_name])['d_prime']:.1f}",
+                             fontsize=9)
+            ax.set_xlim(0, bins[-1])
+            ax.set_xlabel(xlabel, fontsize=8)
+            ax.set_ylabel("density (share per unit)" + (", log" if field_name == "roughness" else ""), fontsize=8)
+            ax.legend(fontsize=7)
     fig.tight_layout()
+    return fig
+
+
+def separability(a, b) -> dict:
+    """How well one threshold on a scalar (a LiDAR intensity, say) tells samples ``a`` from ``b``.
+
+    * ``d_prime``: |mean_a − mean_b| / sqrt((var_a + var_b) / 2), the shift in pooled spreads;
+    * ``gaussian_accuracy``: Φ(d′ / 2), the balanced accuracy of the best single threshold if both were
+      Gaussians of equal spread (the threshold halfway between the means; each class is on the wrong
+      side of it with probability Φ(−d′ / 2));
+    * ``best_accuracy``: the balanced accuracy of the best single threshold on the samples themselves,
+      0.5 + half the largest gap between their empirical distribution functions (the Kolmogorov–Smirnov
+      distance), which assumes no shape: the control for the Gaussian reading of d′.
+    """
+    from math import erf, sqrt
+
+    a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
+    d_prime = abs(a.mean() - b.mean()) / np.sqrt((a.var() + b.var()) / 2)
+    cuts = np.unique(np.concatenate([a, b]))
+    gap = np.abs(np.searchsorted(np.sort(a), cuts, side="right") / len(a)
+                 - np.searchsorted(np.sort(b), cuts, side="right") / len(b)).max()
+    return {"d_prime": float(d_prime), "gaussian_accuracy": 0.5 * (1 + erf(d_prime / 2 / sqrt(2))),
+            "best_accuracy": float(0.5 + gap / 2)}
+
+
+def largest_object(points: np.ndarray, labels: np.ndarray, class_index: int, link: float = 1.0) -> np.ndarray:
+    """Points (n, 3) of the largest object of class ``class_index`` in a scan ``points`` (N, >=3) with
+    ``labels`` (N,): the biggest group of its points joined by gaps under ``link`` metres ((0, 3) when
+    the class is absent). Two objects of the class closer than ``link`` count as one."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+
+    xyz = np.asarray(points, dtype=np.float64)[np.asarray(labels) == class_index, :3]
+    if len(xyz) < 2:
+        return xyz
+    pairs = cKDTree(xyz).query_pairs(link, output_type="ndarray")
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(xyz), len(xyz)))
+    _, component = connected_components(graph, directed=False)
+    return xyz[component == np.bincount(component).argmax()]
+
+
+def panel_profile(obj: np.ndarray, band: float = 0.8, end_margin: float = 0.3) -> dict:
+    """The long side panel of a box-shaped object that faces the sensor, as a profile.
+
+    ``obj``: the object's points (n, >=3), metres, in the sensor's frame (sensor at the origin, z up).
+    The panel's direction is that of the rectangle around the object's footprint whose edges the points
+    lie closest to (least mean distance to the nearest edge, 1° steps: the smallest-area rectangle would
+    lie along the hypotenuse of an L-shaped view); its outermost plane lies at the 98th percentile of
+    the points' offsets towards the sensor (robust to range noise). Returns ``along`` (m from the panel's first kept point), ``depth`` (m behind
+    the outermost plane: about 0 on a flat panel, the rib depth in a ribbed panel's grooves) and
+    ``height`` (z, m) of the panel's points, those within ``band`` m of the plane and more than
+    ``end_margin`` m from the panel's ends, ``index``, their rows in ``obj``, and ``range``, the object's
+    distance from the sensor (m)."""
+    xyz = np.asarray(obj, dtype=np.float64)
+    xy = xyz[:, :2]
+    best = None
+    for degrees in range(90):
+        a = np.radians(degrees)
+        uv = xy @ np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+        low, high = uv.min(0), uv.max(0)
+        spread = np.minimum(uv - low, high - uv).min(1).mean()   # mean distance to the nearest edge
+        if best is None or spread < best[0]:
+            best = (spread, uv, high - low)
+    _, uv, extent = best
+    if extent[1] > extent[0]:                              # u along the long side
+        uv = uv[:, ::-1]
+    u, v = uv[:, 0], uv[:, 1]
+    offset = v if abs(v.max()) < abs(v.min()) else -v      # grows towards the sensor (v = 0)
+    depth = np.percentile(offset, 98) - offset
+    keep = (depth < band) & (u > u.min() + end_margin) & (u < u.max() - end_margin)
+    return {"along": u[keep] - (u[keep].min() if keep.any() else 0.0), "depth": depth[keep], "height": xyz[keep, 2],
+            "index": np.nonzero(keep)[0], "range": float(np.linalg.norm(xy.mean(0)))}
+
+
+def panel_profiles_figure(profiles: dict, title: str = ""):
+    """One row per object's :func:`panel_profile`: left, seen from above (position along the panel against
+    the offset from its outer plane, 0 = the outer surface); right, face-on (position along the panel
+    against height, coloured by depth behind the outer plane). Every row has the same axes and colours."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(profiles), 2, figsize=(10, 2.1 * len(profiles) + 0.5), sharex=True, squeeze=False,
+                             layout="constrained")
+    drawn_profiles = [p for p in profiles.values() if len(p["depth"])]
+    deepest = max([0.1] + [float(p["depth"].max()) for p in drawn_profiles])
+    low = min([0.0] + [float(p["height"].min()) for p in drawn_profiles])
+    high = max([0.0] + [float(p["height"].max()) for p in drawn_profiles])
+    for (above, face), (name, p) in zip(axes, profiles.items()):
+        above.scatter(p["along"], -p["depth"], s=2, color="k", alpha=0.4, linewidths=0)
+        above.set_ylim(-deepest - 0.05, 0.05)
+        above.set_ylabel("offset from the\nouter plane (m)", fontsize=8)
+        above.set_title(f"{name}, {p['range']:.1f} m away: {len(p['along'])} points of its side facing the sensor, "
+                        "seen from above", fontsize=8)
+        drawn = face.scatter(p["along"], p["height"], c=p["depth"], s=3, cmap="viridis_r", vmin=0, vmax=deepest,
+                             linewidths=0)
+        face.set_ylim(low - 0.05, high + 0.05)
+        face.set_ylabel("height z (m)", fontsize=8)
+        face.set_title(f"{name}, the same points face-on", fontsize=8)
+        for ax in (above, face):
+            ax.grid(alpha=0.3)
+    for ax in axes[-1]:
+        ax.set_xlabel("position along the panel (m)", fontsize=8)
+    fig.colorbar(drawn, ax=axes[:, 1], label="depth behind the outer plane (m)", shrink=0.9)
+    if title:
+        fig.suptitle(title, fontsize=10)
     return fig
 
 

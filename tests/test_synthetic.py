@@ -312,7 +312,7 @@ def test_geometry_twins_differ_only_for_the_lidar(small_world):
 
 def test_appearance_twins_differ_in_colour_and_only_weakly_in_intensity(small_world):
     """Buses repainted as construction vehicles: the LiDAR geometry is the same point for point, the
-    intensity rises by a shift of about two spreads, and the images change."""
+    intensity rises by a shift with overlapping distributions, and the images change."""
     world = small_world[0]
     F, M = synthetic_world.FINE, synthetic_world
     swapped = _swapped(world, {F["vehicle.bus.rigid"]: F["vehicle.construction"]}, {M.BUS_RED: M.CV_YELLOW})

@@ -4,14 +4,30 @@
 
 Cell markers: ``# %%`` starts a code cell, ``# %% [markdown]`` a markdown cell (each line
 prefixed with ``# ``), and ``# %% tags=["parameters"]`` a tagged code cell for papermill.
-The notebook is written without outputs and with the ``python3`` kernelspec that papermill
-and nbval need.
+The notebook is written without outputs and with the metadata of the project's ``python3`` kernel
+(``KERNEL_METADATA``), which papermill, nbval and JupyterLab read.
 """
 import json
 import pathlib
 import re
 import sys
 
+# Exactly what JupyterLab writes into a notebook it opens with the kernel tools/setup_env.sh installs:
+# the kernelspec of its kernel.json and the language_info of ipykernel's kernel_info reply (Python 3.11.7,
+# the set-up's interpreter). JupyterLab only sets metadata that differs, so opening a committed notebook
+# marks nothing modified and autosave never rewrites it. tests/test_browser.py checks both ends.
+KERNEL_METADATA = {
+    "kernelspec": {"display_name": "Python 3 (cmcr-lite)", "language": "python", "name": "python3"},
+    "language_info": {
+        "codemirror_mode": {"name": "ipython", "version": 3},
+        "file_extension": ".py",
+        "mimetype": "text/x-python",
+        "name": "python",
+        "nbconvert_exporter": "python",
+        "pygments_lexer": "ipython3",
+        "version": "3.11.7",
+    },
+}
 MARKER = re.compile(r"^# %%(?P<md> \[markdown\])?(?: tags=(?P<tags>\[.*\]))?\s*$")
 
 
@@ -49,10 +65,7 @@ def notebook_text(src: pathlib.Path) -> str:
     """The .ipynb file's exact text for the percent-format source ``src`` (no outputs, stable ids)."""
     nb = {
         "cells": parse_cells(src.read_text()),
-        "metadata": {
-            "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-            "language_info": {"name": "python"},
-        },
+        "metadata": KERNEL_METADATA,
         "nbformat": 4,
         "nbformat_minor": 5,
     }

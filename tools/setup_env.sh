@@ -6,7 +6,7 @@
 # Steps: Debian's OpenBLAS (MinkowskiEngine links to it) -> venv -> torch==2.13.0 (CPU wheel)
 # -> requirements.txt -> MinkowskiEngine 0.5.4 built CPU-only once, its wheel cached in
 # $CMCR_WHEEL_CACHE (default ~/.cache/cmcr-lite/wheels, outside git) -> the project itself
-# (editable) -> a Jupyter kernel named "python3" inside the venv, for papermill and nbval.
+# (editable) -> a Jupyter kernel named "python3" inside the venv, for JupyterLab, papermill and nbval.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${CMCR_VENV:-.venv}
@@ -52,6 +52,10 @@ fi
 
 $PIP install -q --no-deps -e .
 "$VENV/bin/python" -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (cmcr-lite)" >/dev/null
+# Every IPython kernel of this venv (JupyterLab, papermill, nbval) loads the notebooks' display defaults
+# (plotly renderer, figure width: cmcr_lite.notebook.load_ipython_extension) before a notebook's first cell.
+mkdir -p "$VENV/etc/ipython"
+echo '{"IPKernelApp": {"extensions": ["cmcr_lite.notebook"]}}' >"$VENV/etc/ipython/ipython_kernel_config.json"
 "$VENV/bin/python" -c "import torch, MinkowskiEngine as ME, nuscenes; print('[setup] torch', torch.__version__, '| MinkowskiEngine', ME.__version__)"
 rm -f "$VENV"/.cmcr-setup-*
 touch "$STAMP"

@@ -277,7 +277,7 @@ def occupancy_slice_3d_figure(points: np.ndarray, labels: np.ndarray, prob: np.n
     Z = np.where(np.isnan(prob), np.nan, Z)          # holes where no point is within the radius
     fig.add_trace(go.Surface(x=X, y=np.full_like(X, y), z=Z, surfacecolor=prob, cmin=0, cmax=1,
                              colorscale="RdBu_r", opacity=0.85, name=f"P(occupied), y = {y:.1f} m",
-                             colorbar=dict(title="P(occ.)", len=0.6), showlegend=True))
+                             colorbar=dict(title="P(occ.)", len=0.6, x=0.0, xanchor="right"), showlegend=True))  # left: the legend is right
     fig.update_layout(title=title, height=600, margin=dict(l=0, r=0, t=40, b=0), legend=dict(itemsizing="constant"),
                       scene=dict(aspectmode="data", xaxis_title="x (m)", yaxis_title="y (m)", zaxis_title="z (m)"))
     return fig

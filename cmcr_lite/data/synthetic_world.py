@@ -11,8 +11,8 @@ available to one sensor only, or mostly:
   car | truck (the same blue boxes; the truck's panels are ribbed, 45 cm deep, 1.2 m period),
   terrain | vegetation (the same flat-looking grass strip; planted beds are shrubby, up to 30 cm);
 * appearance-only twins share shape and differ strongly in colour/texture; in the LiDAR they
-  differ only through an intensity shift of about two spreads (paint reflectance; the
-  distributions overlap), faint next to what the cameras see:
+  differ only through an intensity shift (paint reflectance; the distributions overlap, and
+  notebook 00 §7 measures how far apart they are, as d'), while the cameras see them plainly:
   driveable_surface | sidewalk (asphalt vs beige paving),
   bus | construction_vehicle (the same long box: red with a white band vs yellow with black stripes);
 * pedestrian (purple cylinder), traffic_cone (orange cylinder), barrier (white/red low wall) and
@@ -49,10 +49,10 @@ BASE_RGB = np.array([
     (246, 116, 22),    # cone orange, white band
     (232, 232, 228),   # barrier white, red stripes
 ], dtype=np.float32)
-# Mean and spread of LiDAR intensity (nuScenes raw units, 0..255). Appearance twins differ by about
-# two spreads (asphalt 8 vs paving 14, bus 95 vs construction 125, measured after the incidence
-# scaling below, which widens a bright paint's spread): the distributions overlap, so one
-# point is ambiguous, and nothing but the intensity in the LiDAR tells the twins apart. Geometry twins
+# Mean and spread of LiDAR intensity (nuScenes raw units, 0..255). Appearance twins differ by a
+# shift of the order of the spreads (asphalt 8 vs paving 14, bus 95 vs construction 125; notebook
+# 00 §7 measures the separation after the incidence scaling below, which widens a bright paint's
+# spread): the distributions overlap, so one point can be ambiguous, and nothing but the intensity in the LiDAR tells the twins apart. Geometry twins
 # share their material, so their intensity too. Classes that are not twins are kept apart in the
 # LiDAR as well (grass 32 vs paving 14; long vehicles 95-125 vs blue paint 50): otherwise the LiDAR
 # alone confuses a car with a bus, or grass with paving, and the geometry twins' ceiling measures

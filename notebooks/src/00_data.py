@@ -16,9 +16,10 @@
 #    the distinction the CMCR paper is about.
 #
 # Paper: Zhang & Hou, *Is Contrastive Distillation Enough for Learning Comprehensive 3D
-# Representations?* (IJCV 2026), §3 (data pipeline inherited from SLidR). On a 2-core CPU this
-# notebook runs in about a minute on the embedded synthetic dataset; point `dataroot` and `version`
-# at a real nuScenes copy (`v1.0-mini` or `v1.0-trainval`) to run it on real data.
+# Representations?* (IJCV 2026), §3 (data pipeline inherited from SLidR). At its defaults it reads the
+# embedded synthetic dataset and, like every notebook of the course (README), runs on a 2-core CPU in
+# a minute or two at most; point `dataroot` and `version` at a real nuScenes copy (`v1.0-mini` or
+# `v1.0-trainval`) to run it on real data.
 
 # %% tags=["parameters"]
 dataroot = None            # None: the embedded synthetic dataset (generated on first use)
@@ -294,14 +295,15 @@ assert len(np.unique(buggy)) <= 2 and 0.3 < keep.mean() < 0.7
 # misses what only one of them carries. The embedded dataset makes that measurable with *twins*:
 #
 # * **geometry-only twins** render identically in the cameras (same paint, texture and coarse shape)
-#   and differ only in a relief that the LiDAR resolves: car | truck (the truck's panels are ribbed,
-#   45 cm deep every 1.2 m, four to five voxels), terrain | vegetation (planted beds are shrubby, up to 30 cm
-#   high). What tells them apart is *LiDAR-specific*: an image teacher cannot pass it on.
+#   and differ only in a relief that the LiDAR resolves: car | truck (the generator ribs the truck's
+#   panels, 45 cm deep every 1.2 m, four to five voxels; the profile at the end of this section
+#   measures them), terrain | vegetation (planted beds are shrubby, up to 30 cm high). What tells them
+#   apart is *LiDAR-specific*: an image teacher cannot pass it on.
 # * **appearance-only twins** have the same shape and differ in colour/texture: driveable surface |
 #   sidewalk, bus | construction vehicle. In the LiDAR they differ only through intensity (paint
-#   reflectance), shifted by about two spreads so the distributions overlap. What tells them apart
-#   is *shared*: obvious in the images, faint in the points. This is what contrastive distillation
-#   should transfer.
+#   reflectance); how well one intensity threshold separates them is measured below the figure. What
+#   tells them apart is *shared*: the cameras see it as colour, the LiDAR as intensity. This is what
+#   contrastive distillation should transfer.
 # * pedestrian, traffic cone, barrier and manmade differ from everything in both.
 #
 # Classes that are *not* twins are kept apart in the LiDAR too (grass is brighter than paving, long
@@ -310,31 +312,156 @@ assert len(np.unique(buggy)) <= 2 and 0.3 < keep.mean() < 0.7
 # alone is measured, not assumed: the supervised ceiling of `experiments/results/bench.md` (notebook 07).
 #
 # Left: the mean colour of the pixels paired with each class (camera). Middle: the roughness of each
-# point, the spread of its 12 nearest neighbours off their best plane (LiDAR geometry). Right: the
-# LiDAR intensity.
+# point, the spread of its 12 nearest neighbours off their best plane (LiDAR geometry), as a density
+# on a log scale so that the few rough points show; each legend gives the twin's share of points at
+# 5 cm or more (dashed line). Right: the LiDAR intensity, with the twins' d′ (the difference of their
+# means in pooled spreads) in the title. No histogram is clipped: each spans its twins' values.
 
 # %%
-from cmcr_lite.viz import twin_statistics, twins_figure
+from cmcr_lite.viz import separability, twin_statistics, twins_figure
 
 stats = twin_statistics(keyframes, n_keyframes=min(4, len(keyframes)))
-fig = twins_figure(stats)
+fig = twins_figure(stats, rough_threshold=0.05)
 fig.savefig(out / "twins.png", dpi=80)
 plt.show()
 
 # %%
+twin_rows = {}
 for group, (a, b) in [("geometry-only", ("car", "truck")), ("geometry-only", ("terrain", "vegetation")),
                       ("appearance-only", ("driveable_surface", "sidewalk")), ("appearance-only", ("bus", "construction_vehicle"))]:
     ka, kb = CLASS_NAMES_16.index(a), CLASS_NAMES_16.index(b)
     if ka in stats and kb in stats:
         d_rgb = np.abs(stats[ka]["rgb"].mean(0) - stats[kb]["rgb"].mean(0)).mean()
-        d_rough = abs(np.median(stats[ka]["roughness"]) - np.median(stats[kb]["roughness"]))
-        # intensity shift in units of the pooled spread (d' = |mean_a - mean_b| / sqrt((var_a + var_b) / 2))
-        ia, ib = stats[ka]["intensity"], stats[kb]["intensity"]
-        d_prime = abs(ia.mean() - ib.mean()) / np.sqrt((ia.var() + ib.var()) / 2)
-        print(f"{group:16s} {a:>17s} vs {b:<20s} colour differs by {d_rgb:5.1f} / 255, "
-              f"median roughness by {100 * d_rough:4.1f} cm, intensity by d' = {d_prime:.1f}")
-        if (a, b) == ("car", "truck"):
-            d_car_truck, truck_brighter = d_prime, ib.mean() > ia.mean()
+        rough = {cm: [100 * np.mean(stats[k]["roughness"] >= cm / 100) for k in (ka, kb)] for cm in (5, 15)}
+        sep = separability(stats[ka]["intensity"], stats[kb]["intensity"])  # d' and one threshold's accuracy
+        twin_rows[(a, b)] = {"group": group, "rgb": d_rgb, "rough": rough,
+                             "b_brighter": stats[kb]["intensity"].mean() > stats[ka]["intensity"].mean(), **sep}
+        print(f"{group:16s} {a:>17s} vs {b:<20s} colour differs by {d_rgb:5.1f} / 255; roughness >= 5 cm: "
+              f"{rough[5][0]:4.1f} % vs {rough[5][1]:4.1f} %, >= 15 cm: {rough[15][0]:4.1f} % vs {rough[15][1]:4.1f} %; "
+              f"intensity d' = {sep['d_prime']:.1f}")
+
+# %% [markdown]
+# **How far apart is the appearance twins' intensity?** If both classes were Gaussians of equal
+# spread, the best single threshold would sit halfway between the means, and each class would fall on
+# its own side of it with probability $\Phi(d'/2)$ ($\Phi$ the standard normal distribution function):
+# that is the threshold's *balanced accuracy*, the mean of the two classes' recalls. The control for
+# this Gaussian reading is the best threshold on the points themselves, which assumes no shape
+# (`viz.separability`):
+
+# %%
+from IPython.display import Markdown, display
+
+lines = []
+for (a, b), r in twin_rows.items():
+    if r["group"] != "appearance-only":
+        continue
+    wrong = 1 / max(1 - r["gaussian_accuracy"], 1e-9)
+    strength = ("a strong cue on its own" if r["gaussian_accuracy"] >= 0.9 else
+                "a clear but partial cue" if r["gaussian_accuracy"] >= 0.75 else "a weak cue")
+    lines.append(f"* {a} vs {b}: d′ = {r['d_prime']:.1f}, so one intensity threshold labels "
+                 f"Φ(d′/2) = {100 * r['gaussian_accuracy']:.0f} % of each class correctly (about 1 point in "
+                 f"{wrong:.0f} on the wrong side): {strength}. The best threshold on these points reaches "
+                 f"{100 * r['best_accuracy']:.0f} % balanced accuracy.")
+    assert abs(r["best_accuracy"] - r["gaussian_accuracy"]) < 0.05  # the Gaussian reading of d' holds here
+display(Markdown("\n".join(lines)))
+
+# %% [markdown]
+# **What roughness shows of the ribs, and what it cannot.** A 45 cm rib is far rougher than a flat
+# panel, yet the two vehicles' roughness histograms overlap almost everywhere. The size of a 12-point
+# neighbourhood depends on the range: near the sensor, where the points are dense, it may fit on a
+# single rib face; far away, where they are sparse, it spans rib edges. The control: car and truck
+# points split by range, with the size of their neighbourhoods.
+
+# %%
+from scipy.spatial import cKDTree
+
+from cmcr_lite.viz import local_roughness
+
+car_k, truck_k = CLASS_NAMES_16.index("car"), CLASS_NAMES_16.index("truck")
+near_m = 10.0
+by_range = {k: {"rough": [], "range": [], "reach": []} for k in (car_k, truck_k)}
+for i in range(min(4, len(keyframes))):                    # the keyframes of the figure
+    scan, scan_labels = keyframes.load_scan(i)
+    rough_i = local_roughness(scan)
+    reach_i = cKDTree(scan[:, :3]).query(scan[:, :3], k=12)[0][:, -1]   # distance to the 12th neighbour
+    for k, r in by_range.items():
+        r["rough"].append(rough_i[scan_labels == k])
+        r["range"].append(np.linalg.norm(scan[scan_labels == k, :2], axis=1))
+        r["reach"].append(reach_i[scan_labels == k])
+lines, shares = [], {}
+for k, r in by_range.items():
+    rough_k, range_k, reach_k = (np.concatenate(r[f]) for f in ("rough", "range", "reach"))
+    parts = []
+    for where, sel in ((f"within {near_m:.0f} m", range_k < near_m), (f"beyond {near_m:.0f} m", range_k >= near_m)):
+        shares[(k, where.split()[0])] = np.mean(rough_k[sel] >= 0.05) if sel.any() else np.nan
+        parts.append(f"{where}, {100 * np.mean(rough_k[sel] >= 0.05):.1f} % of {sel.sum()} points (neighbourhood "
+                     f"radius {100 * np.median(reach_k[sel]):.0f} cm)" if sel.any() else f"no point {where}")
+    lines.append(f"* {CLASS_NAMES_16[k]}, share of points with roughness ≥ 5 cm: " + "; ".join(parts) + ".")
+near_truck, far_truck = shares[(truck_k, "within")], shares[(truck_k, "beyond")]
+if near_truck < 0.02 and far_truck > 5 * near_truck:
+    lines.append("\nNear the sensor the truck's points are hardly ever rough, so its larger share of rough points "
+                 "comes from far, sparse returns whose neighbourhoods span rib edges: roughness mixes the range "
+                 "with the relief. The profile below measures the ribs directly.")
+elif not np.isnan(near_truck):
+    lines.append("\nThe truck's points are rougher than the car's near the sensor too.")
+display(Markdown("\n".join(lines)))
+
+# %% [markdown]
+# **The ribs themselves.** Below: the keyframe (among the first twenty) whose largest car and largest
+# truck both have the most points, and the side of each that faces the sensor, seen from above and
+# face-on. `viz.largest_object` takes a class's biggest group of points; `viz.panel_profile` finds the
+# side's direction and its outermost plane, and measures every point's depth behind that plane.
+
+# %%
+from cmcr_lite.viz import largest_object, panel_profile, panel_profiles_figure
+
+best_scan, best_size = None, 0
+for i in range(min(20, len(keyframes))):
+    scan, scan_labels = keyframes.load_scan(i)
+    size = min(len(largest_object(scan, scan_labels, k)) for k in (car_k, truck_k))
+    if size > best_size:
+        best_scan, best_size = i, size
+profiles = None
+if best_size >= 100:
+    scan, scan_labels = keyframes.load_scan(best_scan)
+    objects = {name: largest_object(scan, scan_labels, CLASS_NAMES_16.index(name)) for name in ("truck", "car")}
+    profiles = {name: panel_profile(obj) for name, obj in objects.items()}
+    fig = panel_profiles_figure(profiles, title=f"keyframe {best_scan}: the side of the largest truck and of the largest car")
+    fig.savefig(out / "panels.png", dpi=80)  # laid out by the figure itself (constrained layout)
+    plt.show()
+else:
+    print("no keyframe among the first 20 of this split shows both a car and a truck of 100 points or more")
+
+# %%
+if profiles is not None:
+    rough_scan = local_roughness(scan)
+    measured, lines = {}, []
+    for name, prof in profiles.items():
+        deep = prof["depth"] > 0.2                                   # 20 cm: far beyond the range noise
+        order = np.argsort(prof["along"])
+        flips = np.nonzero(deep[order][1:] != deep[order][:-1])[0]
+        edges = (prof["along"][order][flips] + prof["along"][order][flips + 1]) / 2
+        _, rows = cKDTree(scan[:, :3]).query(objects[name][prof["index"]])  # the side's points in the scan
+        m = measured[name] = {
+            "deep": deep.mean(), "points": len(deep), "edges": len(edges),
+            "step": np.median(prof["depth"][deep]) - np.median(prof["depth"][~deep]) if 0 < deep.sum() < len(deep) else 0.0,
+            "period": 2 * np.median(np.diff(edges)) if len(edges) > 2 else np.nan,
+            "rough": np.mean(rough_scan[rows] >= 0.05)}
+        line = f"* {name}: {100 * m['deep']:.0f} % of its {m['points']} side points lie more than 20 cm behind the outer plane"
+        if m["edges"] > 2:
+            line += f" (a median {100 * m['step']:.0f} cm deeper than the rest), in bands that repeat every {m['period']:.2f} m"
+        lines.append(line + f"; {100 * m['rough']:.1f} % of its side points have a roughness of 5 cm or more.")
+    truck, car = measured["truck"], measured["car"]
+    if truck["edges"] > 2 and car["deep"] < 0.02:
+        lines.append(f"\nThe truck's side is ribbed and the car's is flat: the relief the cameras never see. "
+                     + ("The 12-point roughness of the same points misses it: each plane fit sits on one rib face."
+                        if truck["rough"] < 0.05 else "The 12-point roughness of the same points shows it too."))
+    display(Markdown("\n".join(lines)))
+    if version == "v1.0-synthetic":   # the generator's ribs, measured back from the points
+        from cmcr_lite.data.synthetic_world import RIB_DEPTH, RIB_PERIOD
+
+        assert abs(truck["step"] - RIB_DEPTH) < 0.05 and abs(truck["period"] - RIB_PERIOD) < 0.1, truck
+        assert car["deep"] < 0.02, car
 
 # %% [markdown]
 # **Intensity is a LiDAR measurement too.** Car and truck share their paint's reflectance, but a return's
@@ -345,14 +472,14 @@ for group, (a, b) in [("geometry-only", ("car", "truck")), ("geometry-only", ("t
 # the intensity without reading the relief. Its size on these keyframes:
 
 # %%
-from IPython.display import Markdown, display
-
-if "d_car_truck" in dir():
-    display(Markdown(f"On these keyframes the truck returns {'brighter' if truck_brighter else 'dimmer'} than the car "
-                     f"by d' = {d_car_truck:.1f} pooled spreads: " + (
-                         "negligible, so the LiDAR tells them apart by the relief." if d_car_truck < 0.3 else
-                         "a partial cue on its own (the distributions overlap), which a LiDAR-only network can "
-                         "combine with the relief.")))
+if ("car", "truck") in twin_rows:
+    r = twin_rows[("car", "truck")]
+    display(Markdown(
+        f"Car and truck intensities differ by d′ = {r['d_prime']:.1f} pooled spreads (one threshold: "
+        f"{100 * r['best_accuracy']:.0f} % balanced accuracy, 50 % is chance): " + (
+            "negligible, so the LiDAR tells them apart by the relief." if r["d_prime"] < 0.3 else
+            f"the truck returns {'brighter' if r['b_brighter'] else 'dimmer'}, a partial cue on its own, which a "
+            "LiDAR-only network can combine with the relief.")))
 
 # %% [markdown]
 # ## Summary
@@ -363,26 +490,83 @@ if "d_car_truck" in dir():
 #   reference projection to a tiny fraction of a pixel (`benchmarks/projection.py` times both).
 # * Augmentations keep pairs consistent; masking drops pairs with a boolean mask.
 # * The embedded dataset's twins separate what only LiDAR geometry or only camera appearance can
-#   tell apart: the following notebooks measure which of them each method learns.
+#   tell apart: the truck's ribs show in a profile of its side, and the appearance twins' intensity
+#   separates them by the d′ measured in §7. The following notebooks measure which of them each method
+#   learns.
 #
-# **Exercises**
-# 1. *Implement it yourself*: the Cartesian voxel of every point is $\lfloor p / s \rfloor$. Compute it
-#    for the keyframe of §3 at $s$ = 0.1 m with NumPy and check it against `voxelize`'s inverse map
-#    (`vox.coords[vox.voxel_of_point]`). Hint: `np.floor(points / s).astype(np.int32)`; compute in float64,
-#    as the check does, or points on a voxel boundary may round differently. The check cell below holds a
-#    solution; replace it with yours.
-# 2. Set `split = "val"` or `keyframe_index = 2` and rerun §3: how does the number of pairs per camera
-#    change? Expected: the rear and side cameras see different shares of the sweep; the total stays of the
-#    same order, since every camera sees a similar slice of the 360° scan.
-# 3. In §3, use the LiDAR's ego pose for the cameras too (a chain without the camera's own ego pose).
-#    Hint: `tests/test_projection.py` builds that chain. Expected: points move by a few pixels, more for
-#    near points and for cameras looking sideways to the motion.
-# 4. In §5, which classes lose most labels at 0.4 m voxels, and why? Hint: compare `back` and
-#    `kf.labels` per class. Expected: the thin and small ones (poles of the barrier, pedestrians,
-#    cones), whose voxels are shared with the ground or a neighbour.
+# **Exercises** (time for a first reading, difficulty ★☆☆ to ★★★). Each has a check cell below:
+# it holds a solution and passes as written; replace the solution with yours.
+# 1. *(10 min, ★☆☆) Implement it yourself*: the Cartesian voxel of every point is $\lfloor p / s \rfloor$.
+#    Compute it for the keyframe of §3 at $s$ = 0.1 m with NumPy and check it against `voxelize`'s
+#    inverse map (`vox.coords[vox.voxel_of_point]`). Hint: `np.floor(points / s).astype(np.int32)`;
+#    compute in float64, as the check does, or points on a voxel boundary may round differently.
+# 2. *(10 min, ★☆☆)* Set `keyframe_index = 2` (or `split = "val"`) and rerun §3: how does the number of
+#    pairs per camera change? Hint: `np.bincount(kf.pair_pixels[:, 0], minlength=6)`. Expected: little,
+#    on this dataset; the total stays within 10 %, and CAM_BACK holds the most pairs in every keyframe
+#    because its lens is the widest (compare `K[c][0, 0]`, the focal length in pixels, across cameras).
+# 3. *(20 min, ★★☆)* In §3, use the LiDAR's ego pose for the cameras too (a chain without the camera's
+#    own ego pose). Hint: `tests/test_projection.py` builds that chain. Expected: every camera's pixels
+#    move, by a pixel or two up to tens of pixels, and near points (closer than the median) move more
+#    than far ones: the ego's motion between the two timestamps is a translation, whose parallax
+#    shrinks with depth.
+# 4. *(15 min, ★★☆)* In §5, which classes lose most labels at 0.4 m voxels, and why? Hint: compare `back`
+#    and `kf.labels` per class, over several keyframes (one keyframe holds few points of a small class).
+#    Expected: the small objects (traffic cones, barriers, pedestrians), whose few voxels are shared with
+#    the ground or a neighbour, lose a larger share than the large surfaces (road, buildings).
 
 # %%
 # Check for exercise 1 (a solution; replace it with yours)
 vox = voxelize(kf.points[:, :3], 0.1)
 mine = np.floor(kf.points[:, :3].astype(np.float64) / 0.1).astype(np.int32)
 assert np.array_equal(mine, vox.coords[vox.voxel_of_point])
+
+# %%
+# Check for exercise 2 (a solution; replace it with yours): pairs per camera in §3's keyframe and two later
+per_camera = {i: np.bincount(keyframes[i].pair_pixels[:, 0], minlength=6)
+              for i in sorted({keyframe_index, (keyframe_index + 2) % len(keyframes), (keyframe_index + 5) % len(keyframes)})}
+for i, counts in per_camera.items():
+    print(f"keyframe {i:2d}: " + ", ".join(f"{name} {n}" for name, n in zip(kf.camera_names, counts)) + f"; total {counts.sum()}")
+totals = np.array([counts.sum() for counts in per_camera.values()])
+assert totals.max() / totals.min() < 1.1                               # the total stays within 10 %
+widest = int(np.argmin(K[:, 0, 0]))                                    # the shortest focal length: the widest lens
+assert all(int(np.argmax(counts)) == widest for counts in per_camera.values()), kf.camera_names[widest]
+
+# %%
+# Check for exercise 3 (a solution; replace it with yours): the LiDAR's ego pose for every camera
+from cmcr_lite.data.projection import pose_matrix
+
+
+def pose(table, token):
+    rec = nusc.get(table, token)
+    return pose_matrix(rec["rotation"], rec["translation"])
+
+
+lidar_rec = keyframes.lidar_record(kf.sample_token)
+ego_from_lidar = pose("calibrated_sensor", lidar_rec["calibrated_sensor_token"])
+wrong_T = np.stack([np.linalg.inv(pose("calibrated_sensor", sd["calibrated_sensor_token"])) @ ego_from_lidar
+                    for sd in keyframes.camera_records(kf.sample_token)])
+wrong_points, wrong_pixels, wrong_uv = project_points_to_cameras(kf.points[:, :3], wrong_T, K, sizes, min_depth=1.0)
+for c, name in enumerate(kf.camera_names):
+    right = dict(zip(pair_points[pair_pixels[:, 0] == c], uv[pair_pixels[:, 0] == c]))
+    both = [(p, q) for p, q in zip(wrong_points[wrong_pixels[:, 0] == c], wrong_uv[wrong_pixels[:, 0] == c]) if p in right]
+    shift = np.array([np.linalg.norm(q - right[p]) for p, q in both])
+    depth = np.linalg.norm(kf.points[[p for p, _ in both], :2], axis=1)
+    near = depth < np.median(depth)
+    print(f"{name:16s} median shift {np.median(shift):5.1f} px (near points {np.median(shift[near]):5.1f}, "
+          f"far {np.median(shift[~near]):5.1f}), max {shift.max():5.1f} px")
+    assert np.median(shift) > 0.5 and np.median(shift[near]) > np.median(shift[~near])
+
+# %%
+# Check for exercise 4 (a solution; replace it with yours): labels changed by 0.4 m voxels, per class
+changed, total = np.zeros(17), np.zeros(17)
+for i in range(min(len(keyframes), 15)):
+    points_i, labels_i = keyframes.load_scan(i)
+    vox = voxelize(points_i[:, :3], 0.4)
+    back_i = labels_i[vox.point_of_voxel][vox.voxel_of_point]
+    changed += np.bincount(labels_i[back_i != labels_i], minlength=17)
+    total += np.bincount(labels_i, minlength=17)
+share = {CLASS_NAMES_16[k]: changed[k] / total[k] for k in range(1, 17) if total[k] >= 100}
+for name in sorted(share, key=share.get, reverse=True):
+    print(f"{name:22s} {100 * share[name]:5.1f} % of {int(total[CLASS_NAMES_16.index(name)])} points")
+small, large = ("traffic_cone", "barrier", "pedestrian"), ("driveable_surface", "manmade")
+assert min(share[c] for c in small if c in share) > max(share[c] for c in large if c in share)

@@ -274,19 +274,19 @@ fig.savefig(out / "c_decomposition.png", bbox_inches="tight")
 #
 # ## Exercises
 #
-# 1. *Implement it yourself*: the mutual information of a bivariate Gaussian with correlation $\rho$ is
+# 1. *Implement it yourself* (easy, 5 min): the mutual information of a bivariate Gaussian with correlation $\rho$ is
 #    $I = -\tfrac12\log(1-\rho^2)$ nats. Check it against `T.gaussian_mutual_information` on the 2×2
 #    covariance $\begin{pmatrix}1&\rho\\\rho&1\end{pmatrix}$ for a few $\rho$. Hint: `dx=1`. Expected:
 #    equal to floating-point precision, and growing without bound as $\rho \to 1$ (which is why the
 #    InfoNCE bound, capped at $\log M$, needs ever larger batches). The check cell below holds a solution.
-# 2. Give the InfoNCE-only encoder a wider head, `T.train_infonce_encoders(model, dim_shared=4)`, and rerun §b.
+# 2. (medium, 15 min) Give the InfoNCE-only encoder a wider head, `T.train_infonce_encoders(model, dim_shared=4)`, and rerun §b.
 #    Hint: InfoNCE's optimum depends only on the shared latent. Expected: $u_x$ does not reliably reappear in
 #    the probe: the extra dimensions are neither rewarded nor penalised, so whatever they hold is left over
 #    from initialisation, not learnt.
-# 3. Set `noise_std=0.1` in `make_two_view_gaussian` and rerun §a. Hint: the bound is at most $\log M$.
+# 3. (medium, 10 min) Set `noise_std=0.1` in `make_two_view_gaussian` and rerun §a. Hint: the bound is at most $\log M$.
 #    Expected: $I(X;Y)$ grows; once it exceeds $\log M$ of the batch, the bound saturates below it, and
 #    only a larger batch lets it climb further.
-# 4. Train with `normalize=True, tau=0.1` (cosine logits, as in CMCR's shared heads) and compare the plateau
+# 4. (medium, 15 min) Train with `normalize=True, tau=0.1` (cosine logits, as in CMCR's shared heads) and compare the plateau
 #    of §a with the dot-product critic. Hint: a cosine critic is bounded by $1/\tau$. Expected: a lower plateau
 #    when the optimal critic needs large logits; normalising throws away the feature norm.
 

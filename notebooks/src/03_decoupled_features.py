@@ -286,10 +286,9 @@ display(Markdown(
 #
 # A ridge classifier (closed form, `probes.ridge_probe`) is fitted on the per-point features of the
 # `train` scenes and scored on the `val` scene, separately for each twin pair of notebook 00:
-# **geometry-only** twins render identically in the cameras and differ in a fine relief only the
-# LiDAR resolves (and, through the ribs' incidence-angle shading, a little in intensity: notebook 00
-# §7); **appearance-only** twins have the same shape, differ in colour, and in the LiDAR only through
-# a faint intensity shift. Score: balanced accuracy of the pair (0.5 = chance), averaged over the
+# **geometry-only** twins render identically in the cameras and differ in a relief (the truck's
+# ribbed panels) that only the LiDAR resolves; **appearance-only** twins have the same shape, differ
+# in colour, and in the LiDAR only through an intensity shift (notebook 00 §7 measures both). Score: balanced accuracy of the pair (0.5 = chance), averaged over the
 # pairs of a group. We probe $F^{3D}$, $G^{3D}$ and the trunk $z^{3D}$ both heads read.
 
 # %%
@@ -359,9 +358,10 @@ display(Markdown(
     f"* The random-init trunk scores {rnd['geometry-only']:.3f} on geometry twins and "
     f"{rnd['appearance-only']:.3f} on appearance twins (0.5 = chance); the trained trunks move them by "
     f"{moved['geometry-only']:+.3f} and {moved['appearance-only']:+.3f} on average.\n"
-    + (f"* The appearance-twin probe is *below* random init after {len(ep)} epochs for {', '.join(dip)}: short "
-       f"distillation runs do that (the student first copies the teacher's coarse features, which merge what "
-       f"the intensity faintly separates; notebook 02 §6 shows the same dip, and its §8 what longer runs do).\n"
+    + (f"* The appearance-twin probe is *below* random init after {len(ep)} epochs for {', '.join(dip)}. These "
+       f"trunks are read in eval mode with BatchNorm running statistics that still remember the start of a "
+       f"short run, while random init's are the identity; notebook 02 §6 reads short runs both ways and shows "
+       f"what such a dip is made of before anything is concluded from it.\n"
        if dip else "")
     + f"* The val scene holds {val_counts['car']:,} car and {val_counts['truck']:,} truck points; pairs "
     f"without points of both classes: {', '.join(nan_pairs) if nan_pairs else 'none'}."))
@@ -407,24 +407,24 @@ print(f"notebook runtime after imports: {runtime:.0f} s")
 # * Decorrelated is not the same as different content: a linear probe reads as much from $G^{3D}$
 #   as from the trunk, because the head is a linear map of it. With decoupling alone, nothing tells
 #   $G$ what to carry; notebooks 05–06 give it a job (reconstruction and occupancy).
-# * Two lite epochs are a mechanics check: §5 renders where the twin probes land against random init,
-#   including a dip of the appearance twins below it when this run shows one.
+# * Two lite epochs are a mechanics check: §5 renders where the twin probes land against random init.
+#   A short run read in eval mode carries stale BatchNorm statistics (notebook 02 §6).
 #
 # **Exercises**
-# 1. *Implement it yourself*: write $\mathcal{L}_\text{orth} = \|\hat F^\top\hat G\|_F/D^2$ in three lines
+# 1. *Implement it yourself* (easy, 10 min): write $\mathcal{L}_\text{orth} = \|\hat F^\top\hat G\|_F/D^2$ in three lines
 #    and check it against `orthogonality_loss` on the features `f3d`, `g3d` of §1. Hint: normalise the rows
 #    with `t / t.norm(dim=1, keepdim=True)`, then `torch.linalg.matrix_norm(..., ord="fro")`. Expected: equal
 #    to float precision; then check the bound of §2 ($\le N/D$) on your version. The check cell below holds
 #    a solution; replace it with yours.
-# 2. Set `orth_weight = 1.0` in the parameters and rerun (the run gets its own output folder, so the
+# 2. (easy, 10 min) Set `orth_weight = 1.0` in the parameters and rerun (the run gets its own output folder, so the
 #    resume guard does not refuse it; about a minute on 2 cores). Hint: read the rendered sentences of §3
 #    and §4. Expected: $\|C\|_F$ in 3D drops further below the run without the loss than at 0.1, and
 #    $\mathcal{L}_\text{NCE}$ still barely moves. The check cell asserts the first when `orth_weight > 0.1`.
-# 3. Set `orth_2d = False` (the released code's choice) and rerun (own output folders again). Hint: with
+# 3. (easy, 10 min) Set `orth_2d = False` (the released code's choice) and rerun (own output folders again). Hint: with
 #    $\mathcal{L}_\text{orth}$ on 3D only, nothing but the InfoNCE reaches the 2D heads. Expected: the 2D
 #    $\|C\|_F$ of the two trained runs become close (the check asserts within 10 %), while the 3D ones still
 #    differ.
-# 4. Give the probe less room: project $F^{3D}$ and $G^{3D}$ on their top 4 principal components (fitted on
+# 4. (medium, 20 min) Give the probe less room: project $F^{3D}$ and $G^{3D}$ on their top 4 principal components (fitted on
 #    `train`) before `twin_probe`. Hint: `torch.pca_lowrank(x, q=4)`, then `(x - mean) @ V`. Expected: both
 #    heads lose most of what the full features give (the table of §5), and they still read alike: the
 #    top directions of $F^{3D}$ and $G^{3D}$ are two linear views of the same trunk. The check cell below

@@ -229,18 +229,24 @@ assert max(a2["agreement"][0], a2["agreement"][-1]) < 0.1  # each modality keeps
 
 # %%
 C_TOY, M_TOY = 16, 512
-g = torch.Generator().manual_seed(seed)
-centres = F.normalize(torch.randn(C_TOY, 64, generator=g), dim=1)
-gap = 0.4 * F.normalize(torch.randn(64, generator=g), dim=0)
-toy = {}
-for name, kw in {"official (no reset)": {}, "opt-in dead-code reset": {"reset_dead_codes": True}}.items():
+
+
+def toy_run(gap, g, **codebook_options):
+    """(codebook, recorded arrays) after ``toy_steps`` EMA steps on the toy's paired features with
+    modality gap ``gap`` (64,), drawing from the generator ``g`` (reseeded first)."""
     torch.manual_seed(seed)
     g.manual_seed(seed + 1)
-    cb64 = UnifiedCodebook(num_codes=400, dim=64, decay=0.999, **kw).train()
+    cb64 = UnifiedCodebook(num_codes=400, dim=64, decay=0.999, **codebook_options).train()
     with CodebookRecorder() as rec:
         for _ in range(toy_steps):
             cb64(*toy_paired_features(M_TOY, centres, gap, noise=0.3, generator=g)[:2])
-    toy[name] = (cb64, rec.arrays())
+    return cb64, rec.arrays()
+
+
+g = torch.Generator().manual_seed(seed)
+centres = F.normalize(torch.randn(C_TOY, 64, generator=g), dim=1)
+gap = 0.4 * F.normalize(torch.randn(64, generator=g), dim=0)
+toy = {"official (no reset)": toy_run(gap, g), "opt-in dead-code reset": toy_run(gap, g, reset_dead_codes=True)}
 
 fig, ax = plt.subplots(1, 3, figsize=(13, 3.4))
 for name, (_, a) in toy.items():
@@ -591,11 +597,14 @@ fig.colorbar(im, ax=ax[1], fraction=0.046)
 labels = pc["labels"].numpy()
 present = [c for c in range(1, len(CLASS_NAMES_16)) if (labels == c).any()]
 cls_by_code = np.array([[np.sum((pc["points"].numpy() == k) & (labels == c)) for k in top] for c in present], float)
+no_points = cls_by_code.sum(0) == 0  # codes used only by pixels: no class to show
 cls_by_code /= np.maximum(cls_by_code.sum(0, keepdims=True), 1)
-im2 = ax[2].imshow(cls_by_code, aspect="auto", cmap="magma")
+im2 = ax[2].imshow(np.ma.masked_array(cls_by_code, np.broadcast_to(no_points, cls_by_code.shape)), aspect="auto",
+                   cmap="magma")
+ax[2].set_facecolor("0.85")  # grey columns: codes no point chose
 ax[2].set_yticks(range(len(present))); ax[2].set_yticklabels([CLASS_NAMES_16[c] for c in present], fontsize=7)
 ax[2].set_xticks(xs); ax[2].set_xticklabels(top, fontsize=6, rotation=90)
-ax[2].set_xlabel("point code"); ax[2].set_title("classes of the points on each code")
+ax[2].set_xlabel("point code"); ax[2].set_title("classes of the points on each code (grey: no point)")
 fig.colorbar(im2, ax=ax[2], fraction=0.046, label="fraction of the code's points")
 save_figure(fig, out / "code_usage_cooccurrence.png")
 
@@ -695,24 +704,26 @@ assert quantisation_memory(official_rows)["distances"] == 1_789_132_800
 #   renders from the code counts, together with the point codes that split car from truck.
 #
 # **Exercises**
-# 1. *Implement it yourself*: the perplexity of §3, $\exp(-\sum_k u_k\log u_k)$ with $u_k = n_k/\sum_j n_j$,
+# 1. *Implement it yourself* (easy, 10 min): the perplexity of §3, $\exp(-\sum_k u_k\log u_k)$ with $u_k = n_k/\sum_j n_j$,
 #    from the code counts `usage_p` of §6, checked against `perplexity_from_counts` and
 #    `share["perplexity_points"]`. Hint: drop the codes with $n_k = 0$ first ($0\log 0 = 0$). Expected:
 #    equal to float precision, between 1 and the number of codes used. The check cell below holds a
 #    solution; replace it with yours.
-# 2. In §3, remove the modality gap (`gap = 0.0 * F.normalize(...)`), then double it (`0.8 * ...`). Hint:
-#    watch the agreement curve and the `never_used` count, not the perplexity. Expected: without a gap a
-#    point and its pixel end on one code almost always; at twice the gap the agreement stays far below the
-#    default's, while the perplexity stays near the 16 concepts in all three.
-# 3. In §4, sharpen the soft assignments: `F.log_softmax(-20 * code_distances(x, cb.embedding).sqrt(), 1)`
+# 2. *Predict, then measure* (medium, 15 min): in §3, remove the modality gap (`gap = 0.0 * F.normalize(...)`),
+#    then double it (`0.8 * ...`). Hint: watch the agreement curve and the `never_used` count, not the
+#    perplexity. Expected: without a gap a point and its pixel end on one code almost always; at twice the
+#    gap the agreement stays far below the default's. The check cell below runs all three gaps and asserts
+#    that order.
+# 3. (medium, 15 min) In §4, sharpen the soft assignments: `F.log_softmax(-20 * code_distances(x, cb.embedding).sqrt(), 1)`
 #    (`code_distances` from `cmcr_lite.losses.codebook`) in place of `soft_assign_log`. Hint: with
 #    $M$ pairs on $K$ codes, several pairs share each code and tie in $S$. Expected: CMCM of perfect pairs
 #    falls from near $\log M$ to about the log of the number of pairs per code. The check cell below
 #    computes it.
-# 4. In §3, give the opt-in reset a threshold above the Laplace floor
+# 4. (medium, 10 min) In §3, give the opt-in reset a threshold above the Laplace floor
 #    (`UnifiedCodebook(..., reset_dead_codes=True, dead_threshold=2 * floor)`). Hint: at the start every
 #    count is below $2\times$ floor. Expected: as with the default reset, or worse: perplexity far above 16
-#    and agreement near 0, because live codes are re-seeded too.
+#    and agreement below the official run's, because live codes are re-seeded too. The check cell below
+#    runs it and asserts both.
 
 # %%
 # Check for exercise 1 (a solution; replace it with yours)
@@ -736,3 +747,19 @@ per_code = len(on_codes) / len(torch.unique(cb_fresh.nearest(on_codes)))
 print(f"CMCM of perfect pairs: temperature 1 {best:.3f}, sharpened {sharp_best:.3f}; log M = {math.log(len(on_codes)):.3f}, "
       f"log(pairs per code used) = {math.log(per_code):.3f}")
 assert sharp_best < best - 1
+
+# %%
+# Check for exercise 2: the toy of §3 at three modality gaps (official codebook, no reset)
+by_gap = {scale: (lambda a: (a["agreement"][-1], a["perplexity_points"][-1]))(toy_run(gap * scale / 0.4,
+                                                                                     torch.Generator())[1])
+          for scale in (0.0, 0.4, 0.8)}
+print("gap scale -> (agreement, perplexity of points):", {k: (round(a, 2), round(p, 1)) for k, (a, p) in by_gap.items()})
+assert by_gap[0.0][0] > by_gap[0.4][0] > by_gap[0.8][0]
+
+# %%
+# Check for exercise 4: the opt-in reset with a threshold of twice the Laplace floor
+a_2x = toy_run(gap, torch.Generator(), reset_dead_codes=True, dead_threshold=2 * floor)[1]
+agree_2x, perplexity_2x = a_2x["agreement"][-1], a_2x["perplexity_points"][-1]
+print(f"threshold 2 x floor: agreement {agree_2x:.2f}, perplexity {perplexity_2x:.1f} "
+      f"(official: {a_off['agreement'][-1]:.2f}, {a_off['perplexity_points'][-1]:.1f})")
+assert perplexity_2x > 16 and agree_2x < a_off["agreement"][-1]

@@ -363,19 +363,20 @@ display(Markdown("\n".join([
 #   path into it (§4). In this short run neither variant changes the 3D-side losses visibly.
 #
 # **Exercises**
-# 1. *Implement it yourself*: the MAE-style loss over masked pixels only,
+# 1. *Implement it yourself* (easy, 10 min): the MAE-style loss over masked pixels only,
 #    $\frac{\sum_p M_p \lVert \hat I_p - I_p\rVert^2}{3\sum_p M_p}$, in two lines on the plain model's
 #    val reconstruction of §6 (`recon["plain MIM"]`, `batch["target_images"]`, `batch["masks"]`), checked
 #    against `reconstruction_loss(..., masked_only=True)`. Hint: broadcast the mask over the channel axis
 #    with `masks[:, None]`. The check cell below holds a solution; replace it with yours.
-# 2. Set `mim_masked_only = True` and rerun (its runs get their own output folders). Expected: the loss is
-#    now about the masked error of §6 (larger numbers), and the replaced pixels' share of it grows from
+# 2. (easy, 10 min) Set `mim_masked_only = True` and rerun (its runs get their own output folders). Expected:
+#    the loss is now about the masked error of §6 (larger numbers; the check cell below asserts that the
+#    logged loss is nearer the error of the pixels it averages, masked or all, for either setting), and the replaced pixels' share of it grows from
 #    their share of all pixels to their share of the masked ones (§3's percentage): does the gap between
 #    the variants in §6 grow?
-# 3. Set `pretrain_epochs = 10` (the runs continue from their checkpoints). Hint: compare
+# 3. (medium, 15 min) Set `pretrain_epochs = 10` (the runs continue from their checkpoints). Hint: compare
 #    `runs[v]["history"][-1]["perplexity_points"]` and the "masked, fed 3D" errors. Expected: the MIM
-#    loss keeps falling for both; whether the geometry-enhanced error on fed pixels falls faster is
-#    what to look for, and one seed will not settle it.
+#    loss keeps falling for both (the check cell asserts it once `pretrain_epochs >= 10`); whether the
+#    geometry-enhanced error on fed pixels falls faster is what to look for, and one seed will not settle it.
 
 # %%
 # Check for exercise 1 (a solution; replace it with yours)
@@ -383,3 +384,21 @@ m = batch["masks"][:, None].float()
 mine = (m * (recon["plain MIM"] - batch["target_images"]) ** 2).sum() / (3 * m.sum())
 assert torch.isclose(mine, reconstruction_loss(recon["plain MIM"], batch["target_images"], batch["masks"],
                                                masked_only=True))
+
+# %%
+# Check for exercise 2: the logged MIM loss is nearer the val error of the pixels it averages
+for v in runs:
+    all_pixels_error = float(((recon[v] - batch["target_images"]) ** 2).mean())
+    own, other = ((errors[v]["masked"], all_pixels_error) if mim_masked_only else (all_pixels_error, errors[v]["masked"]))
+    logged = mim[v][-1]
+    print(f"{v}: logged MIM {logged:.4f}; val error over {'masked' if mim_masked_only else 'all'} pixels {own:.4f}, "
+          f"over {'all' if mim_masked_only else 'masked'} pixels {other:.4f}")
+    assert abs(np.log(logged / own)) < abs(np.log(logged / other))
+
+# %%
+# Check for exercise 3 (runs once pretrain_epochs >= 10)
+if pretrain_epochs is not None and pretrain_epochs >= 10:
+    assert all(mim[v][-1] < mim[v][2] for v in runs), {v: (mim[v][2], mim[v][-1]) for v in runs}
+    print("the MIM loss at the last epoch is below the third epoch's for both variants")
+else:
+    print(f"pretrain_epochs = {pretrain_epochs}: set it to 10 and rerun to check exercise 3")

@@ -29,6 +29,7 @@ output_dir = "../outputs/07_cmcr_pretraining"
 bench_name = "bench"          # `python -m experiments bench`: experiments/results/bench.{json,md,png}
 ladder_name = "ladder"        # `python -m experiments ladder --diagnostic-weights 6 20`
 mechanism_name = "mechanism"  # `python -m experiments mechanism`
+use_converged = True          # lite: also read the bench's converged PPKT and CMCR (experiments/results/trunks/)
 
 # %%
 import json
@@ -94,25 +95,39 @@ assert hist[-1]["loss"] < hist[0]["loss"]
 
 # %% [markdown]
 # ## 3 · Linear probe: PPKT vs full CMCR (this seed)
+#
+# The short runs above, and the bench's converged seed-0 PPKT and CMCR (20 epochs on a 30-scene set,
+# committed in `experiments/results/trunks/` by `python -m experiments trunks`), read by the same
+# probe on this notebook's val scene.
 
 # %%
+from experiments.trunks import trunk_file
+
+checkpoints = {"random init": None, "PPKT": runs["ppkt"]["checkpoint"], "CMCR": runs["cmcr"]["checkpoint"]}
+converged = {f"{row}, converged": trunk_file(row) for row in ("PPKT", "CMCR")}
+if use_converged and preset == "lite" and all(p.is_file() for p in converged.values()):
+    checkpoints.update(converged)
 summaries = {}
-for name, checkpoint in {"random init": None, "PPKT": runs["ppkt"]["checkpoint"], "CMCR": runs["cmcr"]["checkpoint"]}.items():
+for name, checkpoint in checkpoints.items():
     model, _ = train_segmentation(probe_config, train_kf, None if checkpoint is None else str(checkpoint), progress=False)
     summaries[name] = summarize_confusion(evaluate(model, val_kf, probe_config, progress=False))
     summaries[name].update(feature_twin_probes(model, train_kf, val_kf, probe_config))
     s = summaries[name]
-    print(f"{name:12s} mIoU {100 * s['miou']:5.1f}   geometry-only {100 * s['geometry-only']:5.1f}   "
+    print(f"{name:16s} mIoU {100 * s['miou']:5.1f}   geometry-only {100 * s['geometry-only']:5.1f}   "
           f"appearance-only {100 * s['appearance-only']:5.1f}   | twins in features: geometry "
           f"{100 * s['geometry twins in features']:4.1f}  appearance {100 * s['appearance twins in features']:4.1f}")
 (out / "linear_probe.json").write_text(json.dumps(summaries, indent=1))
 d = {k: 100 * (summaries["CMCR"][k] - summaries["PPKT"][k]) for k in ("miou", "geometry-only", "appearance-only",
                                                                       "geometry twins in features")}
-display(Markdown(f"**This seed, {len(hist)} epochs** (a mechanics check): CMCR − PPKT = {d['miou']:+.1f} mIoU, "
-                 f"{d['geometry-only']:+.1f} geometry-only IoU, {d['appearance-only']:+.1f} appearance-only IoU, "
-                 f"{d['geometry twins in features']:+.1f} points on the geometry twins in features. One short run "
-                 f"cannot rank the two: §4 puts the question to the bench, five seeds per row against a measured "
-                 f"noise floor."))
+text = (f"**This seed, {len(hist)} epochs** (a mechanics check): CMCR − PPKT = {d['miou']:+.1f} mIoU, "
+        f"{d['geometry-only']:+.1f} geometry-only IoU, {d['appearance-only']:+.1f} appearance-only IoU, "
+        f"{d['geometry twins in features']:+.1f} points on the geometry twins in features.")
+if "CMCR, converged" in summaries:
+    dc = {k: 100 * (summaries["CMCR, converged"][k] - summaries["PPKT, converged"][k]) for k in d}
+    text += (f" **The converged pair** (seed 0 of the bench): CMCR − PPKT = {dc['miou']:+.1f} mIoU, "
+             f"{dc['geometry twins in features']:+.1f} points on the geometry twins in features.")
+display(Markdown(text + " One seed on one val scene cannot rank the two: §4 puts the question to the bench, "
+                 "five seeds per row on 18 val scans against a measured noise floor."))
 
 # %% [markdown]
 # ## 4 · The bench: what it decides
