@@ -309,14 +309,17 @@ print("geometry-enhanced - plain: " + ", ".join(f"{k} {v:+.4f}" for k, v in gap.
 # %%
 panels = {"masked input $\\tilde I$": batch["images"][show], "plain MIM": recon["plain MIM"][show],
           "geometry-enhanced": recon["geometry-enhanced"][show], "target $I$": batch["target_images"][show]}
-fig, ax = plt.subplots(1, 5, figsize=(20, 2.7))
+# two rows of three, so that each image keeps a readable size at the notebook's width
+fig, axes = plt.subplots(2, 3, figsize=(11, 5))
+ax = axes.ravel()
 for a, (title, img) in zip(ax, panels.items()):
     a.imshow(img.permute(1, 2, 0).numpy().clip(0, 1)); a.set_title(title)
 diff = (recon["geometry-enhanced"][show] - recon["plain MIM"][show]).abs().mean(0).numpy()
 im = ax[4].imshow(diff, cmap="magma"); ax[4].set_title("|geometry-enhanced − plain|")
-fig.colorbar(im, ax=ax[4], label="mean abs. difference (RGB in [0, 1])")
-for a in ax:
+fig.colorbar(im, ax=ax[4], label="mean |difference| (RGB)")
+for a in ax[:5]:
     a.set_xlabel("column (px)"); a.set_ylabel("row (px)")
+ax[5].axis("off")
 fig.tight_layout(); fig.savefig(out / "reconstructions.png", dpi=90); plt.show()
 print(f"notebook runtime so far: {time.time() - t_start:.0f} s")
 
