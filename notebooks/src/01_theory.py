@@ -282,16 +282,48 @@ fig.savefig(out / "c_decomposition.png", bbox_inches="tight")
 # 2. (medium, 15 min) Give the InfoNCE-only encoder a wider head, `T.train_infonce_encoders(model, dim_shared=4)`, and rerun §b.
 #    Hint: InfoNCE's optimum depends only on the shared latent. Expected: $u_x$ does not reliably reappear in
 #    the probe: the extra dimensions are neither rewarded nor penalised, so whatever they hold is left over
-#    from initialisation, not learnt.
+#    from initialisation, not learnt. The check cell below asserts that training does not raise it.
 # 3. (medium, 10 min) Set `noise_std=0.1` in `make_two_view_gaussian` and rerun §a. Hint: the bound is at most $\log M$.
+#    The check cell below does it for you and asserts the expected behaviour.
 #    Expected: $I(X;Y)$ grows; once it exceeds $\log M$ of the batch, the bound saturates below it, and
 #    only a larger batch lets it climb further.
 # 4. (medium, 15 min) Train with `normalize=True, tau=0.1` (cosine logits, as in CMCR's shared heads) and compare the plateau
 #    of §a with the dot-product critic. Hint: a cosine critic is bounded by $1/\tau$. Expected: a lower plateau
 #    when the optimal critic needs large logits; normalising throws away the feature norm.
+#    The check cell below compares the two held-out bounds.
 
 # %%
 # Check for exercise 1 (a solution; replace it with yours)
 for rho in (0.1, 0.5, 0.9, 0.99):
     mine = -0.5 * math.log(1 - rho ** 2)
     assert math.isclose(mine, T.gaussian_mutual_information([[1.0, rho], [rho, 1.0]], dx=1), rel_tol=1e-9)
+
+# %%
+# Check for exercise 3: less noise, more shared information, and the bound saturates at log N
+sharp_model = T.make_two_view_gaussian(dim_x=8, dim_y=8, ds=2, du=2, noise_std=0.1, seed=seed)
+mi_sharp = T.analytic_mutual_information(sharp_model)
+gen3 = torch.Generator().manual_seed(seed)
+est3 = {n: T.infonce_optimal_critic_estimate(sharp_model, n, n_batches, gen3) for n in batch_sizes}
+print(f"I(X;Y) = {mi_sharp:.2f} nats at noise 0.1 (was {mi:.2f} at 0.5); optimal-critic bound per N: "
+      + ", ".join(f"{n}: {m_:.2f}" for n, (m_, _) in est3.items()))
+assert mi_sharp > mi
+assert all(m_ <= math.log(n) + 3 * se + 1e-3 for n, (m_, se) in est3.items())      # capped by log N
+assert all(m_ <= mi_sharp + 3 * se for m_, se in est3.values())                     # and by I(X;Y)
+
+# %%
+# Check for exercise 2: a 4-d InfoNCE head holds u_x only as much as its random start did
+def u_x_r2(result):
+    return T.linear_probe_r2(result.encode(*fit[:2])[0], fit[3], result.encode(*test[:2])[0], test[3])
+
+
+start4 = T.train_infonce_encoders(model, dim_shared=4, n_steps=1, batch_size=batch_size, seed=seed)
+wide4 = T.train_infonce_encoders(model, dim_shared=4, n_steps=n_steps, batch_size=batch_size, seed=seed)
+print(f"R² of u_x from the 4-d InfoNCE head: {u_x_r2(start4):.3f} after 1 step, {u_x_r2(wide4):.3f} after {n_steps}")
+assert u_x_r2(wide4) <= u_x_r2(start4) + 0.02
+
+# %%
+# Check for exercise 4: the cosine critic (tau = 0.1) plateaus lower than the dot product
+cosine = T.train_infonce_encoders(model, n_steps=n_steps, batch_size=batch_size, seed=seed, normalize=True, tau=0.1)
+bounds = {"dot product": held_out["dot"], "cosine, tau 0.1": cosine.infonce_estimate(model, batch_size, n_batches, gen)}
+print("held-out bound (nats):", {k: round(v, 3) for k, v in bounds.items()}, f"I(X;Y) = {mi:.3f}")
+assert bounds["cosine, tau 0.1"] < bounds["dot product"]
