@@ -95,6 +95,11 @@ def amd_jobs() -> list:
     return [load(p) for p in sorted((RUNS / "amd_epyc_17").glob("*.json"))]
 
 
+def avx2_hours() -> float:
+    """The whole committed bench on 2 cores of the AMD EPYC with AVX2, scaled by its two ceiling jobs' time ratio."""
+    return statistics.mean(time_ratios("supervised_ceiling", ".")) * committed_minutes() / 2 / 60
+
+
 def machines_table() -> str:
     """docs/results.md's table of machines: bits, time ratios and whole-bench times against the committed jobs."""
     committed = load(RESULTS_DIR / "bench.json")
@@ -122,7 +127,8 @@ def machines_table() -> str:
         f"| the committed jobs', the 60-epoch ceiling's among them (not recorded) | SkylakeX (inferred) | all 41 | "
         f"| 1× | about {total / 2:.0f} min (an estimate from the jobs' own times) |",
         f"| AMD EPYC, AVX2 | not recorded | ceiling, seeds 0 and 1 | equal for 3 steps, then apart in the last bits "
-        f"| {times(time_ratios('supervised_ceiling', '.'))} | about 4 to 5 hours (an estimate) |",
+        f"| {times(time_ratios('supervised_ceiling', '.'))} | about {avx2_hours():.1f} hours (an estimate from the "
+        "ceiling's ratio; the ceiling slowed down most elsewhere, so an upper one) |",
         f"| Intel Xeon model 207, AVX-512 | Prescott (OpenBLAS's generic) | ceiling, seeds 0 and 1 | apart within "
         f"the first steps | {times(time_ratios('supervised_ceiling', 'intel_xeon_207/prescott_blas'))} | |",
         f"| the same, with OpenBLAS's kernels named | SkylakeX | ceiling and CMCR, seeds 0 and 1 | equal | ceiling "
@@ -175,7 +181,9 @@ def amd_avx2_notes() -> str:
         f"  took {ppkt[0]:.2f} and {ppkt[1]:.2f} s for a PPKT step and {cmcr[0]:.2f} and {cmcr[1]:.2f} s for a CMCR step,\n"
         f"  against {ppkt0:.2f} and {cmcr0:.2f} s in the committed profile (`benchmarks/results/pretrain_step.md`).\n"
         "  Two runs of the same profile on the same machine differ, so a 6-step median is a rough measure.\n"
-        "  On this machine the whole bench would take about 4 to 5 hours on 2 cores (an estimate)."
+        f"  On this machine the whole bench would take about {avx2_hours():.1f} hours on 2 cores (an estimate from the\n"
+        "  ceiling's ratio, whose step is mostly MinkowskiEngine's convolutions: it slowed down most on the\n"
+        "  other machines, so an upper estimate)."
     )
 
 
