@@ -1,11 +1,12 @@
-"""The twins' evidence in notebook 00 §7 (cmcr_lite.viz): intensity separability, the panel profile
-that shows a truck's ribs, and a twins figure that clips nothing into its last bin."""
+"""The twins' evidence in notebook 00 §7 (``cmcr_lite.analysis.twins``; the figure in ``cmcr_lite.viz``):
+intensity separability, the panel profile and rib bands that show a truck's ribs, and a twins figure
+that clips nothing into its last bin."""
 from math import erf, sqrt
 
 import numpy as np
 import pytest
 
-from cmcr_lite.viz import largest_object, panel_profile, separability
+from cmcr_lite.analysis.twins import largest_object, panel_profile, rib_bands, separability
 
 
 def test_separability_of_equal_variance_gaussians_is_phi_of_half_d_prime():
@@ -55,6 +56,10 @@ def test_panel_profile_measures_the_ribs_of_a_ribbed_side(yaw):
     assert np.percentile(flat["depth"], 99) < 0.1                    # a flat side stays within the noise
     assert ribbed["along"].max() == pytest.approx(6.0 - 2 * 0.3, abs=0.1)  # the end face and margins left out
     assert 4.0 < ribbed["range"] < 5.0                               # its points: the side at 4 m, the end face
+    bands, none = rib_bands(ribbed), rib_bands(flat)
+    assert bands["step"] == pytest.approx(0.45, abs=0.03) and bands["period"] == pytest.approx(1.2, abs=0.1)
+    assert bands["deep"] == pytest.approx(deep.mean()) and bands["points"] == len(deep)
+    assert none["deep"] == 0.0 and none["step"] == 0.0 and np.isnan(none["period"])  # a flat side has no groove
 
 
 def test_largest_object_keeps_the_biggest_group():

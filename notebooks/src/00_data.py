@@ -318,7 +318,8 @@ assert len(np.unique(buggy)) <= 2 and 0.3 < keep.mean() < 0.7
 # means in pooled spreads) in the title. No histogram is clipped: each spans its twins' values.
 
 # %%
-from cmcr_lite.viz import separability, twin_statistics, twins_figure
+from cmcr_lite.analysis.twins import separability
+from cmcr_lite.viz import twin_statistics, twins_figure
 
 stats = twin_statistics(keyframes, n_keyframes=min(4, len(keyframes)))
 fig = twins_figure(stats, rough_threshold=0.05)
@@ -346,7 +347,7 @@ for group, (a, b) in [("geometry-only", ("car", "truck")), ("geometry-only", ("t
 # its own side of it with probability $\Phi(d'/2)$ ($\Phi$ the standard normal distribution function):
 # that is the threshold's *balanced accuracy*, the mean of the two classes' recalls. The control for
 # this Gaussian reading is the best threshold on the points themselves, which assumes no shape
-# (`viz.separability`):
+# (`analysis.twins.separability`):
 
 # %%
 from IPython.display import Markdown, display
@@ -409,11 +410,13 @@ display(Markdown("\n".join(lines)))
 # %% [markdown]
 # **The ribs themselves.** Below: the keyframe (among the first twenty) whose largest car and largest
 # truck both have the most points, and the side of each that faces the sensor, seen from above and
-# face-on. `viz.largest_object` takes a class's biggest group of points; `viz.panel_profile` finds the
-# side's direction and its outermost plane, and measures every point's depth behind that plane.
+# face-on. `analysis.twins.largest_object` takes a class's biggest group of points; `panel_profile` finds
+# the side's direction and its outermost plane, and measures every point's depth behind that plane;
+# `rib_bands` finds the grooves in it (points more than 20 cm behind the plane, far beyond the range noise).
 
 # %%
-from cmcr_lite.viz import largest_object, panel_profile, panel_profiles_figure
+from cmcr_lite.analysis.twins import largest_object, panel_profile, rib_bands
+from cmcr_lite.viz import panel_profiles_figure
 
 best_scan, best_size = None, 0
 for i in range(min(20, len(keyframes))):
@@ -437,16 +440,8 @@ if profiles is not None:
     rough_scan = local_roughness(scan)
     measured, lines = {}, []
     for name, prof in profiles.items():
-        deep = prof["depth"] > 0.2                                   # 20 cm: far beyond the range noise
-        order = np.argsort(prof["along"])
-        flips = np.nonzero(deep[order][1:] != deep[order][:-1])[0]
-        edges = (prof["along"][order][flips] + prof["along"][order][flips + 1]) / 2
         _, rows = cKDTree(scan[:, :3]).query(objects[name][prof["index"]])  # the side's points in the scan
-        m = measured[name] = {
-            "deep": deep.mean(), "points": len(deep), "edges": len(edges),
-            "step": np.median(prof["depth"][deep]) - np.median(prof["depth"][~deep]) if 0 < deep.sum() < len(deep) else 0.0,
-            "period": 2 * np.median(np.diff(edges)) if len(edges) > 2 else np.nan,
-            "rough": np.mean(rough_scan[rows] >= 0.05)}
+        m = measured[name] = {**rib_bands(prof, deep=0.2), "rough": np.mean(rough_scan[rows] >= 0.05)}
         line = f"* {name}: {100 * m['deep']:.0f} % of its {m['points']} side points lie more than 20 cm behind the outer plane"
         if m["edges"] > 2:
             line += f" (a median {100 * m['step']:.0f} cm deeper than the rest), in bands that repeat every {m['period']:.2f} m"
