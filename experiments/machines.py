@@ -118,6 +118,7 @@ def machines_table() -> str:
     premise(all(untimed(by_job[(r["row"], r["seed"])]) == untimed(r) for r in amd), "the 14 jobs above equal", HERE)
     committed_jobs = {(r["row"], r["seed"]): r for r in compared}
     premise(all(untimed(r) != untimed(committed_jobs[k]) for k, r in by_job.items()), "apart", HERE)
+    amd_minutes = weighted_compute(amd)
     skylakex = (time_ratios("supervised_ceiling", "intel_xeon_207/skylakex_blas")
                 + time_ratios("cmcr", "intel_xeon_207/skylakex_blas"))
     return "\n".join([
@@ -135,8 +136,8 @@ def machines_table() -> str:
         f"{times(skylakex[:2])}, CMCR {times(skylakex[2:])} | about "
         f"{statistics.mean(skylakex) * total / 2 / 60:.1f} hours (an estimate) |",
         f"| AMD EPYC family 25 model 17, AVX-512 | Cooperlake (OpenBLAS's own) | every row, seeds 0 and 1 (14 jobs) "
-        f"| equal for 3 steps, then apart | {weighted_compute(amd) / total:.2f}× the compute | about "
-        f"{weighted_compute(amd) / 2 / 60:.1f} hours (an estimate) |",
+        f"| equal for 3 steps, then apart | {amd_minutes / total:.2f}× the compute | about "
+        f"{amd_minutes / 2 / 60:.1f} hours (an estimate) |",
         f"| the same, in another session | Cooperlake | all 41, from scratch in one call | apart; the 14 jobs above "
         f"equal | {weighted_compute(scratch['runs']) / total:.2f}× the compute | **{wall['minutes']:.0f} min, "
         "measured** |",
