@@ -160,13 +160,21 @@ axes[0].axhline(np.log(m_ppkt), color="k", ls="--", lw=0.8, label=f"log M = log 
 # SLidR's M is the number of superpixels that hold paired points in a batch; count it on unaugmented batches
 from cmcr_lite.data.pipeline import PairedScanDataset, PipelineConfig, collate_pairs
 
+
+
+def superpoints(b):
+    """(M,) int64: the superpoint of each pair of a collated batch, numbered 0.. (a superpixel of one
+    image with at least one paired point)."""
+    cam, row, col = b["pair_pixels"].T
+    ids = cam.numpy() * 10 ** 6 + b["superpixels"][cam, row, col].numpy()  # unique across the batch's images
+    return torch.from_numpy(np.unique(ids, return_inverse=True)[1].reshape(-1))
+
+
 slidr_batch = pretrain_config("slidr").batch_size
 sp_data = PairedScanDataset(train_kf, PipelineConfig.lite(augment=False), seed=seed)
 m_slidr = []
 for start in range(0, len(sp_data) - slidr_batch + 1, slidr_batch):
-    b = collate_pairs([sp_data[i] for i in range(start, start + slidr_batch)])
-    cam, row, col = b["pair_pixels"].T
-    m_slidr.append(len(np.unique(cam.numpy() * 10 ** 6 + b["superpixels"][cam, row, col].numpy())))
+    m_slidr.append(int(superpoints(collate_pairs([sp_data[i] for i in range(start, start + slidr_batch)])).max()) + 1)
 axes[1].axhline(np.log(np.mean(m_slidr)), color="k", ls="--", lw=0.8,
                 label=f"log M, M ≈ {np.mean(m_slidr):.0f} superpixels a batch"); axes[1].legend(fontsize=8)
 save_figure(fig, out / "pretrain_loss.png")
@@ -417,9 +425,7 @@ from cmcr_lite.losses.infonce import scatter_mean
 
 sp_item = PairedScanDataset(val_kf, PipelineConfig.lite(augment=False), seed=seed)[0]
 sp_batch = collate_pairs([sp_item])
-cam, row, col = sp_batch["pair_pixels"].T
-superpoint = torch.from_numpy(np.unique(cam.numpy() * 10 ** 6 + sp_batch["superpixels"][cam, row, col].numpy(),
-                                        return_inverse=True)[1].reshape(-1))
+superpoint = superpoints(sp_batch)
 within = {}
 for method, r in runs.items():
     with torch.no_grad():

@@ -303,20 +303,27 @@ else:
 # %%
 from cmcr_lite.analysis.occupancy import fit_decoder, frozen_query_scans
 
+
+
+def decoder_fit(max_neighbours=8):
+    """(a copy of the occupancy decoder fitted for ``decoder_steps`` steps on frozen latents, its history,
+    the number of train scans): 1,024 queries of at most ``max_neighbours`` neighbours each, cheap steps."""
+    fit_pipe = replace(cfg.pipeline, augment=False, occupancy_queries=1024, occupancy_max_neighbours=max_neighbours)
+    scans = frozen_query_scans(model, PairedScanDataset(train_kf, fit_pipe, seed=seed))
+    torch.manual_seed(seed)
+    return (*fit_decoder(model.occupancy_decoder, scans, decoder_steps, lr=cfg.lr), len(scans))
+
+
 fitted_decoder = None
 if decoder_steps > 0:
     t0 = time.time()
-    # 1,024 queries x <= 8 neighbours: cheap steps
-    fit_pipe = replace(cfg.pipeline, augment=False, occupancy_queries=1024, occupancy_max_neighbours=8)
-    scans = frozen_query_scans(model, PairedScanDataset(train_kf, fit_pipe, seed=seed))
-    torch.manual_seed(seed)
-    fitted_decoder, fit_hist = fit_decoder(model.occupancy_decoder, scans, decoder_steps, lr=cfg.lr)
+    fitted_decoder, fit_hist, n_scans = decoder_fit()
     print(f"decoder-only fit: {time.time() - t0:.0f} s for {decoder_steps} steps")
     occ_curve = np.array([h["occupancy"] for h in fit_hist])
-    smooth = np.convolve(occ_curve, np.ones(len(scans)) / len(scans), mode="valid")  # mean over one pass
+    smooth = np.convolve(occ_curve, np.ones(n_scans) / n_scans, mode="valid")  # mean over one pass
     fig, ax = plt.subplots(figsize=(6.5, 3))
     ax.plot(occ_curve, lw=0.8, alpha=0.5, label="per step")
-    ax.plot(np.arange(len(smooth)) + len(scans) - 1, smooth, label=f"mean over {len(scans)} scans")
+    ax.plot(np.arange(len(smooth)) + n_scans - 1, smooth, label=f"mean over {n_scans} scans")
     ax.axhline(np.log(2), ls="--", c="0.5", label="log 2")
     ax.set_xlabel("decoder-only step"); ax.set_ylabel("L_occ (BCE, nats)"); ax.legend(fontsize=8)
     save_figure(fig, out / "decoder_fit.png")
@@ -423,7 +430,7 @@ print(f"notebook runtime so far: {time.time() - t_start:.0f} s")
 #    checkpoint). Hint: watch the `pred occ` column of §4. Expected: the occupancy loss keeps falling below
 #    $\log 2$ (the check cell asserts it once `pretrain_epochs >= 12`); whether the head starts calling in
 #    queries occupied within these few dozen steps is what to look for (the converged model of §4 does).
-# 3. (medium, 15 min) In §5, set `occupancy_max_neighbours=4` in `fit_pipe` (fewer neighbours per query).
+# 3. (medium, 15 min) In §5, fit with `decoder_fit(max_neighbours=4)` (fewer neighbours per query).
 #    Expected: the fit still beats "all free"; fewer neighbours mean a noisier average per query, so watch
 #    the query accuracy of the in queries. The check cell below runs that fit and asserts the first part.
 
@@ -446,12 +453,8 @@ else:
 # %%
 # Check for exercise 3: the decoder-only fit with at most 4 neighbours per query
 if decoder_steps > 0:
-    pipe4 = replace(cfg.pipeline, augment=False, occupancy_queries=1024, occupancy_max_neighbours=4)
-    torch.manual_seed(seed)
-    decoder4, _ = fit_decoder(model.occupancy_decoder, frozen_query_scans(model, PairedScanDataset(train_kf, pipe4, seed=seed)),
-                              decoder_steps, lr=cfg.lr)
-    acc4 = accuracy_per_kind(predict_queries(model, val_batch, decoder=decoder4)["pred"], val_item["query_occupied"],
-                             val_item["query_kind"], val_batch["neighbour_query"])
+    decoder4 = decoder_fit(max_neighbours=4)[0]
+    _, acc4 = accuracy_table("decoder fitted with at most 4 neighbours per query", decoder4)
     print(f"4 neighbours: pair accuracy {acc4['all']['pair_accuracy']:.3f} (all free {acc4['all']['all_free_accuracy']:.3f}), "
           f"in queries called occupied {100 * acc4['in']['query_accuracy']:.0f} % (8 neighbours: "
           f"{100 * acc_fit['in']['query_accuracy']:.0f} %)")
