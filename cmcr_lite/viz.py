@@ -446,3 +446,59 @@ def paired_differences_figure(runs: dict, reference: str, noise_row: str | None 
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def box_corners_xy(boxes: np.ndarray) -> np.ndarray:
+    """The four ground corners (K, 4, 2) metres of boxes (K, >=7): x, y, z, length, width, height, yaw."""
+    c, s = np.cos(boxes[:, 6]), np.sin(boxes[:, 6])
+    half = np.stack([boxes[:, 3], boxes[:, 4]], 1)[:, None, :] / 2 * np.array([[1, 1], [-1, 1], [-1, -1], [1, -1]])
+    rot = np.stack([np.stack([c, -s], 1), np.stack([s, c], 1)], 1)  # (K, 2, 2)
+    return boxes[:, None, :2] + np.einsum("kij,kpj->kpi", rot, half)
+
+
+def instances_bev_figure(points: np.ndarray, panels: list, extent: float = 35.0, max_points: int = 40000, seed: int = 0):
+    """Bird's-eye views of one scan side by side. ``panels``: dicts with ``title``, ``instance`` (N,)
+    int (0 = no instance: grey; each id its own colour), ``boxes`` (K, 7) LiDAR frame and optional
+    ``scores`` (K,) (the outline's opacity). Points (N, >=2) metres, within ``extent`` of the sensor."""
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(points))[:max_points]
+    xy = points[idx, :2]
+    palette = plt.get_cmap("tab20")(np.arange(20))[:, :3]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5.6), sharex=True, sharey=True, squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        inst = panel["instance"][idx]
+        colours = np.where((inst > 0)[:, None], palette[inst % 20], 0.78)
+        ax.scatter(xy[:, 0], xy[:, 1], s=0.4, c=colours, linewidths=0)
+        boxes = np.asarray(panel["boxes"], np.float32).reshape(-1, 7)
+        scores = panel.get("scores", np.ones(len(boxes)))
+        for corners, score in zip(box_corners_xy(boxes), scores):
+            loop = np.vstack([corners, corners[:1]])
+            ax.plot(loop[:, 0], loop[:, 1], color="crimson", lw=1.0, alpha=float(np.clip(score, 0.15, 1.0)))
+        ax.set_title(panel["title"], fontsize=10)
+        ax.set_aspect("equal")
+        ax.set_xlim(-extent, extent), ax.set_ylim(-extent, extent)
+        ax.set_xlabel("x (m, LiDAR frame)")
+    axes[0, 0].set_ylabel("y (m)")
+    return fig
+
+
+def instances_results_figure(summary: dict, fractions: list, labels: list):
+    """PQ, mAP and NDS (%) per pretraining (bars) and label fraction (groups), error bars = sample std
+    over seeds. ``summary``: ``experiments.instances.instances_summary``; ``labels``: one per fraction."""
+    import matplotlib.pyplot as plt
+
+    metrics = ("PQ", "mAP", "NDS")
+    fig, axes = plt.subplots(1, len(metrics), figsize=(12, 3.4), sharey=False)
+    names = list(summary)
+    width = 0.8 / len(names)
+    for ax, m in zip(axes, metrics):
+        for k, name in enumerate(names):
+            cells = [summary[name][f"{f:.4f}"][m] for f in fractions]
+            ax.bar(np.arange(len(fractions)) + k * width, [100 * c["mean"] for c in cells], width,
+                   yerr=[100 * c["std"] if len(c["values"]) > 1 else 0 for c in cells], capsize=3, label=name)
+        ax.set_xticks(np.arange(len(fractions)) + width * (len(names) - 1) / 2, labels)
+        ax.set_title(f"{m} (%)", fontsize=10)
+    axes[0].legend(fontsize=8)
+    return fig

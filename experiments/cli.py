@@ -5,6 +5,7 @@
     python -m experiments ladder                     # the paper's ablation on the bench (experiments.ladder)
     python -m experiments mechanism                  # which loss terms move the trunk (experiments.mechanism)
     python -m experiments label-efficiency           # fine-tune / probe at few labels (bench trunks)
+    python -m experiments instances                  # panoptic segmentation + detection (bench trunks)
     python -m experiments baseline --seeds 0 1 2     # notebook-size PPKT / SLidR vs random init (experiments.lite_runs)
     python -m experiments ablation --seeds 0 1 2     # notebook-size CMCR ablation (experiments.lite_runs)
     python -m experiments notes                      # rewrite the generated result blocks (README, docs, notes)
@@ -81,6 +82,33 @@ def label_efficiency_main(argv) -> dict:
                                  "finetune_steps": a.finetune_steps, "results_name": a.name}.items() if v is not None}
     plan = replace(plan, **changes)
     report = label_efficiency(plan, results_dir=a.results_dir)
+    print((Path(a.results_dir or RESULTS_DIR) / f"{plan.results_name}.md").read_text())
+    return report
+
+
+def instances_main(argv) -> dict:
+    """``python -m experiments instances [--smoke] ...``: see ``experiments.instances``."""
+    from experiments.instances import InstancesPlan, instances
+    from experiments.plan import BenchPlan
+
+    p = CommandLineParser(prog="python -m experiments instances",
+                          description="Panoptic segmentation and 3D detection, per pretraining (random init, PPKT, "
+                                      "CMCR) and label fraction, over seeds, scored by the nuScenes devkit.")
+    add_plan_options(p, "instances")
+    p.add_argument("--seeds", type=int, nargs="+", help="default 0 1 2")
+    p.add_argument("--fractions", type=float, nargs="+", help="label fractions (default: the bench set's 1/18 and 1)")
+    p.add_argument("--finetune-steps", type=int, help="optimizer steps of every run (default: InstancesPlan's, 300)")
+    p.add_argument("--workers", type=int, help="jobs at once, one thread each (default 2)")
+    a = p.parse_args(argv)
+    bench_plan = BenchPlan.smoke() if a.smoke else BenchPlan()
+    bench_changes = plan_changes(a, workers=a.workers, seeds=a.seeds and tuple(a.seeds))
+    plan = InstancesPlan(bench=replace(bench_plan, **bench_changes))
+    if a.smoke:
+        plan = replace(plan, seeds=(0, 1), fractions=(1 / 3, 1.0), finetune_steps=10, results_name="instances_smoke")
+    changes = {k: v for k, v in {"seeds": a.seeds and tuple(a.seeds), "fractions": a.fractions and tuple(a.fractions),
+                                 "finetune_steps": a.finetune_steps, "results_name": a.name}.items() if v is not None}
+    plan = replace(plan, **changes)
+    report = instances(plan, results_dir=a.results_dir)
     print((Path(a.results_dir or RESULTS_DIR) / f"{plan.results_name}.md").read_text())
     return report
 
@@ -198,6 +226,8 @@ def main(argv=None):
         return bench_main(argv[1:])
     if argv[:1] == ["label-efficiency"]:
         return label_efficiency_main(argv[1:])
+    if argv[:1] == ["instances"]:
+        return instances_main(argv[1:])
     if argv[:1] == ["ladder"]:
         return ladder_main(argv[1:])
     if argv[:1] == ["mechanism"]:
@@ -211,8 +241,8 @@ def main(argv=None):
 
         return notes_main(argv[1:])
     p = CommandLineParser(prog="python -m experiments", description=__doc__.split("\n\n")[0])
-    p.add_argument("experiment", choices=["baseline", "ablation", "bench", "label-efficiency", "ladder", "mechanism",
-                                          "notes", "trunks"])
+    p.add_argument("experiment", choices=["baseline", "ablation", "bench", "instances", "label-efficiency", "ladder",
+                                          "mechanism", "notes", "trunks"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=None,
                    help=f"pretraining epochs per run (lite preset: 4 steps each); default {DEFAULT_EPOCHS}")

@@ -100,9 +100,18 @@ def readme_ladder() -> str:
     return ladder_table(load_ladder()["summary"], load(mechanism) if mechanism.is_file() else None)
 
 
+def instances_reading() -> str:
+    """docs/results.md: the instances experiment's paired differences (empty while it has not run)."""
+    from experiments.instances import paired_differences_note
+
+    path = RESULTS_DIR / "instances.json"
+    return paired_differences_note(load(path)) if path.is_file() else ""
+
+
 NOTES = "experiments/results"
 DOCUMENTS = {  # document (relative to the repository) -> {block name: what writes it}
-    "README.md": {"bench": lambda: summary_table(load_report()["summary"]), "ladder": readme_ladder},
+    "README.md": {"bench": lambda: summary_table(load_report()["summary"]), "ladder": readme_ladder,
+                  "instances": lambda: first_table(RESULTS_DIR / "instances.md")},
     "docs/results.md": {
         "bench_time": bench_time_notes,
         "bench_reading": lambda: bench_verdict(load_report()["summary"]),
@@ -112,6 +121,8 @@ DOCUMENTS = {  # document (relative to the repository) -> {block name: what writ
         "machines": machines.machines_table,
         "machines_reading": machines_notes,
         "label_efficiency": lambda: first_table(RESULTS_DIR / "label_efficiency.md"),
+        "instances": lambda: first_table(RESULTS_DIR / "instances.md"),
+        "instances_reading": instances_reading,
     },
     "experiments/README.md": {"trunks": trunks.sizes_note},
     f"{NOTES}/cross_machine_runs/README.md": {

@@ -168,6 +168,23 @@ def test_downstream_bad_input(case, tmp_path, files):
     _fails_cleanly("cmcr_lite.downstream", ["--output-dir", "{work}/run", *args], names, tmp_path, files, prepare)
 
 
+INSTANCES = {
+    "label_fraction_zero": (["--label-fraction", "0"], ["label_fraction", "0.0", "(0, 1]"]),
+    "set_unparsable": (["--set", "batch_size=abc"], ["batch_size must be an integer", "'abc'"]),
+    "missing_dataroot": (["--dataroot", "{work}/nowhere"], ["{work}/nowhere"]),
+    "wrong_version": (["--version", "v1.0-mini"], ["'v1.0-mini'", "{root}"]),
+    "fraction_keeps_no_scene": (["--label-fraction", "0.01", "--set", *TINY], ["0.01 keeps no scene"]),
+    "pretrained_downstream_checkpoint": (["--pretrained", "{down}", "--set", *TINY], ["{down}", "is a downstream checkpoint"]),
+    "pretrained_truncated": (["--pretrained", "{trunc}", "--set", *TINY], ["{trunc}", "truncated"]),
+}
+
+
+@pytest.mark.parametrize("case", list(INSTANCES))
+def test_instances_bad_input(case, tmp_path, files):
+    args, names = INSTANCES[case]
+    _fails_cleanly("cmcr_lite.downstream.instances", ["--output-dir", "{work}/run", *args], names, tmp_path, files)
+
+
 SYNTHETIC = {
     "no_scenes": (["--scenes", "0"], ["--scenes", "got 0"]),
     "unparsable_scenes": (["--scenes", "abc"], ["--scenes", "'abc'"]),
@@ -229,6 +246,7 @@ EXPERIMENTS = {
     "ladder_zero_weight": (["ladder", "--smoke", *WHERE, "--diagnostic-weights", "0"], ["--diagnostic-weights", "0"]),
     "label_efficiency_bad_set": (["label-efficiency", "--smoke", *WHERE, "--set", "tau=warm"],
                                  ["tau must be a number", "'warm'"]),
+    "instances_bad_set": (["instances", "--smoke", *WHERE, "--set", "tau=warm"], ["tau must be a number", "'warm'"]),
     "mechanism_unknown_row": (["mechanism", "--smoke", *WHERE, "--row", "nosuch"], ["--row", "'nosuch'"]),
     "mechanism_zero_every": (["mechanism", "--smoke", *WHERE, "--every", "0"], ["--every", "got 0"]),
 }

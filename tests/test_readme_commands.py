@@ -26,7 +26,8 @@ import torch
 
 from cmcr_lite.paths import REPO_ROOT
 
-RUN_MODULES = ("cmcr_lite.pretrain", "cmcr_lite.downstream", "cmcr_lite.data.superpixels", "cmcr_lite.data.synthetic")
+RUN_MODULES = ("cmcr_lite.pretrain", "cmcr_lite.downstream", "cmcr_lite.downstream.instances", "cmcr_lite.downstream.export",
+               "cmcr_lite.data.superpixels", "cmcr_lite.data.synthetic")
 TOY_PRETRAIN = ["epochs=1", "batch_size=2", "num_matches=64", "backbone.planes=[8,8,8,8,8,8,8,8]",
                 "backbone.init_dim=8", "pipeline.crop_size=[56,104]", "pipeline.crop_min_pairs=50",
                 "pipeline.occupancy_queries=96", "pipeline.slic.n_segments=30"]
@@ -57,6 +58,8 @@ def test_readme_prints_every_method_and_preset():
     assert any("method=" not in c for c in pretrain)  # the default method, PPKT
     assert any("--config lite" in c for c in pretrain) and any("--config full" in c for c in pretrain)
     assert any("cmcr_lite.downstream" in c for c in cmds) and any("cmcr_lite.data.superpixels" in c for c in cmds)
+    assert any("-m cmcr_lite.downstream.instances" in c and "--config full" in c for c in cmds)
+    assert any("-m cmcr_lite.downstream.export" in c for c in cmds)
 
 
 def _insert_overrides(args: list, overrides: list) -> list:
@@ -88,7 +91,7 @@ def toy_command(line: str, paths: dict) -> list:
     module = [a for a in out if a in RUN_MODULES][0]
     if module == "cmcr_lite.pretrain":
         out = _insert_overrides(out, TOY_PRETRAIN)
-    elif module == "cmcr_lite.downstream":
+    elif module in ("cmcr_lite.downstream", "cmcr_lite.downstream.instances"):
         if "--evaluate" not in out:
             out += ["--epochs", "1"]
         out = _insert_overrides(out, TOY_DOWNSTREAM)
@@ -131,6 +134,12 @@ def test_every_readme_command_runs_at_toy_size(toy_world):
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=tmp)
         assert done.returncode == 0, f"README command failed: {line}\nran: {shlex.join(cmd)}\n{done.stderr[-4000:]}"
         ran.append(line)
+        if "cmcr_lite.downstream.instances" in line:  # the devkit's scores, written where the README says
+            out_dir = Path(cmd[cmd.index("--output-dir") + 1])
+            results = json.loads(((tmp / out_dir) if not out_dir.is_absolute() else out_dir).joinpath("results.json")
+                                 .read_text())
+            assert results["eval_set"] == "cmcr_val" and 0 <= results["panoptic"]["all"]["PQ"] <= 1
+            assert "mean_ap" in results["detection"] and "nd_score" in results["detection"]
         if "cmcr_lite.pretrain" in line:
             out_dir = Path(cmd[cmd.index("--output-dir") + 1])
             if not out_dir.is_absolute():

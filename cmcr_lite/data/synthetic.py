@@ -30,7 +30,8 @@ from PIL import Image
 from pyquaternion import Quaternion
 from tqdm.auto import tqdm
 
-from cmcr_lite.data.synthetic_world import build_world, lidar_scan, render_camera
+from cmcr_lite.data import annotations
+from cmcr_lite.data.synthetic_world import LIDAR_RANGE, build_world, lidar_scan, render_camera, visible_fraction
 from cmcr_lite.runtime import CommandLineParser, InputError, reports_input_errors
 
 MINI_VERSION = "v1.0-mini"
@@ -114,7 +115,10 @@ PRESETS = {
     "bench": {"n_scenes": 30, "samples_per_scene": 3, "seed": 1},
 }
 TABLES = ("category", "attribute", "visibility", "instance", "sensor", "calibrated_sensor", "ego_pose", "log",
-          "scene", "sample", "sample_data", "sample_annotation", "map", "lidarseg")
+          "scene", "sample", "sample_data", "sample_annotation", "map", "lidarseg", "panoptic")
+# The devkit's custom splits (nuscenes.utils.splits): <version>/splits.json names the scenes of each
+# split, so its evaluators can score a synthetic split ("cmcr_val", ...) by name.
+CUSTOM_SPLIT_PREFIX = "cmcr_"
 
 
 def write_dataset(root: Path, n_scenes: int, seed: int, samples_per_scene: int, version: str, progress: bool = True,
@@ -140,12 +144,22 @@ def write_dataset(root: Path, n_scenes: int, seed: int, samples_per_scene: int, 
         (root / "samples" / channel).mkdir(parents=True)
 
     map_token = tok()
+    # drawn after every earlier token, so the tokens of the tables above are those of older sets
+    box_tokens = {"category": [c["token"] for c in tables["category"]], "attribute": {}}
+    for name in annotations.ATTRIBUTES:
+        box_tokens["attribute"][name] = tok()
+        tables["attribute"].append({"token": box_tokens["attribute"][name], "name": name, "description": name})
+    for token, level, upper in annotations.VISIBILITY_LEVELS:
+        lower = {"1": 0, "2": 40, "3": 60, "4": 80}[token]
+        tables["visibility"].append({"token": token, "level": level, "description":
+                                     f"visibility of whole object is between {lower} and {min(100, round(100 * upper))}%"})
+    (root / "panoptic" / version).mkdir(parents=True)
     Image.fromarray(np.full((64, 64), 255, np.uint8)).save(root / "maps" / f"{map_token}.png")
     tables["map"].append({"token": map_token, "category": "semantic_prior", "filename": f"maps/{map_token}.png",
                           "log_tokens": []})
 
     names = mini_scene_names() if version == MINI_VERSION else [f"scene-s{s:04d}" for s in range(n_scenes)]
-    jobs = [(root, s, names[s], seed, samples_per_scene, version, sensor_token) for s in range(n_scenes)]
+    jobs = [(root, s, names[s], seed, samples_per_scene, version, sensor_token, box_tokens) for s in range(n_scenes)]
     bar = tqdm(total=n_scenes, desc="synthetic nuScenes", unit="scene", disable=not progress)
     if workers > 1 and n_scenes > 1:
         import multiprocessing
@@ -168,8 +182,11 @@ def write_dataset(root: Path, n_scenes: int, seed: int, samples_per_scene: int, 
     for name, records in tables.items():
         _write_json(root / version, name, records)
     if version != MINI_VERSION:  # a mini stand-in is split by the devkit, as the real download
+        splits = assign_splits(names[:n_scenes])
         with open(root / SPLITS_FILE, "w") as f:
-            json.dump(assign_splits(names[:n_scenes]), f, indent=1)
+            json.dump(splits, f, indent=1)
+        with open(root / version / "splits.json", "w") as f:
+            json.dump({CUSTOM_SPLIT_PREFIX + k: v for k, v in splits.items()}, f, indent=1)
 
 
 def _write_scene_job(job: tuple) -> dict:
@@ -177,12 +194,15 @@ def _write_scene_job(job: tuple) -> dict:
 
 
 def write_scene(root: Path, s: int, scene_name: str, seed: int, samples_per_scene: int, version: str,
-                sensor_token: dict) -> dict:
+                sensor_token: dict, box_tokens: dict) -> dict:
     """Build scene ``s``'s world, write its LiDAR scans, labels and images under ``root``, and return
     its table records ``{table name: [records]}`` (log, scene, sample, sample_data, ego_pose, ...)."""
     rng = np.random.default_rng([seed, s])
     tok = _Tokens(np.random.default_rng([seed, s, 7919]))
-    tables = {k: [] for k in ("calibrated_sensor", "ego_pose", "log", "scene", "sample", "sample_data", "lidarseg")}
+    ann_tok = _Tokens(np.random.default_rng([seed, s, 104729]))  # boxes: a generator of their own
+    tables = {k: [] for k in ("calibrated_sensor", "ego_pose", "log", "scene", "sample", "sample_data", "lidarseg",
+                              "instance", "sample_annotation", "panoptic")}
+    instances = {}  # primitive index -> its instance record; insertion order = the devkit's instance ids
     log_token, scene_token = tok(), tok()
     tables["log"].append({"token": log_token, "logfile": f"synthetic-{seed}-{s:04d}", "vehicle": "synth",
                           "date_captured": "2026-01-01", "location": "synthetic-street"})
@@ -234,13 +254,21 @@ def write_scene(root: Path, s: int, scene_name: str, seed: int, samples_per_scen
             origin, R_road_sensor = R_re @ t_es + t_re, R_re @ R_es
             stem = f"{scene_name}__{channel}__{ts}"
             if K is None:
-                points, labels = lidar_scan(world, origin, R_road_sensor, rng)
+                points, labels, prim = lidar_scan(world, origin, R_road_sensor, rng, with_primitives=True)
                 filename = f"samples/{channel}/{stem}.pcd.bin"
                 points.tofile(root / filename)
                 label_file = f"lidarseg/{version}/{sd_token}_lidarseg.bin"
                 labels.tofile(root / label_file)
                 tables["lidarseg"].append({"token": sd_token, "sample_data_token": sd_token,
                                            "filename": label_file})
+                points_road = points[:, :3].astype(np.float64) @ R_road_sensor.T + origin
+                _annotate(tables, instances, world, points_road, prim, origin, R_road_sensor, sample_token,
+                          (R_global_road, t_global_road), box_tokens, ann_tok)
+                ids = {i: k + 1 for k, i in enumerate(instances)}
+                panoptic_file = f"panoptic/{version}/{sd_token}_panoptic.npz"
+                np.savez_compressed(root / panoptic_file, data=annotations.panoptic_labels(labels, prim, ids))
+                tables["panoptic"].append({"token": sd_token, "sample_data_token": sd_token,
+                                           "filename": panoptic_file})
                 width = height = 0
                 fileformat = "pcd"
             else:
@@ -257,11 +285,46 @@ def write_scene(root: Path, s: int, scene_name: str, seed: int, samples_per_scen
                 # link the previous record of this channel forward (records are dicts in the table)
                 next(r for r in reversed(tables["sample_data"]) if r["token"] == prev_sd[channel])["next"] = sd_token
             prev_sd[channel] = sd_token
+    for record in instances.values():
+        tables["instance"].append(record)
     tables["scene"].append({"token": scene_token, "log_token": log_token, "nbr_samples": samples_per_scene,
                             "first_sample_token": sample_tokens[0], "last_sample_token": sample_tokens[-1],
                             "name": scene_name,
                             "description": f"synthetic street, seed {seed}, road half-width {world.road_half:.1f} m"})
     return tables
+
+
+def _annotate(tables: dict, instances: dict, world, points_road: np.ndarray, prim: np.ndarray, origin: np.ndarray,
+              R_road_lidar: np.ndarray, sample_token: str, road_in_global: tuple, box_tokens: dict, tok: _Tokens):
+    """Append one keyframe's ``sample_annotation`` records (a box per annotated thing, global frame) and
+    open or extend each thing's ``instance`` record (``instances``: primitive index -> record)."""
+    R_global_road, t_global_road = road_in_global
+    road_yaw = float(np.arctan2(R_global_road[1, 0], R_global_road[0, 0]))
+    for i in annotations.annotated_things(world, points_road, prim, origin, LIDAR_RANGE):
+        p = world.primitives[i]
+        center, size, yaw = annotations.annotation_box(p)
+        if i not in instances:
+            instances[i] = {"token": tok(), "category_token": box_tokens["category"][p.fine_label],
+                            "nbr_annotations": 0, "first_annotation_token": "", "last_annotation_token": ""}
+        inst, token = instances[i], tok()
+        previous = inst["last_annotation_token"]
+        if previous:
+            next(r for r in reversed(tables["sample_annotation"]) if r["token"] == previous)["next"] = token
+        else:
+            inst["first_annotation_token"] = token
+        inst["last_annotation_token"] = token
+        inst["nbr_annotations"] += 1
+        visible = visible_fraction(world, i, origin, R_road_lidar)
+        tables["sample_annotation"].append({
+            "token": token, "sample_token": sample_token, "instance_token": inst["token"],
+            "visibility_token": annotations.visibility_token(visible),
+            "attribute_tokens": [box_tokens["attribute"][p.attribute]] if p.attribute else [],
+            "translation": [float(v) for v in R_global_road @ center + t_global_road],
+            "size": [float(size[1]), float(size[0]), float(size[2])],  # nuScenes: width, length, height
+            "rotation": quaternion_wxyz(rotz(road_yaw + yaw)),
+            "prev": previous, "next": "",
+            "num_lidar_pts": int(annotations.points_in_box(points_road, center, size, yaw).sum()),
+            "num_radar_pts": 0})
 
 
 def mini_scene_names() -> list:
@@ -315,7 +378,7 @@ def ensure_dataset(root: str | os.PathLike, n_scenes: int | None = None, seed: i
     """Return ``root``, generating the synthetic dataset there first if it is missing (``n_scenes`` as
     :func:`generate`: None = 4, or the 10 mini scenes for ``v1.0-mini``)."""
     root = Path(root)
-    if not (root / version).is_dir():
+    if not (root / version / "panoptic.json").is_file():  # missing, or written before boxes were
         generate(root, n_scenes=n_scenes, seed=seed, samples_per_scene=samples_per_scene, version=version,
                  overwrite=True, workers=workers)
     return root

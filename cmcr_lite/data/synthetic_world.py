@@ -83,6 +83,7 @@ class Primitive:
     yaw: float
     fine_label: int
     material: int
+    attribute: str = ""  # the nuScenes attribute of a thing (vehicle.parked, pedestrian.standing, ...)
 
     @property
     def bounding_radius(self) -> float:
@@ -152,7 +153,7 @@ def build_world(rng: np.random.Generator, x_min: float, x_max: float) -> World:
             x, y = rng.uniform(x_min, x_max), side * rng.uniform(road_half + 0.6, sidewalk_edge - 0.5)
             h = rng.uniform(1.55, 1.9)
             P.append(Primitive("cylinder", np.array([x, y, h / 2]), np.array([0.28, 0.28, h]), 0.0,
-                               FINE["human.pedestrian.adult"], PURPLE))
+                               FINE["human.pedestrian.adult"], PURPLE, "pedestrian.standing"))
 
     # vehicles: parked on the far kerb and driving in the oncoming lane (both y > 0); the ego lane
     # (y < 0) stays clear so the ego never drives through an object
@@ -178,8 +179,10 @@ def build_world(rng: np.random.Generator, x_min: float, x_max: float) -> World:
             if _free(occupied, x - 1, x + length + 1, lane):
                 occupied.append((x, x + length, lane))
                 yaw = float(rng.normal(0, 0.04) + (np.pi if lane == "oncoming" and rng.random() < 0.8 else 0))
+                # the world is static: a kerb-lane vehicle is parked, an oncoming-lane one stopped
+                attribute = "vehicle.stopped" if lane == "oncoming" else "vehicle.parked"
                 P.append(Primitive("box", np.array([x + length / 2, y, height / 2]), np.array([length, width, height]),
-                                   yaw, label, mat))
+                                   yaw, label, mat, attribute))
                 break
     # traffic cones: groups of five along the ego lane's kerb, within 20 m of the ego's path (a cone
     # is small: further away a scan holds only a handful of its points)
@@ -423,18 +426,31 @@ def texture_rgb(materials: np.ndarray, points: np.ndarray, normals: np.ndarray) 
     return rgb * shade[:, None]
 
 
-def lidar_scan(world: World, origin: np.ndarray, R_world_lidar: np.ndarray, rng: np.random.Generator,
-               n_beams: int = 32, n_azimuth: int = 540, max_range: float = 55.0):
-    """Simulate one spinning-LiDAR sweep (HDL-32E-like beams from -30.67 to +10.67 degrees).
+LIDAR_BEAMS, LIDAR_AZIMUTHS, LIDAR_RANGE = 32, 540, 55.0  # HDL-32E-like; metres
 
-    Returns points (N,5) float32 in the LiDAR frame (x, y, z metres, intensity 0..255, ring index)
-    and fine labels (N,) uint8 (nuScenes 32-class indices).
-    """
+
+def lidar_directions(n_beams: int = LIDAR_BEAMS, n_azimuth: int = LIDAR_AZIMUTHS):
+    """Unit ray directions (n_beams * n_azimuth, 3) in the LiDAR frame (beams from -30.67 to +10.67
+    degrees) and each ray's ring index (n_beams * n_azimuth,)."""
     elev = np.deg2rad(np.linspace(-30.67, 10.67, n_beams))
     az = np.linspace(-np.pi, np.pi, n_azimuth, endpoint=False)
     el, a = np.meshgrid(elev, az, indexing="ij")
     d_lidar = np.stack([np.cos(el) * np.cos(a), np.cos(el) * np.sin(a), np.sin(el)], -1).reshape(-1, 3)
-    ring = np.repeat(np.arange(n_beams), n_azimuth)
+    return d_lidar, np.repeat(np.arange(n_beams), n_azimuth)
+
+
+def lidar_scan(world: World, origin: np.ndarray, R_world_lidar: np.ndarray, rng: np.random.Generator,
+               n_beams: int = LIDAR_BEAMS, n_azimuth: int = LIDAR_AZIMUTHS, max_range: float = LIDAR_RANGE,
+               with_primitives: bool = False):
+    """Simulate one spinning-LiDAR sweep (HDL-32E-like beams from -30.67 to +10.67 degrees).
+
+    Returns points (N,5) float32 in the LiDAR frame (x, y, z metres, intensity 0..255, ring index)
+    and fine labels (N,) uint8 (nuScenes 32-class indices); with ``with_primitives`` also the index
+    (N,) int64 into ``world.primitives`` of the object each point hit (GROUND for the ground, NO_HIT
+    for a spurious return), which the instance labels are made from. The random draws are the same
+    either way, so the scan's bytes do not depend on it.
+    """
+    d_lidar, ring = lidar_directions(n_beams, n_azimuth)
     d_world = d_lidar @ R_world_lidar.T
     t, prim = cast_rays(world, origin, d_world, max_range=max_range)
     keep = np.isfinite(t) & (t > 1.0)
@@ -453,7 +469,24 @@ def lidar_scan(world: World, origin: np.ndarray, R_world_lidar: np.ndarray, rng:
     xyz[spurious] *= rng.uniform(0.2, 0.9, (spurious.sum(), 1))
     labels[spurious] = FINE["noise"]
     pts = np.concatenate([xyz, intensity[:, None], ring[:, None]], 1).astype(np.float32)
+    if with_primitives:
+        return pts, labels.astype(np.uint8), np.where(spurious, NO_HIT, prim)
     return pts, labels.astype(np.uint8)
+
+
+def visible_fraction(world: World, index: int, origin: np.ndarray, R_world_lidar: np.ndarray,
+                     max_range: float = LIDAR_RANGE) -> float:
+    """The fraction (0..1) of the LiDAR rays that would hit primitive ``index`` if it stood alone which
+    do hit it in the scene (the rest are occluded by something nearer); 0 if no ray reaches it."""
+    d_lidar, _ = lidar_directions()
+    d_world = d_lidar @ R_world_lidar.T
+    p = world.primitives[index]
+    alone = _HIT[p.kind](p, origin, d_world)
+    alone = (alone <= max_range) & (alone > 1.0)
+    if not alone.any():
+        return 0.0
+    _, prim = cast_rays(world, origin, d_world[alone], max_range=max_range)
+    return float((prim == index).mean())
 
 
 def render_camera(world: World, origin: np.ndarray, R_world_cam: np.ndarray, K: np.ndarray, width: int, height: int):
