@@ -469,8 +469,9 @@ def instances_bev_figure(points: np.ndarray, panels: list, extent: float = 35.0,
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5.6), sharex=True, sharey=True, squeeze=False)
     for ax, panel in zip(axes[0], panels):
         inst = panel["instance"][idx]
-        colours = np.where((inst > 0)[:, None], palette[inst % 20], 0.78)
-        ax.scatter(xy[:, 0], xy[:, 1], s=0.4, c=colours, linewidths=0)
+        stuff = inst == 0
+        ax.scatter(xy[stuff, 0], xy[stuff, 1], s=0.4, c="0.78", linewidths=0)
+        ax.scatter(xy[~stuff, 0], xy[~stuff, 1], s=2.0, c=palette[inst[~stuff] % 20], linewidths=0)
         boxes = np.asarray(panel["boxes"], np.float32).reshape(-1, 7)
         scores = panel.get("scores", np.ones(len(boxes)))
         for corners, score in zip(box_corners_xy(boxes), scores):
@@ -500,5 +501,6 @@ def instances_results_figure(summary: dict, fractions: list, labels: list):
                    yerr=[100 * c["std"] if len(c["values"]) > 1 else 0 for c in cells], capsize=3, label=name)
         ax.set_xticks(np.arange(len(fractions)) + width * (len(names) - 1) / 2, labels)
         ax.set_title(f"{m} (%)", fontsize=10)
-    axes[0].legend(fontsize=8)
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.25)  # room for the legend above the bars
+    axes[0].legend(fontsize=8, ncol=len(names), loc="upper left")
     return fig

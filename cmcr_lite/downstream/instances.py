@@ -298,10 +298,11 @@ def predict_instances(model: InstanceModel, keyframes, index: int, config: Insta
 
     ds = config.downstream
     device = next(model.parameters()).device
-    item = InstanceScans(keyframes, config, [index])[0]
-    points, _ = keyframes.load_scan(index)
+    points, _ = keyframes.load_scan(index)  # the scan only: no ground truth is read
     vox = voxelize(points[:, :3], ds.voxel_size, ds.cylindrical)
-    batch = collate_instances([item])
+    feats = (points[vox.point_of_voxel, 3:4] / ds.intensity_scale).astype(np.float32)
+    coords = np.concatenate([np.zeros((len(vox.coords), 1)), vox.coords], 1).astype(np.int32)
+    batch = {"coords": torch.from_numpy(coords), "feats": torch.from_numpy(feats)}
     logits, offsets, heat, box = model(batch_to_sparse(batch, device), 1)
     logits[:, ds.ignore_index] = -float("inf")
     semantic = logits.argmax(1).cpu().numpy()[vox.voxel_of_point]

@@ -59,7 +59,9 @@ print(keyframes)
 # maps each sensor channel to a **sample_data** record (one file: a `.pcd.bin` sweep or a `.jpg`
 # image), which points to its **calibrated_sensor** (sensor → ego transform, camera intrinsics)
 # and its **ego_pose** (ego → global transform *at that sensor's timestamp*). Labels for LiDAR
-# segmentation live in `lidarseg/<version>/<lidar token>_lidarseg.bin`, one `uint8` per point.
+# segmentation live in `lidarseg/<version>/<lidar token>_lidarseg.bin`, one `uint8` per point. Objects
+# (the `instance` and `sample_annotation` tables of boxes, counted as `#anns` below, and the
+# nuScenes-panoptic labels) are notebook 09's subject.
 
 # %%
 nusc.list_scenes()

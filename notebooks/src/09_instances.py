@@ -301,11 +301,12 @@ display(Markdown(f"This short run on val: PQ {100 * short['panoptic']['all']['PQ
 # `python -m experiments instances` fine-tunes the bench's trunks (random init, PPKT, CMCR; pretrained
 # on the bench set's 18 training scenes) jointly for the three heads, at 1 of the 18 training scenes and
 # at all of them, three seeds each, the same number of optimizer steps at both fractions, and scores
-# the 6 val scenes with the devkit's evaluators. The table and the figure are read from the committed
-# results file.
+# the 6 val scenes with the devkit's evaluators. The table, the figure and the paired differences are
+# read from the committed results file; a difference whose interval holds 0 is not told apart from
+# seed-to-seed noise by three seeds.
 
 # %%
-from experiments.instances import instances_summary, instances_table, InstancesPlan
+from experiments.instances import InstancesPlan, instances_summary, instances_table, paired_differences_note
 
 if preset == "lite" and Path(results_file).is_file():
     report = json.loads(Path(results_file).read_text())
@@ -319,8 +320,9 @@ if preset == "lite" and Path(results_file).is_file():
     few = min(plan.fractions)
     lines = [f"* {m} at {labels_f[0]}: " + ", ".join(f"{p} {100 * cell(p, few, m)['mean']:.1f}" for p in summary)
              for m in ("PQ", "mAP", "NDS")]
-    display(Markdown("\n".join(lines) + f"\n\n{report['job_minutes']:.0f} job-minutes in all "
-                     f"({len(report['runs'])} runs)."))
+    display(Markdown("\n".join(lines)))
+    display(Markdown("Paired by seed (the same seed pretrained the trunk and fine-tunes it), in points:\n\n"
+                     + paired_differences_note(report)))
 else:
     print(f"no results file at {results_file}: run `python -m experiments instances` (see experiments/README.md)")
 
