@@ -201,3 +201,40 @@ def paired_differences_note(report: dict) -> str:
     tail = (f"\n\n{report['job_minutes']:.0f} job-minutes for the {len(runs)} runs"
             + (f" ({minutes:.0f} min of wall time on {report['plan']['bench']['workers']} workers)." if minutes else "."))
     return "\n".join(lines) + tail
+
+
+THINGS = ("car", "truck", "bus", "construction_vehicle", "pedestrian", "traffic_cone", "barrier")
+
+
+def per_class_note(report: dict) -> str:
+    """docs/results.md: what the means hide: the devkit's AP per detection class (mean over its four
+    distance thresholds) and PQ over things and over stuff, per pretraining and fraction (means over seeds)."""
+    from experiments.wording import premise
+
+    runs, rows = report["runs"], []
+    lines = ["| pretraining | fraction | PQ things | PQ stuff | " + " | ".join(f"AP {c}" for c in THINGS) + " |",
+             "|---|---|---|---|" + "---|" * len(THINGS)]
+    for p in report["plan"]["pretrainings"]:
+        for f in report["plan"]["fractions"]:
+            cell = [r for r in runs if r["pretraining"] == p and abs(r["fraction"] - f) < 1e-9]
+            present = cell[0]["panoptic"]["present"]
+            things = [c for c in present if c in THINGS]
+            stuff = [c for c in present if c not in THINGS]
+            pq = [np.mean([[r["panoptic"][c]["PQ"] for c in group] for r in cell]) for group in (things, stuff)]
+            ap = [np.mean([np.mean(list(r["detection"]["label_aps"][c].values())) for r in cell]) for c in THINGS]
+            lines.append(f"| {p} | {'all' if f == 1 else f'1/{round(1 / f)}'} | "
+                         + " | ".join(f"{100 * v:.0f}" for v in [*pq, *ap]) + " |")
+            rows.append((pq, dict(zip(THINGS, ap))))
+    vehicles = ("car", "truck", "bus", "construction_vehicle")
+    first = float(np.mean([r["history"]["terms"][0]["offset"] for r in runs]))
+    last = float(np.mean([r["history"]["terms"][-1]["offset"] for r in runs]))
+    premise(all(max(ap[c] for c in vehicles) < 0.05 for _, ap in rows) and all(pq[0] < pq[1] for pq, _ in rows),
+            "the four vehicle classes stay below 5 AP for every trunk, and things below stuff in PQ",
+            "experiments/instances.py (per_class_note)")
+    return "\n".join(lines) + (
+        "\n\nCones, barriers and pedestrians carry the mAP; the four vehicle classes stay below 5 AP for every "
+        "trunk at this step budget, and things score below stuff in PQ (over "
+        f"{report['plan']['finetune_steps']} steps the offset loss, L1 in metres, falls only from {first:.1f} to "
+        f"{last:.1f} on average over the runs). Few vehicles per scene (two of each class), their centres in "
+        "empty BEV cells (the LiDAR sees one face) and the twin classes (a right box with its twin's class misses "
+        "twice) are the likely causes, not yet tested; a class-agnostic vehicle AP and longer fine-tunes would tell.")

@@ -108,6 +108,14 @@ def instances_reading() -> str:
     return paired_differences_note(load(path)) if path.is_file() else ""
 
 
+def instances_classes() -> str:
+    """docs/results.md: the instances experiment per class (empty while it has not run)."""
+    from experiments.instances import per_class_note
+
+    path = RESULTS_DIR / "instances.json"
+    return per_class_note(load(path)) if path.is_file() else ""
+
+
 NOTES = "experiments/results"
 DOCUMENTS = {  # document (relative to the repository) -> {block name: what writes it}
     "README.md": {"bench": lambda: summary_table(load_report()["summary"]), "ladder": readme_ladder,
@@ -123,6 +131,7 @@ DOCUMENTS = {  # document (relative to the repository) -> {block name: what writ
         "label_efficiency": lambda: first_table(RESULTS_DIR / "label_efficiency.md"),
         "instances": lambda: first_table(RESULTS_DIR / "instances.md"),
         "instances_reading": instances_reading,
+        "instances_classes": instances_classes,
     },
     "experiments/README.md": {"trunks": trunks.sizes_note},
     f"{NOTES}/cross_machine_runs/README.md": {

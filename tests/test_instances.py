@@ -277,3 +277,21 @@ def test_more_than_999_clusters_keep_the_largest():
     ids = panoptic.cluster_instances(xyz, np.zeros_like(xyz), semantic, radius=0.5)
     assert ids.max() == 999 and (ids == 1).sum() == 200  # the 200-point cluster keeps id 1
     assert (ids == 0).sum() == len(xyz) - 200 - 998 and len(np.unique(ids[ids > 0])) == 999
+
+
+def test_paired_differences_are_scipys_paired_t_interval():
+    from scipy import stats
+
+    from experiments.instances import paired_differences
+
+    rng = np.random.default_rng(0)
+    a, b = rng.uniform(0.3, 0.6, 4), rng.uniform(0.3, 0.6, 4)
+
+    def run(p, seed, v):
+        return {"pretraining": p, "fraction": 1.0, "seed": seed, "panoptic": {"all": {"PQ_present": v}}, "detection": {}}
+
+    runs = [run("CMCR", s, v) for s, v in enumerate(a)] + [run("PPKT", s, v) for s, v in reversed(list(enumerate(b)))]
+    d = paired_differences(runs, "CMCR", "PPKT", 1.0, "PQ")
+    ref = stats.ttest_rel(a, b).confidence_interval(0.95)
+    assert d["n"] == 4 and np.isclose(d["mean"], (a - b).mean())
+    assert np.isclose(d["low"], ref.low) and np.isclose(d["high"], ref.high)
