@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 from experiments import RESULTS_DIR
-from experiments.jobs import bench_dataroot, job_seconds, pool_map, prepare_data, run_job
+from experiments.jobs import bench_dataroot, job_seconds, pool_map, prepare_data, run_job, write_results
 from experiments.plan import BenchPlan, bench_jobs, job_result
 from experiments.report import bench_figure, load_report, markdown_report, summarize
 
@@ -52,7 +52,7 @@ def same_plan(saved: dict, plan: BenchPlan) -> bool:
 
 def bench(plan: BenchPlan | None = None, progress: bool = True, results_dir: Path | None = None) -> dict:
     """Run (or resume) every job of ``plan`` and write ``<results_dir>/<results_name>.{json,md,png}``."""
-    from cmcr_lite.runtime import atomic_path, machine
+    from cmcr_lite.runtime import machine
 
     plan = plan or BenchPlan()
     results_dir = Path(results_dir) if results_dir is not None else RESULTS_DIR
@@ -75,10 +75,6 @@ def bench(plan: BenchPlan | None = None, progress: bool = True, results_dir: Pat
     summary = summarize(results, plan)
     report = {"plan": plan.to_dict(), "minutes_this_call": minutes_this_call, "job_minutes": minutes,
               "wall_from_scratch": wall, "summary": summary, "runs": results}
-    results_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(results_dir / f"{plan.results_name}.json") as tmp:
-        tmp.write_text(json.dumps(report, indent=1))
-    with atomic_path(results_dir / f"{plan.results_name}.md") as tmp:
-        tmp.write_text(markdown_report(summary, plan, minutes, wall))
+    write_results(results_dir, plan.results_name, report, markdown_report(summary, plan, minutes, wall))
     bench_figure(results, summary, results_dir / f"{plan.results_name}.png")
     return report

@@ -57,60 +57,55 @@ def bench_main(argv) -> dict:
     return report
 
 
-def label_efficiency_main(argv) -> dict:
-    """``python -m experiments label-efficiency [--smoke] ...``: see ``experiments.label_efficiency``."""
-    from experiments.label_efficiency import LabelEfficiencyPlan, label_efficiency
+def _fractions_main(argv, command: str, description: str, plan_cls, run, fractions_help: str, steps_help: str,
+                    smoke_steps: int) -> dict:
+    """The command line of an experiment that fine-tunes the bench's trunks at several label fractions
+    over seeds (``plan_cls``: its plan, with ``bench``, ``seeds``, ``fractions``, ``finetune_steps``,
+    ``results_name``; ``run(plan, results_dir=...)``: the experiment)."""
     from experiments.plan import BenchPlan
 
-    p = CommandLineParser(prog="python -m experiments label-efficiency",
-                          description="Fine-tuning and linear probing at several label fractions, per "
-                                      "pretraining (random init, PPKT, CMCR), over seeds.")
-    add_plan_options(p, "label_efficiency")
+    name = command.replace("-", "_")
+    p = CommandLineParser(prog=f"python -m experiments {command}", description=description)
+    add_plan_options(p, name)
     p.add_argument("--seeds", type=int, nargs="+", help="default 0 1 2")
-    p.add_argument("--fractions", type=float, nargs="+", help="label fractions (default: the bench set's 1/18 1/6 1/2 1)")
-    p.add_argument("--finetune-steps", type=int,
-                   help="optimizer steps of every fine-tuning run (default: LabelEfficiencyPlan.finetune_steps, 150)")
+    p.add_argument("--fractions", type=float, nargs="+", help=fractions_help)
+    p.add_argument("--finetune-steps", type=int, help=steps_help)
     p.add_argument("--workers", type=int, help="jobs at once, one thread each (default 2)")
     a = p.parse_args(argv)
     bench_plan = BenchPlan.smoke() if a.smoke else BenchPlan()
     bench_changes = plan_changes(a, workers=a.workers, seeds=a.seeds and tuple(a.seeds))
-    plan = LabelEfficiencyPlan(bench=replace(bench_plan, **bench_changes))
+    plan = plan_cls(bench=replace(bench_plan, **bench_changes))
     if a.smoke:
-        plan = replace(plan, seeds=(0, 1), fractions=(1 / 3, 1.0), finetune_steps=20,
-                       results_name="label_efficiency_smoke")
+        plan = replace(plan, seeds=(0, 1), fractions=(1 / 3, 1.0), finetune_steps=smoke_steps,
+                       results_name=f"{name}_smoke")
     changes = {k: v for k, v in {"seeds": a.seeds and tuple(a.seeds), "fractions": a.fractions and tuple(a.fractions),
                                  "finetune_steps": a.finetune_steps, "results_name": a.name}.items() if v is not None}
     plan = replace(plan, **changes)
-    report = label_efficiency(plan, results_dir=a.results_dir)
+    report = run(plan, results_dir=a.results_dir)
     print((Path(a.results_dir or RESULTS_DIR) / f"{plan.results_name}.md").read_text())
     return report
+
+
+def label_efficiency_main(argv) -> dict:
+    """``python -m experiments label-efficiency [--smoke] ...``: see ``experiments.label_efficiency``."""
+    from experiments.label_efficiency import LabelEfficiencyPlan, label_efficiency
+
+    return _fractions_main(argv, "label-efficiency", "Fine-tuning and linear probing at several label fractions, per "
+                                                     "pretraining (random init, PPKT, CMCR), over seeds.",
+                           LabelEfficiencyPlan, label_efficiency,
+                           "label fractions (default: the bench set's 1/18 1/6 1/2 1)",
+                           "optimizer steps of every fine-tuning run (default: LabelEfficiencyPlan.finetune_steps, 150)",
+                           smoke_steps=20)
 
 
 def instances_main(argv) -> dict:
     """``python -m experiments instances [--smoke] ...``: see ``experiments.instances``."""
     from experiments.instances import InstancesPlan, instances
-    from experiments.plan import BenchPlan
 
-    p = CommandLineParser(prog="python -m experiments instances",
-                          description="Panoptic segmentation and 3D detection, per pretraining (random init, PPKT, "
-                                      "CMCR) and label fraction, over seeds, scored by the nuScenes devkit.")
-    add_plan_options(p, "instances")
-    p.add_argument("--seeds", type=int, nargs="+", help="default 0 1 2")
-    p.add_argument("--fractions", type=float, nargs="+", help="label fractions (default: the bench set's 1/18 and 1)")
-    p.add_argument("--finetune-steps", type=int, help="optimizer steps of every run (default: InstancesPlan's, 300)")
-    p.add_argument("--workers", type=int, help="jobs at once, one thread each (default 2)")
-    a = p.parse_args(argv)
-    bench_plan = BenchPlan.smoke() if a.smoke else BenchPlan()
-    bench_changes = plan_changes(a, workers=a.workers, seeds=a.seeds and tuple(a.seeds))
-    plan = InstancesPlan(bench=replace(bench_plan, **bench_changes))
-    if a.smoke:
-        plan = replace(plan, seeds=(0, 1), fractions=(1 / 3, 1.0), finetune_steps=10, results_name="instances_smoke")
-    changes = {k: v for k, v in {"seeds": a.seeds and tuple(a.seeds), "fractions": a.fractions and tuple(a.fractions),
-                                 "finetune_steps": a.finetune_steps, "results_name": a.name}.items() if v is not None}
-    plan = replace(plan, **changes)
-    report = instances(plan, results_dir=a.results_dir)
-    print((Path(a.results_dir or RESULTS_DIR) / f"{plan.results_name}.md").read_text())
-    return report
+    return _fractions_main(argv, "instances", "Panoptic segmentation and 3D detection, per pretraining (random init, "
+                                              "PPKT, CMCR) and label fraction, over seeds, scored by the nuScenes devkit.",
+                           InstancesPlan, instances, "label fractions (default: the bench set's 1/18 and 1)",
+                           "optimizer steps of every run (default: InstancesPlan's, 300)", smoke_steps=10)
 
 
 def add_plan_options(p: argparse.ArgumentParser, default_name: str):

@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from experiments import RESULTS_DIR
-from experiments.jobs import pool_map, prepare_data, run_job
+from experiments.jobs import bench_trunks, pool_map, write_results
 from experiments.plan import BenchPlan, downstream_config, pretrain_checkpoint, row_slug
 from experiments.stats import sample_std
+from experiments.wording import fraction_label
 
 METRICS = (("PQ", "panoptic", "PQ_present"), ("mAP", "detection", "mean_ap_present"),
            ("NDS", "detection", "nd_score_present"), ("mIoU", "panoptic", "mIoU_present"))
@@ -45,6 +46,11 @@ class InstancesPlan:
         return json.loads(json.dumps(asdict(self)))
 
 
+def job_file(runs_dir, pretraining: str, fraction: float, seed: int) -> Path:
+    """Where the job of ``pretraining`` at ``fraction`` on ``seed`` keeps its result."""
+    return Path(runs_dir) / f"{row_slug(pretraining)}_f{fraction:.4f}_seed{seed}.json"
+
+
 def _instances_job(plan_dict: dict, root: str, pretraining: str, fraction: float, seed: int, runs_dir: str) -> dict:
     import math
 
@@ -55,7 +61,7 @@ def _instances_job(plan_dict: dict, root: str, pretraining: str, fraction: float
     from cmcr_lite.downstream.instances import InstanceConfig, evaluate_instances, train_instances
     from cmcr_lite.runtime import atomic_path, machine
 
-    done = Path(runs_dir) / f"{row_slug(pretraining)}_f{fraction:.4f}_seed{seed}.json"
+    done = job_file(runs_dir, pretraining, fraction, seed)
     if done.is_file():
         return json.loads(done.read_text())
     torch.set_num_threads(1)
@@ -124,7 +130,7 @@ def instances_table(plan: InstancesPlan, runs: list) -> list:
     """The results table (markdown lines): one row per pretraining, PQ / mAP / NDS per fraction."""
     table = instances_summary(runs)
     scans = {f"{r['fraction']:.4f}": r["train_scans"] for r in runs}
-    head = " | ".join(f"{m} {'all' if f == 1 else f'1/{round(1 / f)}'} ({scans[f'{f:.4f}']} scans)"
+    head = " | ".join(f"{m} {fraction_label(f)} ({scans[f'{f:.4f}']} scans)"
                       for f in plan.fractions for m in ("PQ", "mAP", "NDS"))
     lines = [f"| pretraining | {head} |", "|---|" + "---|" * (3 * len(plan.fractions))]
     for p in plan.pretrainings:
@@ -136,21 +142,15 @@ def instances_table(plan: InstancesPlan, runs: list) -> list:
 def instances(plan: InstancesPlan | None = None, progress: bool = True, results_dir: Path | None = None) -> dict:
     """Pretrain (or reuse the bench's trunks), then fine-tune and score every pretraining x fraction x
     seed; write ``<results_dir>/<results_name>.{json,md}``. Resumable: every job's result is kept."""
-    from cmcr_lite.runtime import atomic_path
-
     plan = plan or InstancesPlan()
     b = plan.bench
     results_dir = Path(results_dir) if results_dir is not None else RESULTS_DIR
     t0 = time.time()
-    root = prepare_data(b, progress)
-    bench_runs = str(results_dir / f"{b.results_name}_runs")
-    pre = [(b.to_dict(), root, row, s, bench_runs, True) for row in plan.pretrainings if row != "random init"
-           for s in plan.seeds]
-    pool_map(run_job, pre, b.workers, "pretrainings (bench jobs)", progress)
+    root = bench_trunks(b, plan.pretrainings, plan.seeds, results_dir, progress)
     runs_dir = str(results_dir / f"{plan.results_name}_runs")
     jobs = [(plan.to_dict(), root, p, f, s, runs_dir) for p in plan.pretrainings for f in plan.fractions
             for s in plan.seeds]
-    reused = sum((Path(runs_dir) / f"{row_slug(p)}_f{f:.4f}_seed{s}.json").is_file() for _, _, p, f, s, _ in jobs)
+    reused = sum(job_file(runs_dir, p, f, s).is_file() for _, _, p, f, s, _ in jobs)
     results = pool_map(_instances_job, jobs, b.workers, "panoptic + detection jobs", progress)
     lines = [f"# Panoptic segmentation and detection: mean ± sample std over seeds {list(plan.seeds)} (%)", "",
              f"Joint fine-tuning ({plan.finetune_steps} optimizer steps at every fraction) of the trunk with a "
@@ -164,11 +164,7 @@ def instances(plan: InstancesPlan | None = None, progress: bool = True, results_
     report = {"plan": plan.to_dict(), "minutes_this_call": minutes, "wall_minutes": wall,
               "job_minutes": sum(r["seconds"] for r in results) / 60, "summary": instances_summary(results),
               "runs": results}
-    results_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(results_dir / f"{plan.results_name}.json") as tmp:
-        tmp.write_text(json.dumps(report, indent=1))
-    with atomic_path(results_dir / f"{plan.results_name}.md") as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
+    write_results(results_dir, plan.results_name, report, "\n".join(lines) + "\n")
     return report
 
 
@@ -196,7 +192,7 @@ def paired_differences_note(report: dict) -> str:
     for a, b in (("CMCR", "PPKT"), ("PPKT", "random init"), ("CMCR", "random init")):
         for f in fractions:
             cells = [interval(paired_differences(runs, a, b, f, m)) for m in ("PQ", "mAP", "NDS")]
-            lines.append(f"| {a} − {b} | {'all' if f == 1 else f'1/{round(1 / f)}'} | " + " | ".join(cells) + " |")
+            lines.append(f"| {a} − {b} | {fraction_label(f)} | " + " | ".join(cells) + " |")
     minutes = report.get("wall_minutes")
     tail = (f"\n\n{report['job_minutes']:.0f} job-minutes for the {len(runs)} runs"
             + (f" ({minutes:.0f} min of wall time on {report['plan']['bench']['workers']} workers)." if minutes else "."))
@@ -222,7 +218,7 @@ def per_class_note(report: dict) -> str:
             stuff = [c for c in present if c not in THINGS]
             pq = [np.mean([[r["panoptic"][c]["PQ"] for c in group] for r in cell]) for group in (things, stuff)]
             ap = [np.mean([np.mean(list(r["detection"]["label_aps"][c].values())) for r in cell]) for c in THINGS]
-            lines.append(f"| {p} | {'all' if f == 1 else f'1/{round(1 / f)}'} | "
+            lines.append(f"| {p} | {fraction_label(f)} | "
                          + " | ".join(f"{100 * v:.0f}" for v in [*pq, *ap]) + " |")
             rows.append((pq, dict(zip(THINGS, ap))))
     vehicles = ("car", "truck", "bus", "construction_vehicle")

@@ -175,6 +175,30 @@ def prepare_data(plan: BenchPlan, progress: bool = True) -> str:
     return root
 
 
+def bench_trunks(plan: BenchPlan, pretrainings, seeds, results_dir: Path, progress: bool = True) -> str:
+    """The root of the bench plan's dataset, with the trunks of ``pretrainings`` (but random init) on
+    ``seeds`` pretrained by the bench's own jobs (results in ``<results_dir>/<bench name>_runs``; done
+    jobs and kept checkpoints are reused), for the experiments that fine-tune the bench's trunks."""
+    root = prepare_data(plan, progress)
+    bench_runs = str(Path(results_dir) / f"{plan.results_name}_runs")
+    pre = [(plan.to_dict(), root, row, s, bench_runs, True) for row in pretrainings if row != "random init"
+           for s in seeds]
+    pool_map(run_job, pre, plan.workers, "pretrainings (bench jobs)", progress)  # the trunks, probed as in the bench
+    return root
+
+
+def write_results(results_dir: Path, name: str, report: dict, markdown: str) -> None:
+    """``<results_dir>/<name>.json`` (the report) and ``<name>.md``, each written atomically."""
+    from cmcr_lite.runtime import atomic_path
+
+    results_dir = Path(results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(results_dir / f"{name}.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=1))
+    with atomic_path(results_dir / f"{name}.md") as tmp:
+        tmp.write_text(markdown)
+
+
 def pool_map(fn, jobs: list, workers: int, desc: str, progress: bool) -> list:
     """``[fn(*job) for job in jobs]`` in ``workers`` spawned processes on one OpenMP thread each."""
     from tqdm.auto import tqdm

@@ -16,7 +16,7 @@ import numpy as np
 from cmcr_lite.analysis.readout import frozen_trunk, linear_readout
 from cmcr_lite.metrics import summarize_confusion
 from experiments import RESULTS_DIR
-from experiments.jobs import PROBE, pool_map, prepare_data, run_job
+from experiments.jobs import PROBE, bench_trunks, pool_map, write_results
 from experiments.plan import BenchPlan, downstream_config, pretrain_checkpoint, row_slug
 from experiments.stats import sample_std
 
@@ -117,17 +117,13 @@ def label_efficiency(plan: LabelEfficiencyPlan | None = None, progress: bool = T
                      results_dir: Path | None = None) -> dict:
     """Pretrain (or reuse the bench's trunks), then fine-tune and linear-probe at every fraction and
     seed; write ``<results_dir>/<results_name>.{json,md}``. Resumable: every job's result is kept."""
-    from cmcr_lite.runtime import atomic_path
+    from experiments.wording import fraction_label
 
     plan = plan or LabelEfficiencyPlan()
     b = plan.bench
     results_dir = Path(results_dir) if results_dir is not None else RESULTS_DIR
     t0 = time.time()
-    root = prepare_data(b, progress)
-    bench_runs = str(results_dir / f"{b.results_name}_runs")
-    pre = [(b.to_dict(), root, row, s, bench_runs, True) for row in plan.pretrainings if row != "random init"
-           for s in plan.seeds]
-    pool_map(run_job, pre, b.workers, "pretrainings (bench jobs)", progress)  # the trunks, probed as in the bench
+    root = bench_trunks(b, plan.pretrainings, plan.seeds, results_dir, progress)
     runs_dir = str(results_dir / f"{plan.results_name}_runs")
     jobs = [(plan.to_dict(), root, p, f, m, s, runs_dir) for p in plan.pretrainings for m in plan.modes
             for f in plan.fractions for s in plan.seeds]
@@ -138,7 +134,7 @@ def label_efficiency(plan: LabelEfficiencyPlan | None = None, progress: bool = T
              "Fractions of the training scenes by SLidR's rule (scans used in parentheses). Fine-tuning runs "
              f"{plan.finetune_steps} optimizer steps at every fraction; the linear probe is the bench's (a softmax "
              "probe of the frozen trunk fitted to its optimum on the labelled scans).", "",
-             "| pretraining | mode | " + " | ".join(f"{'all' if f == 1 else f'1/{round(1 / f)}'} of the scenes "
+             "| pretraining | mode | " + " | ".join(f"{fraction_label(f)} of the scenes "
                                                   f"({scans[f'{f:.4f}']} scans)" for f in plan.fractions)
              + " |", "|---|---|" + "---|" * len(plan.fractions)]
     for p in plan.pretrainings:
@@ -148,9 +144,5 @@ def label_efficiency(plan: LabelEfficiencyPlan | None = None, progress: bool = T
             lines.append(f"| {p} | {m} | " + " | ".join(cells) + " |")
     report = {"plan": plan.to_dict(), "minutes_this_call": (time.time() - t0) / 60,
               "job_minutes": sum(r["seconds"] for r in results) / 60, "runs": results}
-    results_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(results_dir / f"{plan.results_name}.json") as tmp:
-        tmp.write_text(json.dumps(report, indent=1))
-    with atomic_path(results_dir / f"{plan.results_name}.md") as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
+    write_results(results_dir, plan.results_name, report, "\n".join(lines) + "\n")
     return report

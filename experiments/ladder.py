@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from experiments import RESULTS_DIR
-from experiments.jobs import job_seconds, pool_map, prepare_data, run_job
+from experiments.jobs import job_seconds, pool_map, prepare_data, run_job, write_results
 from experiments.plan import COLUMNS, LADDER, NCE_AND_OCCUPANCY, BenchPlan, diagnostic_row, job_result
 from experiments.report import COLUMN_TITLES, load_report, paired_differences, rescored, summarize_rows
 
@@ -147,8 +147,6 @@ def ladder(plan: LadderPlan | None = None, progress: bool = True, results_dir: P
     The new rows' job results go to ``<results_name>_runs/``; PPKT, CMCR and occupancy only are the
     bench's (``<bench.results_name>_runs/``), reused when there. ``report_only``: run nothing, and
     summarise the job results that are there (the report then says how many seeds each row has)."""
-    from cmcr_lite.runtime import atomic_path
-
     plan = plan or LadderPlan()
     results_dir = Path(results_dir) if results_dir is not None else RESULTS_DIR
     t0 = time.time()
@@ -167,11 +165,7 @@ def ladder(plan: LadderPlan | None = None, progress: bool = True, results_dir: P
     summary = summarize_ladder(results, plan)
     report = {"plan": plan.to_dict(), "minutes_this_call": (time.time() - t0) / 60, "job_minutes": minutes,
               "summary": summary, "runs": results}
-    results_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(results_dir / f"{plan.results_name}.json") as tmp:
-        tmp.write_text(json.dumps(report, indent=1))
-    with atomic_path(results_dir / f"{plan.results_name}.md") as tmp:
-        tmp.write_text(markdown_ladder(summary, plan, minutes))
+    write_results(results_dir, plan.results_name, report, markdown_ladder(summary, plan, minutes))
     ladder_figure(summary, results_dir / f"{plan.results_name}.png")
     return report
 

@@ -49,6 +49,11 @@ def times(ratios, digits: int = 2) -> str:
     return ", ".join(words[:-1]) + " and " + words[-1] if len(words) > 1 else words[0]
 
 
+def fraction_label(fraction: float) -> str:
+    """A label fraction as the tables write it: ``1.0`` -> ``"all"``, ``1 / 18`` -> ``"1/18"``."""
+    return "all" if fraction == 1 else f"1/{round(1 / fraction)}"
+
+
 def count_word(n: int) -> str:
     """``0`` -> ``"no"``, ``3`` -> ``"three"`` (up to ten), else the digits."""
     words = ["no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]

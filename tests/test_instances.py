@@ -100,18 +100,9 @@ def test_panoptic_labels_agree_with_the_devkits_generator(dataset, tmp_path):
         assert (ours % 1000 > 0).sum() > 100
 
 
-def _perfect_panoptic(keyframes) -> dict:
-    out = {}
-    for i in range(len(keyframes)):
-        _, labels = keyframes.load_scan(i)
-        obj = load_objects(keyframes, i)
-        out[obj.lidar_token] = panoptic.panoptic_prediction(labels, obj.instance)
-    return out
-
-
 def test_panoptic_evaluator_scores_a_perfect_prediction_1_and_a_merged_one_lower(dataset, tmp_path):
     keyframes = dataset[1]
-    perfect = _perfect_panoptic(keyframes)
+    perfect = panoptic.true_panoptic(keyframes)
     panoptic.write_panoptic_results(tmp_path / "perfect", "cmcr_val", perfect)
     r = panoptic.evaluate_panoptic(keyframes.nusc, tmp_path / "perfect", "cmcr_val")
     assert len(r["present"]) == 12
@@ -137,7 +128,7 @@ def test_custom_split_panoptic_path_matches_the_devkits_own_evaluator(tmp_path):
     (root / "v1.0-mini" / "splits.json").write_text(json.dumps({"cmcr_val": create_splits_scenes()["mini_val"]}))
     rng = np.random.default_rng(0)
     preds = {t: np.where(rng.random(len(p)) < 0.2, 11000 + (p % 1000), p).astype(np.uint16)
-             for t, p in _perfect_panoptic(keyframes).items()}  # a fifth of the points called driveable surface
+             for t, p in panoptic.true_panoptic(keyframes).items()}  # a fifth of the points called driveable surface
     for name in ("mini_val", "cmcr_val"):
         panoptic.write_panoptic_results(tmp_path / "pred", name, preds)
     devkit = panoptic.evaluate_panoptic(keyframes.nusc, tmp_path / "pred", "mini_val")
@@ -146,32 +137,15 @@ def test_custom_split_panoptic_path_matches_the_devkits_own_evaluator(tmp_path):
     assert json.dumps(devkit, sort_keys=True) == json.dumps(custom, sort_keys=True)
 
 
-def _boxes_results(keyframes, shift=0.0, with_attributes=True) -> dict:
-    nusc = keyframes.nusc
-    results = {}
-    for i in range(len(keyframes)):
-        obj = load_objects(keyframes, i)
-        boxes = obj.boxes.copy()
-        boxes[:, 0] += shift
-        rows = detection.boxes_to_results(nusc, obj.lidar_token, boxes, np.ones(len(boxes)), obj.box_classes)
-        if with_attributes:
-            for row, token in zip(rows, obj.box_tokens):
-                ann = nusc.get("sample_annotation", token)
-                row["attribute_name"] = nusc.get("attribute", ann["attribute_tokens"][0])["name"] \
-                    if ann["attribute_tokens"] else ""
-        results[obj.sample_token] = rows
-    return results
-
-
 def test_detection_evaluator_scores_the_true_boxes_1_and_shifted_ones_lower(dataset, tmp_path):
     keyframes = dataset[1]
-    path = detection.write_detection_results(tmp_path / "perfect.json", _boxes_results(keyframes))
+    path = detection.write_detection_results(tmp_path / "perfect.json", detection.true_box_results(keyframes))
     m = detection.evaluate_detection(keyframes.nusc, path, "cmcr_val")
     assert tuple(m["present"]) == PRESENT_DETECTION
     assert m["mean_ap_present"] == pytest.approx(1.0) and m["nd_score_present"] == pytest.approx(1.0, abs=1e-6)
     assert m["mean_ap"] == pytest.approx(7 / 10)  # the devkit's mean counts trailer, motorcycle, bicycle as 0
     for shift, best in ((0.7, 0.76), (3.0, 0.26)):  # beyond 0.5 m, then beyond 2 m: 3 and 1 thresholds of 4 left
-        path = detection.write_detection_results(tmp_path / f"shift{shift}.json", _boxes_results(keyframes, shift))
+        path = detection.write_detection_results(tmp_path / f"shift{shift}.json", detection.true_box_results(keyframes, shift))
         worse = detection.evaluate_detection(keyframes.nusc, path, "cmcr_val")
         assert worse["mean_ap_present"] == pytest.approx(best - 0.01, abs=0.011), shift
     assert worse["tp_errors"]["trans_err"] > 0.9  # a 3 m shift is a miss at 2 m: no true positive to measure

@@ -194,6 +194,26 @@ def boxes_to_results(nusc, lidar_token: str, boxes: np.ndarray, scores: np.ndarr
     return out
 
 
+def true_box_results(keyframes, shift_x: float = 0.0) -> dict:
+    """The true boxes (those with points, as :func:`~cmcr_lite.downstream.objects.load_objects` gives
+    them) of every scan of ``keyframes`` written as predictions with score 1 and their true attribute,
+    moved ``shift_x`` metres along the LiDAR's x: ``{sample token: [box dicts]}``. Unmoved, they score AP
+    1 and no error on every class present."""
+    from cmcr_lite.downstream.objects import load_objects
+
+    nusc, results = keyframes.nusc, {}
+    for i in range(len(keyframes)):
+        objects = load_objects(keyframes, i)
+        boxes = objects.boxes.copy()
+        boxes[:, 0] += shift_x
+        rows = boxes_to_results(nusc, objects.lidar_token, boxes, np.ones(len(boxes)), objects.box_classes)
+        for row, token in zip(rows, objects.box_tokens):
+            tokens = nusc.get("sample_annotation", token)["attribute_tokens"]
+            row["attribute_name"] = nusc.get("attribute", tokens[0])["name"] if tokens else ""
+        results[objects.sample_token] = rows
+    return results
+
+
 def write_detection_results(path, results: dict) -> Path:
     """Write ``{sample token: [box dicts]}`` as the devkit's result JSON (``meta``: LiDAR only)."""
     path = Path(path)

@@ -341,9 +341,9 @@ def evaluate_instances(model: InstanceModel, keyframes, config: InstanceConfig, 
 def main(argv=None) -> dict:
     """``python -m cmcr_lite.downstream.instances``: fine-tune, evaluate on val, write the results."""
     from cmcr_lite.data.nuscenes_loader import DatasetError, NuScenesKeyframes
-    from cmcr_lite.downstream.cli import _check_pretrained
+    from cmcr_lite.downstream.cli import _check_pretrained, _config_from_args
     from cmcr_lite.paths import EMBEDDED_VERSION, ensure_embedded_dataset
-    from cmcr_lite.runtime import atomic_path, override_fields, save_checkpoint_atomic
+    from cmcr_lite.runtime import atomic_path, save_checkpoint_atomic
 
     p = CommandLineParser(prog="python -m cmcr_lite.downstream.instances",
                           description="Fine-tune a (pretrained) MinkUNet for panoptic segmentation and 3D detection "
@@ -360,15 +360,8 @@ def main(argv=None) -> dict:
                    help="DownstreamConfig fields, e.g. batch_size=4 backbone.bn_momentum=0.05")
     p.add_argument("--output-dir", required=True)
     a = p.parse_args(argv)
-    overrides = {k: v for k, v in (("label_fraction", a.label_fraction), ("epochs", a.epochs), ("seed", a.seed))
-                 if v is not None}
-    try:
-        ds = (DownstreamConfig.lite("finetune", **overrides) if a.config == "lite"
-              else DownstreamConfig.finetune(**overrides)).to_dict()
-        override_fields(ds, DownstreamConfig, a.set)
-        config = InstanceConfig(downstream=DownstreamConfig.from_dict(ds))
-    except (ValueError, TypeError) as e:
-        raise InputError(e) from None
+    a.mode = "finetune"  # segmentation's presets and --set checks, in fine-tuning mode
+    config = InstanceConfig(downstream=_config_from_args(a))
     if a.pretrained:
         _check_pretrained(a.pretrained, config.downstream)
     root = Path(a.dataroot) if a.dataroot else ensure_embedded_dataset()
@@ -379,8 +372,9 @@ def main(argv=None) -> dict:
         train_kf = NuScenesKeyframes(root, version, split="train")
         val_kf = NuScenesKeyframes(root, version, split="val", nusc=train_kf.nusc)
         indices = keyframe_indices_for_fraction(train_kf, config.downstream.label_fraction)
-        for index in (indices[:1] + list(range(min(1, len(val_kf))))):  # object labels present, before training
-            load_objects(train_kf if index in indices[:1] else val_kf, index)
+        load_objects(train_kf, indices[0])  # the object labels are there, before any training
+        if len(val_kf):
+            load_objects(val_kf, 0)
     except (DatasetError, ValueError) as e:
         raise InputError(e) from None
     model, history = train_instances(config, train_kf, a.pretrained, indices=indices)
